@@ -1,0 +1,33 @@
+# vecstore developer commands. `make help` lists them.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.DEFAULT_GOAL := help
+
+help: ## list the targets
+	@grep -E '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | \
+		awk 'BEGIN {FS = ":.*## "}; {printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	touch $(STAMP)
+
+setup: $(STAMP) ## create the virtualenv and install vecstore with its dev and bench extras
+
+test: $(STAMP) ## run the test suite (GPU tests skip without a GPU)
+	$(PY) -m pytest -q
+
+bench: $(STAMP) ## run the main benchmark on the bundled data set and write bench/results/
+	$(PY) -m bench run
+
+lint: $(STAMP) ## check style with ruff
+	$(PY) -m ruff check vecstore bench tests
+
+clean: ## remove the virtualenv and caches
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
+
+.PHONY: help setup test bench lint clean

@@ -1,0 +1,17 @@
+"""vecstore: a compressed vector database."""
+
+from vecstore.codecs import available_specs, codec_from_config, make_codec
+from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound, VecstoreError
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AlreadyExists",
+    "Closed",
+    "InvalidArgument",
+    "NotFound",
+    "VecstoreError",
+    "available_specs",
+    "codec_from_config",
+    "make_codec",
+]

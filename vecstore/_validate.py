@@ -1,0 +1,81 @@
+"""Coercion and checking of user input. Every failure raises InvalidArgument."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vecstore.errors import InvalidArgument
+
+
+def as_matrix(x, dim: int, what: str = "vectors") -> np.ndarray:
+    """Return ``x`` as a C-contiguous float32 array of shape (n, dim), n >= 1.
+
+    A 1-D input of length ``dim`` is one row. Rejects non-numeric and complex dtypes,
+    booleans, wrong shapes, empty batches and NaN or Inf values.
+    """
+    try:
+        arr = np.asarray(x)
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"{what} must be a numeric array: {exc}") from exc
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise InvalidArgument(
+            f"{what} must have a real numeric dtype (float or integer), got {arr.dtype}"
+        )
+    if arr.ndim == 1:
+        arr = arr[None, :]
+    if arr.ndim != 2:
+        raise InvalidArgument(f"{what} must be 1-D or 2-D, got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise InvalidArgument(
+            f"{what} have dimension {arr.shape[1]}, the collection expects {dim}"
+        )
+    if arr.shape[0] == 0:
+        raise InvalidArgument(f"{what} is an empty batch")
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(out)
+    if not finite.all():
+        row = int(np.nonzero(~finite.all(axis=1))[0][0])
+        raise InvalidArgument(f"{what} contain NaN or Inf (first at row {row})")
+    return out
+
+
+def as_ids(ids, n: int | None = None, what: str = "ids") -> np.ndarray:
+    """Return ``ids`` as a 1-D int64 array of non-negative values.
+
+    ``n``, when given, is the required length. Rejects non-integer dtypes and negative
+    ids (-1 marks a missing result).
+    """
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr[None]
+    if arr.ndim != 1:
+        raise InvalidArgument(f"{what} must be 1-D, got shape {arr.shape}")
+    if arr.size and (arr.dtype == np.bool_ or arr.dtype.kind not in "iu"):
+        raise InvalidArgument(f"{what} must be integers, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
+        raise InvalidArgument(f"{what} must fit in int64")
+    out = arr.astype(np.int64, copy=False)
+    if n is not None and out.shape[0] != n:
+        raise InvalidArgument(f"got {out.shape[0]} {what} for {n} vectors")
+    if out.size and out.min() < 0:
+        raise InvalidArgument(f"{what} must be non-negative, got {int(out.min())}")
+    return out
+
+
+def unique_ids(ids: np.ndarray, what: str = "ids") -> None:
+    """Raise InvalidArgument naming the first id that appears twice in ``ids``."""
+    if ids.size < 2:
+        return
+    s = np.sort(ids)
+    dup = s[1:] == s[:-1]
+    if dup.any():
+        raise InvalidArgument(f"duplicate {what} in one batch: {int(s[1:][dup][0])}")
+
+
+def as_k(k) -> int:
+    """Return ``k`` as a positive int."""
+    if isinstance(k, bool) or not isinstance(k, int | np.integer):
+        raise InvalidArgument(f"k must be an integer, got {type(k).__name__}")
+    if k <= 0:
+        raise InvalidArgument(f"k must be positive, got {k}")
+    return int(k)

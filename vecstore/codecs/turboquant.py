@@ -1,0 +1,274 @@
+"""TurboQuant (arXiv 2504.19874): data-oblivious vector quantization.
+
+``TurboQuantMSE`` (``tq1`` … ``tq8``) stores ||x||, rotates x/||x|| by a seeded random
+rotation and replaces each rotated coordinate by the nearest of 2**b Lloyd-Max
+centroids for the rotated-coordinate density.
+
+``TurboQuantProd`` (``tq2-prod`` … ``tq8-prod``) spends b-1 bits per coordinate on the MSE
+quantizer and one more on a QJL sketch of the residual r: it stores sign(S r) for an
+i.i.d. Gaussian matrix S and ||r||, which makes inner-product estimates unbiased.
+
+Code layout, per vector (bytes, little-endian):
+    tq{b}:       [centroid indices, b bits each over D rotated coordinates][||x|| f32]
+    tq{b}-prod:  [indices, b-1 bits each][sign(S r), 1 bit each][||x|| f32][||r|| f32]
+D is the rotated dimension: d, or d padded to a power of two for the Hadamard rotation.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vecstore.codecs import bitpack
+from vecstore.codecs.lloyd_max import codebook
+from vecstore.codecs.rotation import make_rotation, stable_normal
+
+NORM_BYTES = 4
+ENCODE_CHUNK = 4096
+# Up to this many queries, bit widths that divide 8 score through per-byte lookup tables;
+# larger batches decode the codes once and use a matrix product.
+LUT_MAX_QUERIES = 2
+SKETCH_STREAM = 1
+COUNT_QUANTIZE_MAX_BITS = 5
+
+
+@dataclass(frozen=True)
+class RotatedQueries:
+    """Query state: queries in the rotated space, (nq, D) float32, and for the prod
+    variant their sketch S q, (nq, D) float32."""
+
+    rotated: np.ndarray
+    sketched: np.ndarray | None = None
+
+
+def _read_f32(codes: np.ndarray, offset: int) -> np.ndarray:
+    """Column of little-endian float32 values stored at byte ``offset`` of each code."""
+    return np.ascontiguousarray(codes[:, offset : offset + 4]).view("<f4")[:, 0].astype(np.float32)
+
+
+def _write_f32(codes: np.ndarray, offset: int, values: np.ndarray) -> None:
+    codes[:, offset : offset + 4] = values.astype("<f4").reshape(-1, 1).view(np.uint8)
+
+
+class _TurboQuantBase:
+    """Rotation, scalar codebook and norm handling shared by both TurboQuant variants."""
+
+    data_oblivious = True
+
+    def __init__(self, dim: int, bits: int, mse_bits: int, seed: int, rotation: str,
+                 centroids: list[float] | None):
+        if dim < 2:
+            raise ValueError(f"TurboQuant needs dim >= 2, got {dim}")
+        self.dim = int(dim)
+        self.bits = int(bits)
+        self.mse_bits = int(mse_bits)
+        self.seed = int(seed)
+        self.rotation = make_rotation(rotation, self.dim, self.seed)
+        self.rot_dim = self.rotation.out_dim
+        if centroids is None:
+            centroids = codebook(self.rot_dim, self.mse_bits)
+        self.centroids = np.asarray(centroids, dtype=np.float64)
+        if self.centroids.shape != (1 << self.mse_bits,):
+            raise ValueError(f"expected {1 << self.mse_bits} centroids, got {self.centroids.size}")
+        self._centroids32 = self.centroids.astype(np.float32)
+        self._boundaries32 = ((self.centroids[1:] + self.centroids[:-1]) / 2).astype(np.float32)
+        self.index_bytes = bitpack.packed_size(self.rot_dim, self.mse_bits)
+
+    # --- helpers -------------------------------------------------------------------------
+
+    def _normalize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Split (n, d) float32 into norms (n,) float32 and unit rows (zero rows stay zero)."""
+        norms = np.linalg.norm(x, axis=1).astype(np.float32)
+        safe = np.where(norms > 0, norms, np.float32(1))
+        return norms, x / safe[:, None]
+
+    def _quantize(self, y: np.ndarray) -> np.ndarray:
+        """Nearest-centroid index of each rotated coordinate: (n, D) f32 -> (n, D) uint8.
+
+        The index is the count of decision boundaries strictly below y (a value exactly on
+        a boundary goes to the lower centroid). Counting by comparisons is several times
+        faster than a binary search for up to 31 boundaries.
+        """
+        if self.mse_bits > COUNT_QUANTIZE_MAX_BITS:
+            return np.searchsorted(self._boundaries32, y).astype(np.uint8)
+        indices = np.zeros(y.shape, dtype=np.uint8)
+        for boundary in self._boundaries32:
+            indices += y > boundary
+        return indices
+
+    def _indices(self, codes: np.ndarray) -> np.ndarray:
+        return bitpack.unpack(codes[:, : self.index_bytes], self.rot_dim, self.mse_bits)
+
+    def _dequantize(self, codes: np.ndarray) -> np.ndarray:
+        """Rotated-space reconstruction of the unit vectors, (n, D) float32."""
+        return np.take(self._centroids32, self._indices(codes))
+
+    def _lut_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """<q_rot, y_mse> by per-byte lookup tables, for bit widths dividing 8: (nq, n) f32."""
+        per_byte = 8 // self.mse_bits
+        mask = (1 << self.mse_bits) - 1
+        byte_values = np.arange(256)
+        slot_values = np.stack([
+            self._centroids32[(byte_values >> (slot * self.mse_bits)) & mask]
+            for slot in range(per_byte)
+        ])
+        padded = np.zeros((rotated.shape[0], self.index_bytes * per_byte), dtype=np.float32)
+        padded[:, : self.rot_dim] = rotated
+        offsets = (np.arange(self.index_bytes, dtype=np.intp) * 256)[None, :]
+        flat_index = codes[:, : self.index_bytes].astype(np.intp) + offsets
+        out = np.empty((rotated.shape[0], codes.shape[0]), dtype=np.float32)
+        for i, query in enumerate(padded):
+            table = query.reshape(self.index_bytes, per_byte) @ slot_values
+            out[i] = np.take(table.ravel(), flat_index).sum(axis=1)
+        return out
+
+    def _mse_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """<q_rot, y_mse> for each query and code, (nq, n) float32."""
+        if rotated.shape[0] <= LUT_MAX_QUERIES and 8 % self.mse_bits == 0:
+            return self._lut_scores(rotated, codes)
+        return rotated @ self._dequantize(codes).T
+
+    def _config(self, name: str) -> dict:
+        return {
+            "codec": name,
+            "spec": self.spec,
+            "dim": self.dim,
+            "bits": self.bits,
+            "seed": self.seed,
+            "rotation": self.rotation.kind,
+            "centroids": [float(c) for c in self.centroids],
+        }
+
+    # --- shared protocol methods ---------------------------------------------------------
+
+    def train(self, x: np.ndarray) -> None:
+        """TurboQuant is data-oblivious: nothing to learn."""
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """Encode (n, d) float32 into (n, code_size) uint8, in bounded chunks."""
+        x = np.asarray(x, dtype=np.float32)
+        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
+        for start in range(0, x.shape[0], ENCODE_CHUNK):
+            stop = start + ENCODE_CHUNK
+            codes[start:stop] = self._encode_chunk(x[start:stop])
+        return codes
+
+    def norms(self, codes: np.ndarray) -> np.ndarray:
+        """Stored ||x||, (n,) float32."""
+        return _read_f32(codes, self.norm_offset)
+
+    def prepare_query(self, q: np.ndarray) -> RotatedQueries:
+        return RotatedQueries(self.rotation.forward(np.asarray(q, dtype=np.float32)))
+
+
+class TurboQuantMSE(_TurboQuantBase):
+    """TurboQuant_mse with ``bits`` bits per rotated coordinate plus a float32 norm."""
+
+    def __init__(self, dim: int, bits: int, seed: int = 0, rotation: str = "auto",
+                 centroids: list[float] | None = None):
+        if not 1 <= bits <= 8:
+            raise ValueError(f"tq bits must be in 1..8, got {bits}")
+        super().__init__(dim, bits, bits, seed, rotation, centroids)
+        self.spec = f"tq{bits}"
+        self.norm_offset = self.index_bytes
+        self.code_size = self.index_bytes + NORM_BYTES
+
+    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
+        norms, unit = self._normalize(x)
+        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
+        codes[:, : self.index_bytes] = bitpack.pack(
+            self._quantize(self.rotation.forward(unit)), self.mse_bits
+        )
+        _write_f32(codes, self.norm_offset, norms)
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstruct (n, d) float32 from (n, code_size) uint8."""
+        return self.rotation.inverse(self._dequantize(codes)) * self.norms(codes)[:, None]
+
+    def score(self, state: RotatedQueries, codes: np.ndarray) -> np.ndarray:
+        """Estimated <q, x>, (nq, n) float32."""
+        return self._mse_scores(state.rotated, codes) * self.norms(codes)[None, :]
+
+    def to_config(self) -> dict:
+        return self._config("tq")
+
+    @classmethod
+    def from_config(cls, config: dict) -> TurboQuantMSE:
+        return cls(config["dim"], config["bits"], config["seed"], config["rotation"],
+                   config["centroids"])
+
+
+class TurboQuantProd(_TurboQuantBase):
+    """TurboQuant_prod: ``bits - 1`` MSE bits plus a 1-bit QJL sketch of the residual."""
+
+    def __init__(self, dim: int, bits: int, seed: int = 0, rotation: str = "auto",
+                 centroids: list[float] | None = None):
+        if not 2 <= bits <= 8:
+            raise ValueError(f"tq-prod bits must be in 2..8, got {bits}")
+        super().__init__(dim, bits, bits - 1, seed, rotation, centroids)
+        self.spec = f"tq{bits}-prod"
+        self.sign_bytes = bitpack.packed_size(self.rot_dim, 1)
+        self.norm_offset = self.index_bytes + self.sign_bytes
+        self.residual_offset = self.norm_offset + NORM_BYTES
+        self.code_size = self.residual_offset + NORM_BYTES
+        # i.i.d. N(0, 1) sketch: sqrt(pi/2)/D is the unbiasing constant for exactly this S.
+        self.sketch = stable_normal(self.seed, (self.rot_dim, self.rot_dim), SKETCH_STREAM)
+        self.sketch = self.sketch.astype(np.float32)
+        self._sketch_t = np.ascontiguousarray(self.sketch.T)
+        self.qjl_scale = np.float32(np.sqrt(np.pi / 2) / self.rot_dim)
+
+    def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
+        norms, unit = self._normalize(x)
+        rotated = self.rotation.forward(unit)
+        indices = self._quantize(rotated)
+        residual = rotated - np.take(self._centroids32, indices)
+        signs = (residual @ self._sketch_t) >= 0
+        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
+        codes[:, : self.index_bytes] = bitpack.pack(indices, self.mse_bits)
+        codes[:, self.index_bytes : self.norm_offset] = np.packbits(
+            signs, axis=1, bitorder="little"
+        )
+        _write_f32(codes, self.norm_offset, norms)
+        _write_f32(codes, self.residual_offset, np.linalg.norm(residual, axis=1))
+        return codes
+
+    def _signs(self, codes: np.ndarray) -> np.ndarray:
+        """sign(S r) as ±1.0, (n, D) float32."""
+        bits = np.unpackbits(codes[:, self.index_bytes : self.norm_offset], axis=1,
+                             count=self.rot_dim, bitorder="little")
+        return bits.astype(np.float32) * 2 - 1
+
+    def residual_norms(self, codes: np.ndarray) -> np.ndarray:
+        """Stored ||r|| of the unit vector's MSE residual, (n,) float32."""
+        return _read_f32(codes, self.residual_offset)
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """Reconstruct (n, d) float32: MSE part plus the QJL dequantized residual."""
+        qjl = (self._signs(codes) @ self.sketch) * (self.qjl_scale * self.residual_norms(codes))[:, None]
+        rotated = self._dequantize(codes) + qjl
+        return self.rotation.inverse(rotated) * self.norms(codes)[:, None]
+
+    def prepare_query(self, q: np.ndarray) -> RotatedQueries:
+        rotated = self.rotation.forward(np.asarray(q, dtype=np.float32))
+        return RotatedQueries(rotated, rotated @ self._sketch_t)
+
+    def score(self, state: RotatedQueries, codes: np.ndarray) -> np.ndarray:
+        """Unbiased estimate of <q, x>, (nq, n) float32."""
+        mse = self._mse_scores(state.rotated, codes)
+        qjl = state.sketched @ self._signs(codes).T
+        qjl *= (self.qjl_scale * self.residual_norms(codes))[None, :]
+        return (mse + qjl) * self.norms(codes)[None, :]
+
+    def to_config(self) -> dict:
+        config = self._config("tq-prod")
+        config["sketch"] = "gaussian"
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> TurboQuantProd:
+        if config.get("sketch", "gaussian") != "gaussian":
+            raise ValueError(f"unknown QJL sketch {config['sketch']!r}")
+        return cls(config["dim"], config["bits"], config["seed"], config["rotation"],
+                   config["centroids"])

@@ -1,0 +1,28 @@
+"""Typed errors raised by vecstore.
+
+Each error also subclasses the builtin exception a caller would naturally catch,
+so ``except ValueError`` and ``except KeyError`` keep working.
+"""
+
+
+class VecstoreError(Exception):
+    """Base class of every error vecstore raises on purpose."""
+
+
+class InvalidArgument(VecstoreError, ValueError):
+    """An argument has the wrong shape, dtype, value or type."""
+
+
+class NotFound(VecstoreError, KeyError):
+    """A collection or id does not exist."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class AlreadyExists(VecstoreError, ValueError):
+    """A collection name or vector id is already taken."""
+
+
+class Closed(VecstoreError, RuntimeError):
+    """The database or collection was closed and can no longer be used."""
