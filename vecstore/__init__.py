@@ -1,6 +1,8 @@
 """vecstore: a compressed vector database."""
 
 from vecstore.codecs import available_specs, codec_from_config, make_codec
+from vecstore.collection import Collection, SearchResult
+from vecstore.database import Database, open
 from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound, VecstoreError
 
 __version__ = "0.1.0"
@@ -8,10 +10,14 @@ __version__ = "0.1.0"
 __all__ = [
     "AlreadyExists",
     "Closed",
+    "Collection",
+    "Database",
     "InvalidArgument",
     "NotFound",
+    "SearchResult",
     "VecstoreError",
     "available_specs",
     "codec_from_config",
     "make_codec",
+    "open",
 ]

@@ -31,6 +31,7 @@ ENCODE_CHUNK = 4096
 LUT_MAX_QUERIES = 2
 SKETCH_STREAM = 1
 COUNT_QUANTIZE_MAX_BITS = 5
+_SIGN_LEVELS = np.array([-1.0, 1.0], dtype=np.float32)
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,39 @@ class RotatedQueries:
 
     rotated: np.ndarray
     sketched: np.ndarray | None = None
+
+
+def use_lookup_tables(nq: int, bits: int) -> bool:
+    """Whether ``lut_inner_products`` beats decoding plus a matrix product."""
+    return nq <= LUT_MAX_QUERIES and 8 % bits == 0
+
+
+def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,
+                       bits: int) -> np.ndarray:
+    """Sum_j q_j * levels[v_j] for b-bit values v packed per ``bitpack``, by byte tables.
+
+    queries : (nq, D) float32, D <= 8 * P / bits
+    packed : (n, P) uint8, each byte holding 8 / bits values (bits divides 8)
+    levels : (2**bits,) float32, the value each b-bit index stands for
+    Returns (nq, n) float32. Each query gets a (P, 256) table of the partial sums a byte
+    contributes, so a code costs P lookups instead of D multiply-adds.
+    """
+    per_byte = 8 // bits
+    n_bytes = packed.shape[1]
+    mask = (1 << bits) - 1
+    byte_values = np.arange(256)
+    slot_levels = np.stack(
+        [levels[(byte_values >> (slot * bits)) & mask] for slot in range(per_byte)]
+    )
+    padded = np.zeros((queries.shape[0], n_bytes * per_byte), dtype=np.float32)
+    padded[:, : queries.shape[1]] = queries
+    tables = padded.reshape(-1, n_bytes, per_byte) @ slot_levels
+    columns = np.ascontiguousarray(packed.T)
+    out = np.zeros((queries.shape[0], packed.shape[0]), dtype=np.float32)
+    for i in range(queries.shape[0]):
+        for byte in range(n_bytes):
+            out[i] += tables[i, byte].take(columns[byte])
+    return out
 
 
 def _read_f32(codes: np.ndarray, offset: int) -> np.ndarray:
@@ -104,29 +138,11 @@ class _TurboQuantBase:
         """Rotated-space reconstruction of the unit vectors, (n, D) float32."""
         return np.take(self._centroids32, self._indices(codes))
 
-    def _lut_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """<q_rot, y_mse> by per-byte lookup tables, for bit widths dividing 8: (nq, n) f32."""
-        per_byte = 8 // self.mse_bits
-        mask = (1 << self.mse_bits) - 1
-        byte_values = np.arange(256)
-        slot_values = np.stack([
-            self._centroids32[(byte_values >> (slot * self.mse_bits)) & mask]
-            for slot in range(per_byte)
-        ])
-        padded = np.zeros((rotated.shape[0], self.index_bytes * per_byte), dtype=np.float32)
-        padded[:, : self.rot_dim] = rotated
-        offsets = (np.arange(self.index_bytes, dtype=np.intp) * 256)[None, :]
-        flat_index = codes[:, : self.index_bytes].astype(np.intp) + offsets
-        out = np.empty((rotated.shape[0], codes.shape[0]), dtype=np.float32)
-        for i, query in enumerate(padded):
-            table = query.reshape(self.index_bytes, per_byte) @ slot_values
-            out[i] = np.take(table.ravel(), flat_index).sum(axis=1)
-        return out
-
     def _mse_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """<q_rot, y_mse> for each query and code, (nq, n) float32."""
-        if rotated.shape[0] <= LUT_MAX_QUERIES and 8 % self.mse_bits == 0:
-            return self._lut_scores(rotated, codes)
+        packed = codes[:, : self.index_bytes]
+        if use_lookup_tables(rotated.shape[0], self.mse_bits):
+            return lut_inner_products(rotated, packed, self._centroids32, self.mse_bits)
         return rotated @ self._dequantize(codes).T
 
     def _config(self, name: str) -> dict:
@@ -234,6 +250,13 @@ class TurboQuantProd(_TurboQuantBase):
         _write_f32(codes, self.residual_offset, np.linalg.norm(residual, axis=1))
         return codes
 
+    def _sign_scores(self, sketched: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """<S q, sign(S r)> for each query and code, (nq, n) float32."""
+        packed = codes[:, self.index_bytes : self.norm_offset]
+        if use_lookup_tables(sketched.shape[0], 1):
+            return lut_inner_products(sketched, packed, _SIGN_LEVELS, 1)
+        return sketched @ self._signs(codes).T
+
     def _signs(self, codes: np.ndarray) -> np.ndarray:
         """sign(S r) as ±1.0, (n, D) float32."""
         bits = np.unpackbits(codes[:, self.index_bytes : self.norm_offset], axis=1,
@@ -257,7 +280,7 @@ class TurboQuantProd(_TurboQuantBase):
     def score(self, state: RotatedQueries, codes: np.ndarray) -> np.ndarray:
         """Unbiased estimate of <q, x>, (nq, n) float32."""
         mse = self._mse_scores(state.rotated, codes)
-        qjl = state.sketched @ self._signs(codes).T
+        qjl = self._sign_scores(state.sketched, codes)
         qjl *= (self.qjl_scale * self.residual_norms(codes))[None, :]
         return (mse + qjl) * self.norms(codes)[None, :]
 

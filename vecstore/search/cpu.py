@@ -1,0 +1,71 @@
+"""Exhaustive scan of codes on the CPU in bounded chunks with a running top-k."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import numpy as np
+
+from vecstore.codecs.base import Codec
+from vecstore.search.topk import TopK
+
+Metric = Literal["ip", "cosine", "l2"]
+
+# Working memory of one chunk: its score block plus its decoded codes.
+CHUNK_WORKING_BYTES = 64 << 20
+MIN_CHUNK_ROWS = 1024
+MAX_CHUNK_ROWS = 65536
+# Queries are scored in blocks of at most this many, so scores stay bounded for any batch.
+QUERY_BLOCK = 4096
+
+
+def chunk_rows(nq: int, dim: int) -> int:
+    """Rows per chunk so that scores (nq x rows) and decoded rows (rows x dim) fit the budget."""
+    per_row = 4 * (nq + 2 * dim)
+    return int(np.clip(CHUNK_WORKING_BYTES // per_row, MIN_CHUNK_ROWS, MAX_CHUNK_ROWS))
+
+
+def to_keys(scores: np.ndarray, metric: Metric, query_sq_norms: np.ndarray | None,
+            code_norms: np.ndarray | None) -> np.ndarray:
+    """Turn estimated inner products (nq, n) into keys where smaller is better, in place.
+
+    For l2 the key is ||q||^2 - 2 <q, x> + ||x||^2 with the stored norms (n,).
+    """
+    if metric == "l2":
+        scores *= -2
+        scores += query_sq_norms[:, None]
+        scores += np.square(code_norms)[None, :]
+        return scores
+    np.negative(scores, out=scores)
+    return scores
+
+
+def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
+    """FAISS-order distances from keys: similarities for ip/cosine (-inf padding),
+    squared distances for l2 (+inf padding)."""
+    return keys if metric == "l2" else -keys
+
+
+def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
+         live: np.ndarray | None = None) -> TopK:
+    """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
+
+    Rows where ``live`` (n,) bool is False are never returned. Returns the running
+    top-k over row positions; ``TopK.sorted`` turns it into final results.
+    """
+    nq = queries.shape[0]
+    top = TopK(nq, k)
+    state = codec.prepare_query(queries)
+    query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
+    step = chunk_rows(nq, codec.dim)
+    for start in range(0, codes.shape[0], step):
+        chunk = codes[start : start + step]
+        scores = codec.score(state, chunk)
+        code_norms = codec.norms(chunk) if metric == "l2" else None
+        keys = to_keys(scores, metric, query_sq_norms, code_norms)
+        if live is not None:
+            dead = ~live[start : start + step]
+            if dead.any():
+                keys[:, dead] = np.inf
+        top.push(keys, start)
+    return top
