@@ -14,6 +14,7 @@ import numpy as np
 import vecstore
 from bench.datasets import Dataset
 from bench.metrics import recall_1_at, recall_at
+from vecstore.codecs import make_codec
 from vecstore.codecs.base import bits_per_dim
 
 DEFAULT_CODECS = "flat,tq1,tq2,tq3,tq4,tq2-prod,tq3-prod,tq4-prod"
@@ -87,6 +88,26 @@ def run_codec(dataset: Dataset, spec: str, *, metric: str, k: int, seed: int,
     }
 
 
+def measure_encode(dataset: Dataset, spec: str, *, seed: int, repeat: int) -> dict:
+    """Encoding throughput of ``spec`` over the whole base set, best of ``repeat`` passes."""
+    codec = make_codec(spec, dim=dataset.dim, seed=seed)
+    codec.train(dataset.base)
+    codec.encode(dataset.base[:64])
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        codec.encode(dataset.base)
+        best = min(best, time.perf_counter() - start)
+    return {
+        "dataset": dataset.name,
+        "codec": spec,
+        "n_base": int(dataset.base.shape[0]),
+        "dim": dataset.dim,
+        "encode_s": round(best, 4),
+        "encode_vectors_per_s": round(dataset.base.shape[0] / best, 1),
+    }
+
+
 def format_table(rows: list[dict]) -> str:
     """A plain-text table of the main columns."""
     header = (f"{'codec':<10} {'bits/dim':>8} {'bytes/vec':>9} {'recall@10':>9} "
@@ -101,11 +122,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def write_results(rows: list[dict], dataset: str, out_dir: Path = RESULTS_DIR) -> Path:
-    """Append the rows, stamped with date and machine, to a new JSON-lines file."""
+def write_results(rows: list[dict], name: str, out_dir: Path = RESULTS_DIR) -> Path:
+    """Write the rows, stamped with date and machine, to a new JSON-lines file."""
     out_dir.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
-    path = out_dir / f"{dataset}-{now:%Y%m%dT%H%M%SZ}.jsonl"
+    path = out_dir / f"{name}-{now:%Y%m%dT%H%M%SZ}.jsonl"
     stamp = {"date": now.isoformat(timespec="seconds"), **machine_info()}
     with path.open("w") as f:
         for row in rows:

@@ -111,7 +111,8 @@ def test_search_result_layout_and_padding(db, metric):
     pad = np.inf if metric == "l2" else -np.inf
     assert (distances[:, 3:] == pad).all()
     real = distances[:, :3]
-    assert (np.diff(real, axis=1) >= 0).all() if metric == "l2" else (np.diff(real, axis=1) <= 0).all()
+    steps = np.diff(real, axis=1)
+    assert (steps >= 0).all() if metric == "l2" else (steps <= 0).all()
 
 
 def test_single_query_is_one_row(db):

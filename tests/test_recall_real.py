@@ -10,6 +10,7 @@ from bench.metrics import recall_at
 
 TEXT_QUERIES = 2000
 GLOVE_QUERIES = 1000
+GLOVE_METRICS = [("ip", "gt_ip"), ("l2", "gt_l2"), ("cosine", "gt_cos")]
 
 
 def search_ids(data, spec, metric, n_queries, k=10):
@@ -47,7 +48,7 @@ def test_bundled_wordnet_recall(wordnet):
     assert recall_at(tq4.ids, wordnet["gt_ip"], 10) >= 0.9
 
 
-@pytest.mark.parametrize(("metric", "stem"), [("ip", "gt_ip"), ("l2", "gt_l2"), ("cosine", "gt_cos")])
+@pytest.mark.parametrize(("metric", "stem"), GLOVE_METRICS)
 def test_glove_flat_matches_each_metric(glove50, metric, stem):
     result = search_ids(glove50, "flat", metric, GLOVE_QUERIES)
     gt = glove50[stem][:GLOVE_QUERIES, :10]
@@ -57,7 +58,7 @@ def test_glove_flat_matches_each_metric(glove50, metric, stem):
                             glove50[score_file][:GLOVE_QUERIES, :10], rtol=2e-4)
 
 
-@pytest.mark.parametrize(("metric", "stem"), [("ip", "gt_ip"), ("l2", "gt_l2"), ("cosine", "gt_cos")])
+@pytest.mark.parametrize(("metric", "stem"), GLOVE_METRICS)
 def test_glove_tq4_ranks_each_metric(glove50, metric, stem):
     """tq4 follows each metric's own neighbours, well above what another metric's list gives."""
     result = search_ids(glove50, "tq4", metric, GLOVE_QUERIES)

@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 import vecstore
-from vecstore.codecs import make_codec
-from vecstore.codecs import turboquant
+from vecstore.codecs import make_codec, turboquant
 from vecstore.search import cpu
 from vecstore.search.topk import TopK
 

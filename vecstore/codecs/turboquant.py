@@ -269,7 +269,8 @@ class TurboQuantProd(_TurboQuantBase):
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Reconstruct (n, d) float32: MSE part plus the QJL dequantized residual."""
-        qjl = (self._signs(codes) @ self.sketch) * (self.qjl_scale * self.residual_norms(codes))[:, None]
+        residual_scale = self.qjl_scale * self.residual_norms(codes)
+        qjl = (self._signs(codes) @ self.sketch) * residual_scale[:, None]
         rotated = self._dequantize(codes) + qjl
         return self.rotation.inverse(rotated) * self.norms(codes)[:, None]
 

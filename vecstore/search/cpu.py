@@ -12,8 +12,8 @@ from vecstore.search.topk import TopK
 Metric = Literal["ip", "cosine", "l2"]
 
 # Working memory of one chunk: its score block plus its decoded codes.
-CHUNK_WORKING_BYTES = 64 << 20
-MIN_CHUNK_ROWS = 1024
+CHUNK_WORKING_BYTES = 32 << 20
+MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 65536
 # Queries are scored in blocks of at most this many, so scores stay bounded for any batch.
 QUERY_BLOCK = 4096

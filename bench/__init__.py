@@ -1,0 +1,1 @@
+"""Benchmarks of vecstore on real embedding sets."""
