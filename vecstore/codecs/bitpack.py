@@ -34,7 +34,7 @@ def pack(values: np.ndarray, bits: int) -> np.ndarray:
         per_byte = 8 // bits
         padded = np.zeros((n, packed_size(m, bits) * per_byte), dtype=np.uint8)
         padded[:, :m] = values
-        slots = padded.reshape(n, -1, per_byte)
+        slots = padded.reshape(n, packed_size(m, bits), per_byte)
         out = slots[:, :, 0].copy()
         for slot in range(1, per_byte):
             out |= slots[:, :, slot] << np.uint8(slot * bits)
@@ -61,7 +61,7 @@ def unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:
         out = np.empty((n, packed.shape[1], per_byte), dtype=np.uint8)
         for slot in range(per_byte):
             np.bitwise_and(packed >> np.uint8(slot * bits), mask, out=out[:, :, slot])
-        return out.reshape(n, -1)[:, :count]
+        return out.reshape(n, packed.shape[1] * per_byte)[:, :count]
     groups = -(-count // 8)
     stream = np.zeros((n, groups * bits), dtype=np.uint8)
     stream[:, : packed.shape[1]] = packed

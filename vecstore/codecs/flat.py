@@ -21,12 +21,12 @@ class FlatCodec:
         """Nothing to learn."""
 
     def encode(self, x: np.ndarray) -> np.ndarray:
-        """(n, d) float32 -> (n, 4 d) uint8."""
-        return np.ascontiguousarray(x, dtype="<f4").view(np.uint8)
+        """(n, d) float32 -> (n, 4 d) uint8, a new array."""
+        return np.array(x, dtype="<f4", order="C").view(np.uint8)
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
-        """(n, 4 d) uint8 -> (n, d) float32."""
-        return np.ascontiguousarray(codes).view("<f4").astype(np.float32, copy=False)
+        """(n, 4 d) uint8 -> (n, d) float32, a new array."""
+        return np.array(codes, dtype=np.uint8, order="C").view("<f4").astype(np.float32)
 
     def prepare_query(self, q: np.ndarray) -> np.ndarray:
         return np.ascontiguousarray(q, dtype=np.float32)
