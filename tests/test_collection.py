@@ -123,6 +123,15 @@ def test_single_query_is_one_row(db):
     assert distances[0, 0] == pytest.approx(1.0)
 
 
+def test_k_up_to_the_cap_pads_beyond_the_rows(db):
+    c = db.create_collection("c", dim=4, codec="tq4", metric="ip")
+    c.add(np.eye(4))
+    distances, ids = c.search(np.ones(4), k=16384)
+    assert ids.shape == (1, 16384)
+    assert sorted(ids[0, :4]) == [0, 1, 2, 3] and (ids[0, 4:] == -1).all()
+    assert np.isfinite(distances[0, :4]).all() and (distances[0, 4:] == -np.inf).all()
+
+
 def test_empty_collection_search_is_all_padding(db):
     c = db.create_collection("c", dim=4, codec="tq2", metric="l2")
     distances, ids = c.search(np.ones((3, 4)), k=4)
@@ -222,7 +231,7 @@ def test_add_existing_id_raises_and_changes_nothing(db):
     assert isinstance(AlreadyExists("x"), ValueError)
 
 
-@pytest.mark.parametrize("k", [0, -3, 2.0, "5", True, None])
+@pytest.mark.parametrize("k", [0, -3, 2.0, "5", True, None, 16385])
 def test_bad_k(db, k):
     c = db.create_collection("c", dim=4, codec="flat")
     c.add(np.eye(4))

@@ -72,10 +72,14 @@ def unique_ids(ids: np.ndarray, what: str = "ids") -> None:
         raise InvalidArgument(f"duplicate {what} in one batch: {int(s[1:][dup][0])}")
 
 
+# The largest k a search accepts, as in Milvus: results are (nq, k) arrays held in memory.
+MAX_K = 16384
+
+
 def as_k(k) -> int:
-    """Return ``k`` as a positive int."""
+    """Return ``k`` as an int in 1..MAX_K."""
     if isinstance(k, bool) or not isinstance(k, int | np.integer):
         raise InvalidArgument(f"k must be an integer, got {type(k).__name__}")
-    if k <= 0:
-        raise InvalidArgument(f"k must be positive, got {k}")
+    if not 0 < k <= MAX_K:
+        raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
     return int(k)

@@ -75,7 +75,8 @@ class Collection:
         if isinstance(item, bool) or not isinstance(item, int | np.integer):
             return False
         self._check_open()
-        return bool(self._index.lookup(np.array([item], dtype=np.int64))[0] >= 0)
+        with self._lock:
+            return bool(self._index.lookup(np.array([item], dtype=np.int64))[0] >= 0)
 
     @property
     def code_size(self) -> int:
@@ -204,14 +205,15 @@ class Collection:
         q = self._prepare_vectors(queries, "queries")
         k = _validate.as_k(k)
         codes, row_ids, live = self._snapshot()
-        distances = np.empty((q.shape[0], k), dtype=np.float32)
-        found = np.empty((q.shape[0], k), dtype=np.int64)
+        # No more than the stored rows can be found: scan for those, pad the rest.
+        k_scan = max(1, min(k, codes.shape[0]))
+        distances = np.full((q.shape[0], k), np.inf, dtype=np.float32)
+        found = np.full((q.shape[0], k), -1, dtype=np.int64)
         for start in range(0, q.shape[0], cpu.QUERY_BLOCK):
             block = slice(start, start + cpu.QUERY_BLOCK)
-            top = cpu.scan(self.codec, codes, q[block], k, self.metric, live)
-            keys, found[block] = top.sorted(row_ids)
-            distances[block] = cpu.keys_to_distances(keys, self.metric)
-        return SearchResult(distances, found)
+            top = cpu.scan(self.codec, codes, q[block], k_scan, self.metric, live)
+            distances[block, :k_scan], found[block, :k_scan] = top.sorted(row_ids)
+        return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
 
 def _grow(array: np.ndarray, capacity: int, used: int) -> np.ndarray:

@@ -5,6 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 
+def _as_floats(codes: np.ndarray) -> np.ndarray:
+    """A float32 (n, d) view of contiguous codes (n, 4 d) uint8; a copy only if needed."""
+    return np.ascontiguousarray(codes).view("<f4")
+
+
 class FlatCodec:
     """Stores each vector as d little-endian float32 values (code_size = 4 d)."""
 
@@ -33,11 +38,11 @@ class FlatCodec:
 
     def score(self, state: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """Exact <q, x>, (nq, n) float32."""
-        return state @ self.decode(codes).T
+        return state @ _as_floats(codes).T
 
     def norms(self, codes: np.ndarray) -> np.ndarray:
         """Exact ||x||, (n,) float32."""
-        return np.linalg.norm(self.decode(codes), axis=1).astype(np.float32)
+        return np.linalg.norm(_as_floats(codes), axis=1).astype(np.float32)
 
     def to_config(self) -> dict:
         return {"codec": "flat", "spec": "flat", "dim": self.dim}
