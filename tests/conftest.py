@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_limits
 
 from bench.datasets import BUNDLED_DATA_DIR, shared_data_dir
 
@@ -23,6 +24,17 @@ def _shared_set(name: str) -> dict[str, np.ndarray]:
     if root is None or not (root / name).is_dir():
         pytest.skip(f"shared data set {name} is not available")
     return _load_set(root / name)
+
+
+@pytest.fixture(scope="module")
+def one_blas_thread():
+    """Run a module's linear algebra on one BLAS thread.
+
+    For small matrices on a machine whose cores are shared, BLAS worker threads waiting
+    for a core make a 384 x 384 QR factorization up to a hundred times slower.
+    """
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
 
 
 @pytest.fixture(scope="session")

@@ -32,20 +32,7 @@ EXAMPLES_PER_CODEC = settings(max_examples=4, deadline=None, derandomize=True)
 over_codecs = pytest.mark.parametrize(("spec", "rotation"), SPEC_ROTATIONS)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """Run this module's linear algebra on one BLAS thread.
-
-    The matrices here are small; on a machine whose cores are shared, BLAS worker threads
-    waiting for a core make a 300 x 300 QR factorization up to a hundred times slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 @dataclass(frozen=True)

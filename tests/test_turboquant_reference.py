@@ -31,20 +31,7 @@ MSE_VECTORS = 4000
 PROD_SEEDS = 100
 PROD_PAIRS_PER_SEED = 100
 
-@pytest.fixture(scope="module", autouse=True)
-def one_blas_thread():
-    """Run this module's linear algebra on one BLAS thread.
-
-    The matrices here are small; on a machine whose cores are shared, BLAS worker threads
-    waiting for a core make a 384 x 384 QR factorization up to a hundred times slower.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        yield
-        return
-    with threadpool_limits(limits=1, user_api="blas"):
-        yield
+pytestmark = pytest.mark.usefixtures("one_blas_thread")
 
 
 def unit_rows(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
