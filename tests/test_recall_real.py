@@ -67,3 +67,12 @@ def test_glove_tq4_ranks_each_metric(glove50, metric, stem):
               for s in ("gt_ip", "gt_l2", "gt_cos") if s != stem]
     assert own >= 0.6
     assert own > max(others) + 0.1
+
+
+def test_text_minilm_tq2_rescored_with_originals(text_minilm):
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=384, metric="ip", codec="tq2", store_vectors="float16")
+        c.add(text_minilm["base"])
+        result = c.search(text_minilm["queries"][:TEXT_QUERIES], k=10, rescore=4)
+    recall = recall_at(result.ids, text_minilm["gt_ip"][:TEXT_QUERIES], 10)
+    assert recall >= 0.95, f"tq2 rescore=4 recall@10 {recall:.4f} < 0.95"

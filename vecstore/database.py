@@ -6,7 +6,7 @@ import re
 import threading
 
 from vecstore.codecs.registry import make_codec
-from vecstore.collection import METRICS, Collection
+from vecstore.collection import METRICS, STORED_VECTOR_DTYPES, Collection
 from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
@@ -52,8 +52,9 @@ class Database:
             raise Closed("the database is closed")
 
     def create_collection(self, name: str, *, dim: int, metric: str = "cosine",
-                          codec: str = "tq4", seed: int = 0,
-                          rotation: str = "auto") -> Collection:
+                          codec: str = "tq4", seed: int = 0, rotation: str = "auto",
+                          store_vectors: str | None = None,
+                          rescore_codec: str | None = None) -> Collection:
         """Create an empty collection.
 
         Parameters
@@ -69,17 +70,31 @@ class Database:
             A codec spec such as ``"tq4"``, ``"tq3-prod"`` or ``"flat"``.
         seed, rotation
             The codec's random seed and rotation kind ("auto", "dense", "hadamard").
+        store_vectors : {None, "float16", "float32"}
+            Also keep the vectors themselves, for ``search(..., rescore=r)`` and exact ``get``.
+        rescore_codec : str, optional
+            A finer codec spec (e.g. ``"tq8"``) kept beside the main codes for rescoring,
+            when storing the vectors is too costly. Not combined with ``store_vectors``.
         """
         self._check_open()
         check_collection_name(name)
         if metric not in METRICS:
             raise InvalidArgument(f"unknown metric {metric!r}; expected one of {METRICS}")
+        if store_vectors is not None and store_vectors not in STORED_VECTOR_DTYPES:
+            raise InvalidArgument(
+                f"store_vectors must be None, 'float16' or 'float32', got {store_vectors!r}"
+            )
+        if store_vectors is not None and rescore_codec is not None:
+            raise InvalidArgument("choose one of store_vectors and rescore_codec for rescoring")
         coder = make_codec(codec, dim=dim, seed=seed, rotation=rotation)
+        finer = (make_codec(rescore_codec, dim=dim, seed=seed, rotation=rotation)
+                 if rescore_codec is not None else None)
         with self._lock:
             self._check_open()
             if name in self._collections:
                 raise AlreadyExists(f"collection {name!r} already exists")
-            collection = Collection(name, coder, metric)
+            collection = Collection(name, coder, metric, store_vectors=store_vectors,
+                                    rescore_codec=finer)
             self._collections[name] = collection
         return collection
 

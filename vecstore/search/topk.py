@@ -17,6 +17,13 @@ class TopK:
         self.keys = np.full((nq, k), np.inf, dtype=np.float32)
         self.rows = np.full((nq, k), -1, dtype=np.int64)
 
+    @classmethod
+    def of(cls, keys: np.ndarray, rows: np.ndarray) -> TopK:
+        """A TopK holding given keys (nq, k) float32 and rows (nq, k) int64."""
+        top = cls(*keys.shape)
+        top.keys, top.rows = keys, rows
+        return top
+
     def push(self, keys: np.ndarray, first_row: int) -> None:
         """Merge a chunk of keys (nq, m) float32 for rows first_row .. first_row + m - 1."""
         m = keys.shape[1]
