@@ -84,7 +84,8 @@ def rotated_dim(dim: int, rotation: str) -> int:
 
 def documented_layout(spec: str, dim: int, rotation: str) -> tuple[int, list[int]]:
     """Code size in bytes and the byte offsets of the stored float32 values, per the module
-    docs: ||x|| for tq{b}; ||x|| then ||r|| for tq{b}-prod; none for flat."""
+    docs: ||x|| for tq{b}; ||x|| then ||r|| for tq{b}-prod; ||x|| then a 2-byte correction
+    for tq{b}c; none for flat."""
     if spec == "flat":
         return 4 * dim, []
     padded = rotated_dim(dim, rotation)
@@ -92,6 +93,8 @@ def documented_layout(spec: str, dim: int, rotation: str) -> tuple[int, list[int
     if spec.endswith("-prod"):
         signs = -(-padded // 8)
         return indices + signs + 8, [indices + signs, indices + signs + 4]
+    if spec.endswith("c"):
+        return indices + 4 + 2, [indices]
     return indices + 4, [indices]
 
 
@@ -103,6 +106,7 @@ def documented_layout(spec: str, dim: int, rotation: str) -> tuple[int, list[int
         ("tq1", 7, "dense", 1 + 4),
         ("tq3", 300, "hadamard", 192 + 4),
         ("tq4-prod", 384, "dense", 144 + 48 + 8),
+        ("tq4c", 384, "dense", 192 + 4 + 2),
         ("tq2-prod", 5, "hadamard", 1 + 1 + 8),
         ("flat", 384, "dense", 1536),
     ],

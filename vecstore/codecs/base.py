@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
+
+from vecstore.errors import InvalidArgument
 
 
 @runtime_checkable
@@ -21,12 +24,16 @@ class Codec(Protocol):
         Bytes stored per vector, every overhead (norms, scales) included.
     data_oblivious : bool
         True when ``train`` is a no-op.
+    is_trained : bool
+        True once the codec can encode and score: always for data-oblivious codecs, after
+        ``train`` for the others (their ``encode`` and ``score`` raise InvalidArgument before).
     """
 
     spec: str
     dim: int
     code_size: int
     data_oblivious: bool
+    is_trained: bool
 
     def train(self, x: np.ndarray) -> None:
         """Fit data-dependent parameters on ``x`` (n, d) float32."""
@@ -53,3 +60,59 @@ class Codec(Protocol):
 def bits_per_dim(codec: Codec) -> float:
     """Stored bits per vector dimension, overheads included."""
     return codec.code_size * 8 / codec.dim
+
+
+def training_matrix(x: Any, dim: int, min_rows: int, spec: str) -> np.ndarray:
+    """``x`` as a C-contiguous (n, dim) float32 array fit to train the codec ``spec``.
+
+    Raises InvalidArgument unless ``x`` is a real 2-D array of ``dim`` columns with at least
+    ``min_rows`` rows and only finite values.
+    """
+    arr = np.asarray(x)
+    if arr.dtype == np.bool_ or arr.dtype.kind not in "iuf":
+        raise InvalidArgument(f"{spec} training data must be real numbers, got dtype {arr.dtype}")
+    if arr.ndim != 2 or arr.shape[1] != dim:
+        raise InvalidArgument(
+            f"{spec} training data must have shape (n, {dim}), got {arr.shape}"
+        )
+    if arr.shape[0] < min_rows:
+        raise InvalidArgument(
+            f"{spec} needs at least {min_rows} training rows, got {arr.shape[0]}"
+        )
+    out = np.ascontiguousarray(arr, dtype=np.float32)
+    if not np.isfinite(out).all():
+        raise InvalidArgument(f"{spec} training data contain NaN or Inf")
+    return out
+
+
+def input_matrix(x: Any, dim: int, spec: str) -> np.ndarray:
+    """``x`` as a C-contiguous (n, dim) float32 array, n >= 0, for ``encode`` or a query.
+
+    Raises InvalidArgument for any other shape.
+    """
+    out = np.ascontiguousarray(x, dtype=np.float32)
+    if out.ndim != 2 or out.shape[1] != dim:
+        raise InvalidArgument(f"{spec} expects vectors of shape (n, {dim}), got {out.shape}")
+    return out
+
+
+def require_trained(codec: Codec) -> None:
+    """Raise InvalidArgument unless ``codec`` has been trained."""
+    if not codec.is_trained:
+        raise InvalidArgument(
+            f"codec {codec.spec} must be trained before use: call train(x) on sample vectors"
+        )
+
+
+def floats_to_text(array: np.ndarray) -> str:
+    """Base64 text of ``array``'s values as little-endian float32, for JSON configs."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype="<f4").tobytes()).decode("ascii")
+
+
+def floats_from_text(text: str, shape: tuple[int, ...]) -> np.ndarray:
+    """Inverse of ``floats_to_text``: a new float32 array of ``shape``."""
+    try:
+        raw = base64.b64decode(text.encode("ascii"), validate=True)
+        return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
+    except (ValueError, AttributeError) as exc:
+        raise InvalidArgument(f"codec config holds no float32 array of shape {shape}") from exc

@@ -14,6 +14,7 @@ class FlatCodec:
     """Stores each vector as d little-endian float32 values (code_size = 4 d)."""
 
     data_oblivious = True
+    is_trained = True
     spec = "flat"
 
     def __init__(self, dim: int):

@@ -5,6 +5,15 @@ Specs, in the spirit of ``faiss.index_factory``:
     ``tq1`` … ``tq8``        TurboQuant_mse, b bits per coordinate
     ``tq2-prod`` … ``tq8-prod``  TurboQuant_prod, b-1 MSE bits + 1 QJL bit per coordinate
     ``tq{m}+qjl``            the same as ``tq{m+1}-prod``
+    ``tq1c`` … ``tq8c``      TurboQuant_mse plus a stored <y, y_mse> that corrects the
+                             inner-product estimate (2 bytes more than ``tq{b}``)
+
+Baselines (``pq``, ``mib`` and the PCA codecs learn from data: call ``train`` first):
+    ``pq{M}x{nbits}``        product quantization, M sub-spaces (d % M == 0), nbits 1..8
+    ``mib``, ``mib{b}``      per-dimension quantile binarization, b bits per dimension
+    ``mib-hamming``          ``mib`` scored by Hamming distance (``mib-asym`` = ``mib``)
+    ``fp16``, ``fp8``        float16, or E4M3 with a float32 scale per vector
+    ``fp8-pca{r}``, ``fp16-pca{r}``  PCA to r <= d dimensions, then fp8 or fp16
 """
 
 from __future__ import annotations
@@ -13,32 +22,79 @@ import re
 
 from vecstore.codecs.base import Codec
 from vecstore.codecs.flat import FlatCodec
+from vecstore.codecs.fp8 import MinifloatCodec
+from vecstore.codecs.mib import MIBCodec
+from vecstore.codecs.pca import PCACodec
+from vecstore.codecs.pq import ProductQuantizer
 from vecstore.codecs.turboquant import TurboQuantMSE, TurboQuantProd
+from vecstore.codecs.turboquant_corrected import TurboQuantCorrected
 from vecstore.errors import InvalidArgument
 
 _TQ = re.compile(r"tq(\d)")
 _TQ_PROD = re.compile(r"tq(\d)-prod")
 _TQ_QJL = re.compile(r"tq(\d)\+qjl")
+_TQ_CORRECTED = re.compile(r"tq(\d)c")
+_PQ = re.compile(r"pq(\d+)x(\d+)")
+_MIB = re.compile(r"mib(\d)?(?:-(hamming|asym))?")
+_MINIFLOAT = re.compile(r"(fp8|fp16)")
+_PCA = re.compile(r"(fp8|fp16)-pca(\d+)")
 
 _BY_CONFIG_NAME = {
     "flat": FlatCodec,
     "tq": TurboQuantMSE,
     "tq-prod": TurboQuantProd,
+    "tq-corrected": TurboQuantCorrected,
+    "pq": ProductQuantizer,
+    "mib": MIBCodec,
+    "minifloat": MinifloatCodec,
+    "pca": PCACodec,
 }
 
-ROTATIONS = ("auto", "dense", "hadamard")
+ROTATIONS = ("auto", "dense", "hadamard", "none")
+_MIB_SCORINGS = {None: "asymmetric", "asym": "asymmetric", "hamming": "hamming"}
+
+# Representative baselines, sized for d = 384 (each pair of rows spends equal bytes):
+# 24, 48 and 96 bytes of PQ codes, 1, 2 and 4 bits per dimension of MIB, minifloats with
+# and without PCA.
+BASELINE_SPECS = (
+    "pq24x8", "pq48x4", "pq48x8", "pq96x4", "pq96x8", "pq192x4",
+    "mib", "mib-hamming", "mib2", "mib4",
+    "fp16", "fp8", "fp8-pca96", "fp8-pca128", "fp8-pca192", "fp16-pca192",
+)
 
 
-def available_specs() -> list[str]:
-    """Every spec ``make_codec`` accepts, canonical names only."""
-    return ["flat"] + [f"tq{b}" for b in range(1, 9)] + [f"tq{b}-prod" for b in range(2, 9)]
+def _fits(spec: str, dim: int) -> bool:
+    """Whether ``spec`` from available_specs() builds a codec for ``dim``."""
+    if match := _PQ.fullmatch(spec):
+        return dim % int(match[1]) == 0
+    if match := _PCA.fullmatch(spec):
+        return int(match[2]) < dim
+    return dim >= 2
+
+
+def available_specs(dim: int | None = None, *, baselines: bool = False) -> list[str]:
+    """Canonical specs ``make_codec`` accepts.
+
+    Without arguments: the data-oblivious TurboQuant family and ``flat``, valid for every
+    dimension. ``baselines=True`` adds a representative set of the baseline codecs
+    (BASELINE_SPECS, chosen for d = 384). ``dim`` keeps only the specs that fit it: PQ needs
+    d % M == 0, PCA r < d.
+    """
+    specs = ["flat"] + [f"tq{b}" for b in range(1, 9)] + [f"tq{b}-prod" for b in range(2, 9)]
+    specs += [f"tq{b}c" for b in range(1, 9)]
+    if baselines:
+        specs += list(BASELINE_SPECS)
+    if dim is None:
+        return specs
+    return [spec for spec in specs if _fits(spec, dim)]
 
 
 def make_codec(spec: str, *, dim: int, seed: int = 0, rotation: str = "auto") -> Codec:
     """Build the codec named by ``spec`` for vectors of dimension ``dim``.
 
-    ``seed`` fixes the random rotation and sketch; ``rotation`` ("auto", "dense",
-    "hadamard") applies to TurboQuant codecs.
+    ``seed`` fixes the random rotation and sketch, and for trained codecs the training
+    sample and k-means seeding. ``rotation`` ("auto", "dense", "hadamard") applies to
+    TurboQuant and MIB codecs; "none" (MIB only) leaves the coordinates as they are.
     """
     if not isinstance(spec, str):
         raise InvalidArgument(f"codec spec must be a string, got {type(spec).__name__}")
@@ -51,6 +107,8 @@ def make_codec(spec: str, *, dim: int, seed: int = 0, rotation: str = "auto") ->
     name = spec.strip().lower()
     if name == "flat":
         return FlatCodec(dim)
+    if name.startswith("tq") and rotation == "none":
+        raise InvalidArgument("TurboQuant needs a rotation: 'auto', 'dense' or 'hadamard'")
     if match := _TQ.fullmatch(name):
         bits = int(match[1])
         if 1 <= bits <= 8:
@@ -63,8 +121,22 @@ def make_codec(spec: str, *, dim: int, seed: int = 0, rotation: str = "auto") ->
         bits = int(match[1]) + 1
         if 2 <= bits <= 8:
             return TurboQuantProd(dim, bits, seed, rotation)
+    if match := _TQ_CORRECTED.fullmatch(name):
+        bits = int(match[1])
+        if 1 <= bits <= 8:
+            return TurboQuantCorrected(dim, bits, seed, rotation)
+    if match := _PQ.fullmatch(name):
+        return ProductQuantizer(dim, int(match[1]), int(match[2]), seed)
+    if match := _MIB.fullmatch(name):
+        return MIBCodec(dim, int(match[1] or 1), seed, scoring=_MIB_SCORINGS[match[2]],
+                        rotation=rotation)
+    if match := _MINIFLOAT.fullmatch(name):
+        return MinifloatCodec(dim, match[1])
+    if match := _PCA.fullmatch(name):
+        return PCACodec(dim, int(match[2]), match[1], seed)
     raise InvalidArgument(
-        f"unknown codec spec {spec!r}; known: {', '.join(available_specs())}, tq{{m}}+qjl"
+        f"unknown codec spec {spec!r}; known: {', '.join(available_specs())}, tq{{m}}+qjl, "
+        "pq{M}x{nbits}, mib, mib{b}, mib-hamming, mib-asym, fp16, fp8, fp8-pca{r}, fp16-pca{r}"
     )
 
 

@@ -26,6 +26,15 @@ def _bit_generator(seed: int, stream: int) -> np.random.PCG64:
     return np.random.PCG64(np.random.SeedSequence([seed, stream]))
 
 
+def stable_uniform(seed: int, n: int, stream: int = 0) -> np.ndarray:
+    """n uniform float64 samples in the open interval (0, 1) from PCG64 seeded by (seed, stream).
+
+    Each value is the top 53 bits of one raw 64-bit draw, shifted half a step off zero.
+    """
+    raw = _bit_generator(seed, stream).random_raw(n)
+    return ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+
+
 def stable_normal(seed: int, shape: tuple[int, ...], stream: int = 0) -> np.ndarray:
     """Standard normal float64 samples from PCG64 seeded by (seed, stream).
 
@@ -33,8 +42,7 @@ def stable_normal(seed: int, shape: tuple[int, ...], stream: int = 0) -> np.ndar
     """
     n = int(np.prod(shape))
     pairs = (n + 1) // 2
-    raw = _bit_generator(seed, stream).random_raw(2 * pairs)
-    u = ((raw >> np.uint64(11)).astype(np.float64) + 0.5) * (1.0 / (1 << 53))
+    u = stable_uniform(seed, 2 * pairs, stream)
     u1, u2 = u[:pairs], u[pairs:]
     radius = np.sqrt(-2.0 * np.log(u1))
     z = np.concatenate([radius * np.cos(2 * np.pi * u2), radius * np.sin(2 * np.pi * u2)])

@@ -89,6 +89,7 @@ class _TurboQuantBase:
     """Rotation, scalar codebook and norm handling shared by both TurboQuant variants."""
 
     data_oblivious = True
+    is_trained = True
 
     def __init__(self, dim: int, bits: int, mse_bits: int, seed: int, rotation: str,
                  centroids: list[float] | None):

@@ -1,0 +1,151 @@
+"""Minifloat codecs: ``fp16`` (IEEE half per dimension) and ``fp8`` (E4M3 per dimension).
+
+Both are data-oblivious. ``fp8`` uses the E4M3 "fn" format of ``ml_dtypes.float8_e4m3fn``
+(4 exponent bits, bias 7, 3 mantissa bits, no infinities, largest finite value 448): each
+vector is divided by one float32 scale, max |x_i| / 448, so that its largest coordinate
+lands on the top of the E4M3 range, and then rounded to the nearest E4M3 value (ties to
+even). ``fp16`` rounds to the nearest half-precision value and saturates at ±65504.
+
+The payload helpers here are shared with the PCA codecs (``pca.py``), which store their
+projected coordinates the same way.
+
+Code layout, per vector (little-endian):
+    fp16:  [d float16]                 2 d bytes
+    fp8:   [d E4M3 bytes][scale f32]   d + 4 bytes
+No norm is stored: ``norms`` returns ||x_hat||, the norm of the decoded vector.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import ml_dtypes
+import numpy as np
+
+from vecstore.codecs.base import input_matrix
+from vecstore.errors import InvalidArgument
+
+Minifloat = Literal["fp16", "fp8"]
+FORMATS = ("fp16", "fp8")
+E4M3_MAX = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
+FP16_MAX = float(np.finfo(np.float16).max)
+SCALE_BYTES = 4
+# Values in the per-block working arrays (decoded rows): 16 MiB of float32.
+BLOCK_ENTRIES = 1 << 22
+
+
+def minifloat_size(count: int, fmt: Minifloat) -> int:
+    """Bytes that ``count`` coordinates take in format ``fmt``, per-vector scale included."""
+    return 2 * count if fmt == "fp16" else count + SCALE_BYTES
+
+
+def to_e4m3(values: np.ndarray) -> np.ndarray:
+    """Round float32 values to the nearest E4M3 value, saturating at ±448: same-shape uint8
+    bit patterns (sign, 4 exponent bits, 3 mantissa bits)."""
+    clipped = np.clip(values, -E4M3_MAX, E4M3_MAX)
+    return clipped.astype(ml_dtypes.float8_e4m3fn).view(np.uint8)
+
+
+def from_e4m3(patterns: np.ndarray) -> np.ndarray:
+    """Inverse of ``to_e4m3``: uint8 bit patterns -> float32 values of the same shape."""
+    return np.ascontiguousarray(patterns, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(
+        np.float32
+    )
+
+
+def e4m3_scales(x: np.ndarray) -> np.ndarray:
+    """Per-row scale max |x_i| / 448, (n,) float32; 0 for an all-zero row."""
+    if x.shape[1] == 0:
+        return np.zeros(x.shape[0], dtype=np.float32)
+    return (np.abs(x).max(axis=1) / np.float32(E4M3_MAX)).astype(np.float32)
+
+
+def encode_minifloats(x: np.ndarray, fmt: Minifloat) -> np.ndarray:
+    """(n, r) float32 -> (n, minifloat_size(r, fmt)) uint8 per the module's code layout."""
+    n, count = x.shape
+    if fmt == "fp16":
+        halves = np.clip(x, -FP16_MAX, FP16_MAX).astype("<f2")
+        return np.ascontiguousarray(halves).view(np.uint8).reshape(n, 2 * count)
+    scales = e4m3_scales(x)
+    safe = np.where(scales > 0, scales, np.float32(1))
+    codes = np.empty((n, count + SCALE_BYTES), dtype=np.uint8)
+    codes[:, :count] = to_e4m3(x / safe[:, None])
+    codes[:, count:] = scales.astype("<f4").reshape(n, 1).view(np.uint8)
+    return codes
+
+
+def decode_minifloats(codes: np.ndarray, count: int, fmt: Minifloat) -> np.ndarray:
+    """Inverse of ``encode_minifloats``: (n, minifloat_size(count, fmt)) uint8 -> (n, count)
+    float32."""
+    codes = np.ascontiguousarray(codes, dtype=np.uint8)
+    if fmt == "fp16":
+        return codes.view("<f2").astype(np.float32)
+    scales = np.ascontiguousarray(codes[:, count:]).view("<f4")[:, 0].astype(np.float32)
+    return from_e4m3(codes[:, :count]) * scales[:, None]
+
+
+def check_format(fmt: str) -> None:
+    """Raise InvalidArgument unless ``fmt`` is a known minifloat format."""
+    if fmt not in FORMATS:
+        raise InvalidArgument(f"unknown minifloat format {fmt!r}; expected one of {FORMATS}")
+
+
+class MinifloatCodec:
+    """Every coordinate as a float16 (``fp16``) or a scaled E4M3 byte (``fp8``)."""
+
+    data_oblivious = True
+    is_trained = True
+
+    def __init__(self, dim: int, fmt: Minifloat = "fp8"):
+        check_format(fmt)
+        if dim < 1:
+            raise InvalidArgument(f"{fmt} needs dim >= 1, got {dim}")
+        self.dim = int(dim)
+        self.fmt = fmt
+        self.spec = fmt
+        self.code_size = minifloat_size(self.dim, fmt)
+
+    def train(self, x: np.ndarray) -> None:
+        """Nothing to learn."""
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        """(n, d) float32 -> (n, code_size) uint8, a new array."""
+        x = input_matrix(x, self.dim, self.spec)
+        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
+        step = max(1, BLOCK_ENTRIES // self.dim)
+        for start in range(0, x.shape[0], step):
+            codes[start : start + step] = encode_minifloats(x[start : start + step], self.fmt)
+        return codes
+
+    def decode(self, codes: np.ndarray) -> np.ndarray:
+        """(n, code_size) uint8 -> (n, d) float32."""
+        return decode_minifloats(codes, self.dim, self.fmt)
+
+    def prepare_query(self, q: np.ndarray) -> np.ndarray:
+        return input_matrix(q, self.dim, self.spec)
+
+    def score(self, state: np.ndarray, codes: np.ndarray) -> np.ndarray:
+        """<q, x_hat>, (nq, n) float32: blocks of codes are decoded and multiplied."""
+        out = np.empty((state.shape[0], codes.shape[0]), dtype=np.float32)
+        step = max(1, BLOCK_ENTRIES // self.dim)
+        for start in range(0, codes.shape[0], step):
+            out[:, start : start + step] = state @ self.decode(codes[start : start + step]).T
+        return out
+
+    def norms(self, codes: np.ndarray) -> np.ndarray:
+        """||x_hat|| of each decoded vector, (n,) float32."""
+        out = np.empty(codes.shape[0], dtype=np.float32)
+        step = max(1, BLOCK_ENTRIES // self.dim)
+        for start in range(0, codes.shape[0], step):
+            decoded = self.decode(codes[start : start + step])
+            out[start : start + step] = np.sqrt(
+                np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64)
+            )
+        return out
+
+    def to_config(self) -> dict:
+        return {"codec": "minifloat", "spec": self.spec, "dim": self.dim, "format": self.fmt}
+
+    @classmethod
+    def from_config(cls, config: dict) -> MinifloatCodec:
+        return cls(config["dim"], config["format"])
