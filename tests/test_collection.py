@@ -256,3 +256,25 @@ def test_errors_are_builtin_subclasses():
     assert str(NotFound("no collection named 'x'")) == "no collection named 'x'"
     with pytest.raises(InvalidArgument, match="on-disk"):
         vecstore.open("/tmp/somewhere")
+
+
+def test_trained_codecs_learn_from_the_first_batch(db, wordnet):
+    c = db.create_collection("pq", dim=384, metric="ip", codec="pq48x8")
+    with pytest.raises(InvalidArgument):
+        c.add(wordnet["base"][:10])
+    assert len(c) == 0 and not c.codec.is_trained
+    c.add(wordnet["base"][:5000])
+    assert c.codec.is_trained
+    c.add(wordnet["base"][5000:6000])
+    _, found = c.search(wordnet["base"][:20], k=1)
+    assert (found[:, 0] == np.arange(20)).mean() >= 0.9
+    with pytest.raises(InvalidArgument, match="already holds vectors"):
+        c.train(wordnet["base"][:1000])
+
+
+def test_explicit_train_before_small_adds(db, wordnet):
+    c = db.create_collection("mib", dim=384, metric="cosine", codec="mib2")
+    c.train(wordnet["base"][:2000])
+    assert c.codec.is_trained
+    c.add(wordnet["base"][:3])
+    assert len(c) == 3
