@@ -24,10 +24,17 @@ test: $(STAMP) ## run the test suite (GPU tests skip without a GPU)
 bench: $(STAMP) ## run the main benchmark on the bundled data set and write bench/results/
 	$(PY) -m bench run
 
+bench-peers: $(STAMP) ## our codecs beside faiss, turbovec and rabitqlib on the bundled set, 5 seeds
+	$(PY) -m pip install --quiet -e '.[peers]'
+	$(PY) -m bench run --peers faiss,turbovec,rabitqlib --seeds 5
+
+bench-plot: $(STAMP) ## draw recall vs bytes and vs QPS from bench/results/*.jsonl
+	$(PY) -m bench plot bench/results/*.jsonl
+
 lint: $(STAMP) ## check style with ruff
 	$(PY) -m ruff check vecstore bench tests
 
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help setup test bench lint clean
+.PHONY: help setup test bench bench-peers bench-plot lint clean

@@ -1,31 +1,70 @@
-"""Benchmarks: ``python -m bench run`` (recall and speed per codec) and
-``python -m bench encode`` (encoding throughput)."""
+"""Benchmarks: ``python -m bench run`` (recall and speed of codecs and peer libraries),
+``python -m bench encode`` (encoding throughput) and ``python -m bench plot`` (PNG plots of
+result files)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from functools import partial
 
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
 from bench.datasets import load_dataset
-from bench.run import DEFAULT_CODECS, format_table, measure_encode, run_codec, write_results
+from bench.peers import peer_specs
+from bench.plot import PLOT_DIR, load_rows, plot_results
+from bench.run import (
+    RESULTS_DIR,
+    VecstoreMethod,
+    check_rescore_support,
+    default_codecs,
+    format_table,
+    measure_encode,
+    run_method,
+    write_results,
+)
+from bench.schema import validate_row
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    run = commands.add_parser("run", help="index a data set with each codec; report recall, speed")
+
+    run = commands.add_parser("run", help="index a data set with codecs and peers; report "
+                                          "recall and speed")
     run.add_argument("--dataset", default="wordnet-minilm384",
-                     help="a bundled or shared set name, or a directory of .npy files")
-    run.add_argument("--codecs", default=DEFAULT_CODECS, help="comma-separated codec specs")
-    run.add_argument("--metric", default=None, help="ip, cosine or l2 (default: the set's own)")
+                     help="a bundled or shared set name, a directory (.npy files, or "
+                          "<name>_base.fvecs and <name>_query.fvecs), a <name>_base.fvecs or "
+                          ".bvecs file, or an ann-benchmarks .hdf5 file")
+    run.add_argument("--query-file", default=None, help="queries of a .fvecs/.bvecs base file")
+    run.add_argument("--gt-file", default=None, help="Euclidean ground truth (.ivecs) of a "
+                                                     ".fvecs/.bvecs base file")
+    run.add_argument("--codecs", default=None,
+                     help="comma-separated codec specs, or 'none' (default: flat, tq1-tq4, "
+                          "tq2-prod-tq4-prod and the quick baselines vecstore has)")
+    run.add_argument("--peers", default="",
+                     help="comma-separated peer libraries (faiss, turbovec, rabitqlib) or peer "
+                          "names (faiss-rabitq4, turbovec2, ...); default none")
+    run.add_argument("--metric", default=None, choices=["ip", "cosine", "l2"],
+                     help="default: the set's own")
     run.add_argument("--k", type=int, default=10)
-    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--seed", type=int, default=0, help="the first seed")
+    run.add_argument("--seeds", type=int, default=1,
+                     help="run seeded methods with this many seeds (seed, seed+1, ...)")
+    run.add_argument("--peer-seeds", type=int, default=None,
+                     help="seeds for seeded peers (default: --seeds); faiss PQ training is slow")
+    run.add_argument("--rescore", type=int, default=None,
+                     help="rerank k*R candidates with float16 originals (vecstore codecs)")
     run.add_argument("--queries", type=int, default=None, help="use only the first N queries")
-    run.add_argument("--single-queries", type=int, default=200,
+    run.add_argument("--base", type=int, default=None,
+                     help="use only the first N base vectors (ground truth is recomputed)")
+    run.add_argument("--single-queries", type=int, default=100,
                      help="queries timed one at a time for latency")
+    run.add_argument("--threads", type=int, default=None,
+                     help="cap BLAS and OpenMP threads, and rabitqlib's (default: all cores)")
+    run.add_argument("--out", default=str(RESULTS_DIR), help="directory for the results file")
+
     encode = commands.add_parser("encode", help="time encoding of the base set per codec")
     encode.add_argument("--dataset", default="wordnet-minilm384")
     encode.add_argument("--codecs", default="tq4")
@@ -33,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--repeat", type=int, default=3)
     encode.add_argument("--threads", type=int, default=None,
                         help="cap BLAS and OpenMP threads (1 measures one core)")
+
+    plot = commands.add_parser("plot", help="draw recall vs bytes and recall vs QPS as PNGs")
+    plot.add_argument("results", nargs="+", help="JSON-lines files written by 'run'")
+    plot.add_argument("--out", default=str(PLOT_DIR), help="directory for the PNG files")
+
     args = parser.parse_args(argv)
     if args.command == "encode":
         return encode_command(args)
+    if args.command == "plot":
+        return plot_command(args)
     return run_command(args)
 
 
@@ -54,18 +100,67 @@ def encode_command(args: argparse.Namespace) -> int:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    dataset = load_dataset(args.dataset, max_queries=args.queries)
+    peer_seeds = args.seeds if args.peer_seeds is None else args.peer_seeds
+    if min(args.seeds, peer_seeds) < 1:
+        raise SystemExit("--seeds and --peer-seeds must be >= 1")
+    if args.rescore is not None:
+        if args.rescore < 1:
+            raise SystemExit("--rescore must be >= 1")
+        try:
+            check_rescore_support()
+        except RuntimeError as exc:
+            raise SystemExit(str(exc)) from None
+    dataset = load_dataset(args.dataset, max_queries=args.queries, max_base=args.base,
+                           query_file=args.query_file, gt_file=args.gt_file)
     metric = args.metric or dataset.metric
-    specs = [s.strip() for s in args.codecs.split(",") if s.strip()]
+    if args.codecs is None:
+        specs = default_codecs(dataset.dim)
+    elif args.codecs.strip().lower() == "none":
+        specs = []
+    else:
+        specs = [s.strip() for s in args.codecs.split(",") if s.strip()]
+    requested_peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    peers, notes = peer_specs(requested_peers, dataset.dim, metric, threads=args.threads)
+    if peers and args.rescore:
+        notes.append("--rescore applies to vecstore codecs; peers rank by their codes alone")
+    for note in notes:
+        print(f"note: {note}", flush=True)
+    codec_seeds = list(range(args.seed, args.seed + args.seeds))
+    methods = [(spec, partial(VecstoreMethod, spec, dataset.dim, rescore=args.rescore),
+                codec_seeds) for spec in specs]
+    methods += [(peer.name, peer.make, list(range(args.seed, args.seed + peer_seeds)))
+                for peer in peers]
+    if not methods:
+        raise SystemExit("nothing to run: give --codecs or --peers")
+
     print(f"{dataset.name}: {dataset.base.shape[0]} base x {dataset.dim} d, "
-          f"{dataset.queries.shape[0]} queries, metric {metric}, k={args.k}", flush=True)
+          f"{dataset.queries.shape[0]} queries, metric {metric}, k={args.k}, "
+          f"seeds {args.seed}..{codec_seeds[-1]} (peers {args.seed}.."
+          f"{args.seed + peer_seeds - 1}), rescore {args.rescore or 'none'}", flush=True)
+    dataset.ground_truth(metric)
     rows = []
-    for spec in tqdm(specs, desc="codecs", unit="codec", file=sys.stderr):
-        rows.append(run_codec(dataset, spec, metric=metric, k=args.k, seed=args.seed,
-                              single_queries=args.single_queries))
+    total = sum(len(seeds) if make(seeds[0]).seeded else 1 for _, make, seeds in methods)
+    with threadpool_limits(limits=args.threads), \
+            tqdm(total=total, desc="builds", unit="build", file=sys.stderr) as progress:
+        for name, make, seeds in methods:
+            progress.set_postfix_str(name)
+            rows.append(run_method(make, dataset, metric=metric, k=args.k, seeds=seeds,
+                                   single_queries=args.single_queries,
+                                   on_seed_done=lambda _: progress.update(1)))
+    for row in rows:
+        row["threads"] = args.threads
     print(format_table(rows))
-    path = write_results(rows, dataset.name)
+    path = write_results(rows, f"{dataset.name}-{metric}", args.out, check=validate_row)
     print(f"results: {path}")
+    return 0
+
+
+def plot_command(args: argparse.Namespace) -> int:
+    rows = load_rows(args.results)
+    if not rows:
+        raise SystemExit("no result rows in " + ", ".join(args.results))
+    for path in plot_results(rows, args.out):
+        print(path)
     return 0
 
 

@@ -1,12 +1,18 @@
 """Benchmark data sets and their exact nearest neighbours.
 
-A data set is a directory of numpy files:
+A data set is one of:
 
-- ``base.npy``: (n, d) float16 or float32, the database; loaded as float32.
-- ``queries.npy``: (nq, d) float32.
-- ``gt_ip.npy``, ``gt_l2.npy``, ``gt_cos.npy`` (each optional): integer (nq, >=100) ids of the
-  exact nearest base rows, best first, by largest inner product, smallest Euclidean distance and
-  largest cosine. A metric without a file is computed on first use and cached.
+- A directory of numpy files: ``base.npy`` ((n, d) float16 or float32, the database; loaded as
+  float32), ``queries.npy`` ((nq, d) float32) and, each optional, ``gt_ip.npy``, ``gt_l2.npy``,
+  ``gt_cos.npy``: integer (nq, >=100) ids of the exact nearest base rows, best first, by
+  largest inner product, smallest Euclidean distance and largest cosine.
+- TEXMEX files (SIFT, GIST): a directory holding ``<name>_base.fvecs`` (or ``.bvecs``),
+  ``<name>_query.fvecs`` and optionally ``<name>_groundtruth.ivecs`` (Euclidean neighbours),
+  or the path of the ``<name>_base`` file itself.
+- An ann-benchmarks ``.hdf5`` file (``train``, ``test``, ``neighbors``, attribute
+  ``distance``: angular -> cosine, euclidean -> l2, dot -> ip).
+
+A metric without stored ground truth is computed on first use and cached.
 
 Known names: ``wordnet-minilm384`` (bundled under ``bench/data/``, the default),
 ``text-minilm384`` and ``glove50`` (in the shared data directory, see `shared_data_dir`).
@@ -21,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.formats import read_ann_hdf5, read_vecs
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BUNDLED_DATA_DIR = REPO_ROOT / "bench" / "data"
 CACHE_DIR = REPO_ROOT / "bench" / ".cache"
@@ -33,6 +41,9 @@ SHARED_SETS = {"text-minilm384": "ip", "glove50": "l2"}
 METRICS = ("ip", "l2", "cosine")
 GT_FILE_STEMS = {"ip": "gt_ip", "l2": "gt_l2", "cosine": "gt_cos"}
 GT_K = 100
+
+HDF5_SUFFIXES = (".hdf5", ".h5")
+VECS_BASE_SUFFIXES = {".fvecs": np.dtype("<f4"), ".bvecs": np.dtype("u1")}
 
 _EXTRA_CANDIDATES = 32
 _SCAN_BUDGET_BYTES = 256 * 2**20
@@ -114,7 +125,7 @@ class Dataset:
     base : (n, d) float32.
     queries : (nq, d) float32.
     metric : the set's default metric, one of `METRICS`.
-    path : the directory the files came from.
+    path : the directory the files came from (the file itself for an HDF5 set).
     cache_dir : where ground truth computed on first use is kept as ``.npy``.
     """
 
@@ -171,53 +182,70 @@ def load_dataset(
     *,
     metric: str | None = None,
     cache_dir: str | os.PathLike | None = None,
+    max_base: int | None = None,
+    query_file: str | os.PathLike | None = None,
+    gt_file: str | os.PathLike | None = None,
 ) -> Dataset:
-    """Load a data set by name or from a directory.
+    """Load a data set by name, from a directory or from a file.
 
     Parameters
     ----------
-    name_or_path : a known name (``wordnet-minilm384``, ``text-minilm384``, ``glove50``) or a
-        directory holding ``base.npy``, ``queries.npy`` and optionally ``gt_*.npy``.
+    name_or_path : a known name (``wordnet-minilm384``, ``text-minilm384``, ``glove50``); a
+        directory holding ``base.npy``, ``queries.npy`` and optionally ``gt_*.npy``; a
+        directory holding ``<name>_base.fvecs`` (or ``.bvecs``), ``<name>_query.fvecs`` and
+        optionally ``<name>_groundtruth.ivecs``; such a ``_base`` file; or an ann-benchmarks
+        ``.hdf5`` file.
     max_queries : keep only the first this many queries (and their ground truth rows).
-    metric : the default metric; for a known set its own, for a directory "ip" when every base
-        vector has unit norm and "l2" otherwise.
+    metric : the default metric. Otherwise: a known set's own; "l2" for TEXMEX files with a
+        ground truth file; the ``distance`` of an HDF5 file; else "ip" when every base vector
+        has unit norm and "l2" otherwise.
     cache_dir : where to keep computed ground truth; default ``bench/.cache/<name>``.
+    max_base : keep only the first this many base vectors. Stored ground truth refers to the
+        whole base, so it is then ignored and computed for the slice.
+    query_file, gt_file : for a ``_base.fvecs``/``.bvecs`` file, the queries (``.fvecs`` or
+        ``.bvecs``) and Euclidean ground truth (``.ivecs``) when they are not its
+        ``<name>_query`` and ``<name>_groundtruth`` siblings.
 
     Raises
     ------
     FileNotFoundError : the set's directory or one of its required files is missing.
+    ImportError : an ``.hdf5`` file is given and h5py is not installed.
     ValueError : a file has the wrong shape or dtype, or an argument is invalid.
     """
-    path, known_metric = _resolve(name_or_path)
-    base = _load_matrix(path / "base.npy")
-    queries = _load_matrix(path / "queries.npy")
+    for what, count in (("max_queries", max_queries), ("max_base", max_base)):
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int)
+                                  or count < 1):
+            raise ValueError(f"{what} must be a positive integer, got {count!r}")
+    # One row more than asked shows whether the file had more rows than kept.
+    source = _read_source(name_or_path, None if max_base is None else max_base + 1,
+                          query_file, gt_file)
+    base, queries = source.base, source.queries
     if base.shape[1] != queries.shape[1]:
         raise ValueError(
-            f"{path}: queries.npy has dimension {queries.shape[1]}, base.npy has {base.shape[1]}"
+            f"{source.path}: queries have dimension {queries.shape[1]}, base has {base.shape[1]}"
         )
+    sliced = max_base is not None and base.shape[0] > max_base
+    if sliced:
+        base = base[:max_base]
     ground_truth = {}
-    for gt_metric, stem in GT_FILE_STEMS.items():
-        gt_file = path / f"{stem}.npy"
-        if gt_file.is_file():
+    if not sliced:
+        for gt_metric, (ids, origin) in source.ground_truth.items():
             ground_truth[gt_metric] = _checked_ground_truth(
-                np.load(gt_file), gt_file, queries.shape[0], base.shape[0]
+                ids, origin, queries.shape[0], base.shape[0]
             )
     if max_queries is not None:
-        if isinstance(max_queries, bool) or not isinstance(max_queries, int) or max_queries < 1:
-            raise ValueError(f"max_queries must be a positive integer, got {max_queries!r}")
         queries = queries[:max_queries]
         ground_truth = {m: ids[:max_queries] for m, ids in ground_truth.items()}
 
     if metric is None:
-        metric = known_metric or _default_metric(base)
-    name = path.name
+        metric = source.metric or _default_metric(base)
     return Dataset(
-        name=name,
+        name=source.name,
         base=base,
         queries=queries,
         metric=check_metric(metric),
-        path=path,
-        cache_dir=Path(cache_dir) if cache_dir is not None else CACHE_DIR / name,
+        path=source.path,
+        cache_dir=Path(cache_dir) if cache_dir is not None else CACHE_DIR / source.name,
         _ground_truth=ground_truth,
     )
 
@@ -229,13 +257,118 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+@dataclass(eq=False)
+class _Source:
+    """Arrays as read from a set's files.
+
+    ``ground_truth`` maps a metric to (ids, the file they came from); ``metric`` is the
+    set's own default metric, None when the files do not say.
+    """
+
+    name: str
+    path: Path
+    base: np.ndarray
+    queries: np.ndarray
+    ground_truth: dict[str, tuple[np.ndarray, Path]]
+    metric: str | None
+
+
 def _shared_data_candidate() -> Path:
     env = os.environ.get(SHARED_DATA_ENV)
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def _read_source(
+    name_or_path: str | os.PathLike,
+    max_rows: int | None,
+    query_file: str | os.PathLike | None,
+    gt_file: str | os.PathLike | None,
+) -> _Source:
+    """Read a set in whichever format ``name_or_path`` names; at most ``max_rows`` base rows."""
+    name = os.fspath(name_or_path)
+    path = Path(name)
+    vecs_base = None
+    if path.is_file() and path.suffix in VECS_BASE_SUFFIXES:
+        vecs_base = path
+    elif path.is_dir() and not (path / "base.npy").is_file():
+        vecs_base = _find_vecs_base(path)
+    if vecs_base is not None:
+        return _read_vecs_set(vecs_base, max_rows, query_file, gt_file)
+    if query_file is not None or gt_file is not None:
+        raise ValueError("query_file and gt_file apply only to a _base.fvecs or .bvecs set")
+    if path.is_file() and path.suffix in HDF5_SUFFIXES:
+        base, queries, neighbors, metric = read_ann_hdf5(path, max_rows)
+        ground_truth = {} if neighbors is None else {metric: (neighbors, path)}
+        return _Source(path.stem, path, base, queries, ground_truth, metric)
+    path, known_metric = _resolve(name_or_path)
+    ground_truth = {}
+    for gt_metric, stem in GT_FILE_STEMS.items():
+        gt_path = path / f"{stem}.npy"
+        if gt_path.is_file():
+            ground_truth[gt_metric] = (np.load(gt_path), gt_path)
+    return _Source(
+        path.name,
+        path,
+        _load_matrix(path / "base.npy", max_rows),
+        _load_matrix(path / "queries.npy"),
+        ground_truth,
+        known_metric,
+    )
+
+
+def _find_vecs_base(directory: Path) -> Path | None:
+    """The one ``*_base.fvecs`` or ``*_base.bvecs`` file in ``directory``, None if none."""
+    found = sorted(f for suffix in VECS_BASE_SUFFIXES for f in directory.glob(f"*_base{suffix}"))
+    if len(found) > 1:
+        names = ", ".join(f.name for f in found)
+        raise ValueError(f"{directory} holds several base files ({names}); pass one of them")
+    return found[0] if found else None
+
+
+def _read_vecs_set(
+    base_file: Path,
+    max_rows: int | None,
+    query_file: str | os.PathLike | None,
+    gt_file: str | os.PathLike | None,
+) -> _Source:
+    """A TEXMEX set from its base file, finding the query and ground truth siblings."""
+    stem = base_file.stem
+    prefix = stem[: -len("_base")] if stem.endswith("_base") else stem
+    if query_file is None:
+        candidates = [base_file.with_name(f"{prefix}_query{s}") for s in VECS_BASE_SUFFIXES]
+        query_file = next((f for f in candidates if f.is_file()), None)
+        if query_file is None:
+            raise FileNotFoundError(
+                f"{base_file} has no queries beside it: expected {candidates[0].name} or "
+                f"{candidates[1].name}, or name the file with query_file"
+            )
+    query_file = Path(query_file)
+    if query_file.suffix not in VECS_BASE_SUFFIXES:
+        raise ValueError(f"{query_file}: queries must be an .fvecs or .bvecs file")
+    if gt_file is None:
+        sibling = base_file.with_name(f"{prefix}_groundtruth.ivecs")
+        gt_file = sibling if sibling.is_file() else None
+    ground_truth = {}
+    if gt_file is not None:
+        gt_file = Path(gt_file)
+        ground_truth["l2"] = (read_vecs(gt_file, np.dtype("<i4")), gt_file)
+    return _Source(
+        prefix,
+        base_file.parent,
+        _read_float_vecs(base_file, max_rows),
+        _read_float_vecs(query_file),
+        ground_truth,
+        "l2" if ground_truth else None,
+    )
+
+
+def _read_float_vecs(file: Path, max_rows: int | None = None) -> np.ndarray:
+    """An ``.fvecs`` or ``.bvecs`` file as (n, d) float32."""
+    return read_vecs(file, VECS_BASE_SUFFIXES[file.suffix], max_rows).astype(np.float32)
+
+
 def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
-    """The set's directory and, for a known name, its default metric."""
+    """The directory of a numpy set and, for a known name, its default metric."""
     name = os.fspath(name_or_path)
     if name in BUNDLED_SETS:
         path, known_metric = BUNDLED_DATA_DIR / name, BUNDLED_SETS[name]
@@ -253,8 +386,9 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
     if not path.is_dir():
         known = ", ".join([*BUNDLED_SETS, *SHARED_SETS])
         raise FileNotFoundError(
-            f"{path} is not a directory; expected a data set name ({known}) "
-            "or a directory holding base.npy and queries.npy"
+            f"{path} is not a data set: expected a name ({known}), a directory holding "
+            "base.npy and queries.npy (or <name>_base.fvecs and <name>_query.fvecs), "
+            "a <name>_base.fvecs or .bvecs file, or an ann-benchmarks .hdf5 file"
         )
     for required in ("base.npy", "queries.npy"):
         if not (path / required).is_file():
@@ -265,14 +399,14 @@ def _resolve(name_or_path: str | os.PathLike) -> tuple[Path, str | None]:
     return path, known_metric
 
 
-def _load_matrix(file: Path) -> np.ndarray:
-    """A (rows, d) float file as C-contiguous float32."""
-    array = np.load(file)
+def _load_matrix(file: Path, max_rows: int | None = None) -> np.ndarray:
+    """A (rows, d) float file as C-contiguous float32; its first ``max_rows`` rows if given."""
+    array = np.load(file, mmap_mode="r")
     if array.ndim != 2 or array.shape[0] == 0 or array.dtype.kind != "f":
         raise ValueError(
             f"{file} must hold a non-empty 2-D float array, got {array.dtype} {array.shape}"
         )
-    return np.ascontiguousarray(array, dtype=np.float32)
+    return np.ascontiguousarray(array[:max_rows], dtype=np.float32)
 
 
 def _checked_ground_truth(ids: np.ndarray, file: Path, n_queries: int, n_base: int) -> np.ndarray:
