@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="default: the set's own")
     run.add_argument("--k", type=int, default=10)
     run.add_argument("--seed", type=int, default=0, help="the first seed")
-    run.add_argument("--seeds", type=int, default=1,
+    run.add_argument("--seeds", type=int, default=5,
                      help="run seeded methods with this many seeds (seed, seed+1, ...)")
     run.add_argument("--peer-seeds", type=int, default=None,
                      help="seeds for seeded peers (default: --seeds); faiss PQ training is slow")

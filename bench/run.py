@@ -21,7 +21,7 @@ from bench.peers import LIBRARIES, library_version
 from bench.schema import RECALL_METRICS
 from vecstore.codecs import make_codec
 
-DEFAULT_CODECS = "flat,tq1,tq2,tq3,tq4,tq2-prod,tq3-prod,tq4-prod"
+DEFAULT_CODECS = "flat,tq1,tq2,tq3,tq4,tq2c,tq4c,tq2-prod,tq3-prod,tq4-prod"
 # Baselines added to the default run when the installed vecstore has them and they are
 # quick to train; ``{half}`` is d // 2.
 DEFAULT_BASELINES = ("mib", "mib2", "fp8-pca{half}")
@@ -59,10 +59,7 @@ def default_codecs(dim: int) -> list[str]:
     ``available_specs`` for this dimension.
     """
     specs = DEFAULT_CODECS.split(",")
-    try:
-        available = set(vecstore.available_specs(dim, baselines=True))
-    except TypeError:
-        available = set(vecstore.available_specs())
+    available = set(vecstore.available_specs(dim, baselines=True))
     baselines = [spec.format(half=dim // 2) for spec in DEFAULT_BASELINES]
     return specs + [spec for spec in baselines if spec in available]
 

@@ -414,9 +414,8 @@ def test_mib_spec_names():
 
 def test_available_specs():
     plain = available_specs()
-    assert plain == ["flat"] + [f"tq{b}" for b in range(1, 9)] + [
-        f"tq{b}-prod" for b in range(2, 9)
-    ]
+    assert plain == (["flat"] + [f"tq{b}" for b in range(1, 9)]
+                     + [f"tq{b}-prod" for b in range(2, 9)] + [f"tq{b}c" for b in range(1, 9)])
     every = available_specs(baselines=True)
     assert {"pq48x8", "pq96x4", "pq192x4", "mib", "mib2", "mib4", "fp16", "fp8",
             "fp8-pca192"} <= set(every)
