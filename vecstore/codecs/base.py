@@ -9,6 +9,9 @@ import numpy as np
 
 from vecstore.errors import InvalidArgument
 
+# Values in a codec's per-block working arrays (decoded rows and the like): 16 MiB of float32.
+BLOCK_ENTRIES = 1 << 22
+
 
 @runtime_checkable
 class Codec(Protocol):
@@ -116,3 +119,17 @@ def floats_from_text(text: str, shape: tuple[int, ...]) -> np.ndarray:
         return np.frombuffer(raw, dtype="<f4").astype(np.float32).reshape(shape)
     except (ValueError, AttributeError) as exc:
         raise InvalidArgument(f"codec config holds no float32 array of shape {shape}") from exc
+
+
+def blockwise_row_norms(rows_of, codes: np.ndarray, width: int) -> np.ndarray:
+    """Euclidean norm of each row that ``rows_of`` makes from codes, (n,) float32.
+
+    ``rows_of`` maps a block of codes (m, code_size) uint8 to rows (m, width) float32; it
+    runs on blocks of about BLOCK_ENTRIES values so memory stays bounded.
+    """
+    out = np.empty(codes.shape[0], dtype=np.float32)
+    step = max(1, BLOCK_ENTRIES // width)
+    for start in range(0, codes.shape[0], step):
+        rows = rows_of(codes[start : start + step])
+        out[start : start + step] = np.sqrt(np.einsum("ij,ij->i", rows, rows, dtype=np.float64))
+    return out

@@ -22,7 +22,7 @@ from typing import Literal
 import ml_dtypes
 import numpy as np
 
-from vecstore.codecs.base import input_matrix
+from vecstore.codecs.base import BLOCK_ENTRIES, blockwise_row_norms, input_matrix
 from vecstore.errors import InvalidArgument
 
 Minifloat = Literal["fp16", "fp8"]
@@ -30,8 +30,6 @@ FORMATS = ("fp16", "fp8")
 E4M3_MAX = float(ml_dtypes.finfo(ml_dtypes.float8_e4m3fn).max)
 FP16_MAX = float(np.finfo(np.float16).max)
 SCALE_BYTES = 4
-# Values in the per-block working arrays (decoded rows): 16 MiB of float32.
-BLOCK_ENTRIES = 1 << 22
 
 
 def minifloat_size(count: int, fmt: Minifloat) -> int:
@@ -134,14 +132,7 @@ class MinifloatCodec:
 
     def norms(self, codes: np.ndarray) -> np.ndarray:
         """||x_hat|| of each decoded vector, (n,) float32."""
-        out = np.empty(codes.shape[0], dtype=np.float32)
-        step = max(1, BLOCK_ENTRIES // self.dim)
-        for start in range(0, codes.shape[0], step):
-            decoded = self.decode(codes[start : start + step])
-            out[start : start + step] = np.sqrt(
-                np.einsum("ij,ij->i", decoded, decoded, dtype=np.float64)
-            )
-        return out
+        return blockwise_row_norms(self.decode, codes, self.dim)
 
     def to_config(self) -> dict:
         return {"codec": "minifloat", "spec": self.spec, "dim": self.dim, "format": self.fmt}

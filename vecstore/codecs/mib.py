@@ -51,6 +51,8 @@ import numpy as np
 
 from vecstore.codecs import bitpack
 from vecstore.codecs.base import (
+    BLOCK_ENTRIES,
+    blockwise_row_norms,
     floats_from_text,
     floats_to_text,
     input_matrix,
@@ -68,8 +70,6 @@ DEFAULT_SCORING: Scoring = "asymmetric"
 DEFAULT_MAX_TRAIN = 65536
 # Up to this many queries, asymmetric scoring uses per-byte lookup tables.
 TABLE_MAX_QUERIES = 8
-# Values in the per-block working arrays (reconstructed rows, XOR words): 16 MiB.
-BLOCK_ENTRIES = 1 << 22
 SAMPLE_STREAM = 0
 _BYTE_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
 
@@ -291,14 +291,7 @@ class MIBCodec:
         if self.rot_dim != self.dim:
             # Padding: the inverse rotation drops part of the rotated reconstruction.
             return np.linalg.norm(self.decode(codes), axis=1).astype(np.float32)
-        out = np.empty(codes.shape[0], dtype=np.float32)
-        step = max(1, BLOCK_ENTRIES // self.rot_dim)
-        for start in range(0, codes.shape[0], step):
-            rotated = self._reconstruct_rotated(codes[start : start + step])
-            out[start : start + step] = np.sqrt(
-                np.einsum("ij,ij->i", rotated, rotated, dtype=np.float64)
-            )
-        return out
+        return blockwise_row_norms(self._reconstruct_rotated, codes, self.rot_dim)
 
     # --- scoring -------------------------------------------------------------------------
 

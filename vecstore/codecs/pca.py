@@ -22,6 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vecstore.codecs.base import (
+    BLOCK_ENTRIES,
     floats_from_text,
     floats_to_text,
     input_matrix,
@@ -29,7 +30,6 @@ from vecstore.codecs.base import (
     training_matrix,
 )
 from vecstore.codecs.fp8 import (
-    BLOCK_ENTRIES,
     Minifloat,
     check_format,
     decode_minifloats,

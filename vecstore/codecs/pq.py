@@ -23,6 +23,7 @@ import numpy as np
 
 from vecstore.codecs import bitpack
 from vecstore.codecs.base import (
+    BLOCK_ENTRIES,
     floats_from_text,
     floats_to_text,
     input_matrix,
@@ -35,8 +36,6 @@ from vecstore.errors import InvalidArgument
 DEFAULT_MAX_TRAIN = 65536
 # Up to this many queries score through distance tables; more decode and multiply.
 TABLE_MAX_QUERIES = 8
-# Float32 entries of the per-block working arrays (distance blocks, decoded rows): 16 MiB.
-BLOCK_ENTRIES = 1 << 22
 SAMPLE_STREAM = 0
 
 
