@@ -21,8 +21,6 @@ METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
 INITIAL_CAPACITY = 1024
 # Tombstoned rows are squeezed out once they outnumber the live ones.
 COMPACT_DEAD_FRACTION = 0.5
-# Data-dependent codecs train on at most this many rows of the first batch.
-TRAIN_MAX_ROWS = 65536
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 MAX_RESCORE = 64
 
@@ -173,7 +171,8 @@ class Collection:
     def train(self, vectors) -> None:
         """Fit data-dependent codecs (PQ, MIB, PCA) on a sample (n, d) before adding.
 
-        Without it the first ``add`` trains on up to TRAIN_MAX_ROWS of its own rows. A
+        Without it the first ``add`` trains on its own rows; each codec draws its own
+        bounded, seeded training sample (65,536 rows by default). A
         collection that already holds vectors keeps its codecs: retraining would
         invalidate the stored codes.
         """
@@ -185,7 +184,7 @@ class Collection:
                     f"collection {self.name!r} already holds vectors; its codecs are fixed"
                 )
             for codec in self._codecs():
-                codec.train(_sample(x, TRAIN_MAX_ROWS, codec))
+                codec.train(x)
 
     def _codecs(self) -> list[Codec]:
         return [c for c in (self.codec, self.rescore_codec) if c is not None]
@@ -193,7 +192,7 @@ class Collection:
     def _train_if_needed(self, x: np.ndarray) -> None:
         for codec in self._codecs():
             if not getattr(codec, "is_trained", True):
-                codec.train(_sample(x, TRAIN_MAX_ROWS, codec))
+                codec.train(x)
 
     def _append(self, new: dict[str, np.ndarray], ids: np.ndarray) -> None:
         n = ids.shape[0]
@@ -308,14 +307,6 @@ class Collection:
             f"collection {self.name!r} keeps nothing to rescore with; create it with "
             "store_vectors='float16' or a rescore_codec"
         )
-
-
-def _sample(x: np.ndarray, limit: int, codec: Codec) -> np.ndarray:
-    """At most ``limit`` rows of ``x``, drawn with the codec's seed."""
-    if x.shape[0] <= limit:
-        return x
-    rng = np.random.default_rng(getattr(codec, "seed", 0))
-    return x[np.sort(rng.choice(x.shape[0], limit, replace=False))]
 
 
 def _grow(array: np.ndarray, capacity: int, used: int) -> np.ndarray:

@@ -132,6 +132,18 @@ class _TurboQuantBase:
             indices += y > boundary
         return indices
 
+    def _encode_parts(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Codes (n, code_size) uint8 with the indices and ||x|| filled in, plus the rotated
+        unit vectors (n, D) float32 and their indices (n, D) uint8, for variants that store
+        more."""
+        norms, unit = self._normalize(x)
+        rotated = self.rotation.forward(unit)
+        indices = self._quantize(rotated)
+        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
+        codes[:, : self.index_bytes] = bitpack.pack(indices, self.mse_bits)
+        _write_f32(codes, self.norm_offset, norms)
+        return codes, rotated, indices
+
     def _indices(self, codes: np.ndarray) -> np.ndarray:
         return bitpack.unpack(codes[:, : self.index_bytes], self.rot_dim, self.mse_bits)
 
@@ -192,13 +204,7 @@ class TurboQuantMSE(_TurboQuantBase):
         self.code_size = self.index_bytes + NORM_BYTES
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
-        norms, unit = self._normalize(x)
-        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
-        codes[:, : self.index_bytes] = bitpack.pack(
-            self._quantize(self.rotation.forward(unit)), self.mse_bits
-        )
-        _write_f32(codes, self.norm_offset, norms)
-        return codes
+        return self._encode_parts(x)[0]
 
     def decode(self, codes: np.ndarray) -> np.ndarray:
         """Reconstruct (n, d) float32 from (n, code_size) uint8."""
@@ -237,17 +243,12 @@ class TurboQuantProd(_TurboQuantBase):
         self.qjl_scale = np.float32(np.sqrt(np.pi / 2) / self.rot_dim)
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
-        norms, unit = self._normalize(x)
-        rotated = self.rotation.forward(unit)
-        indices = self._quantize(rotated)
+        codes, rotated, indices = self._encode_parts(x)
         residual = rotated - np.take(self._centroids32, indices)
         signs = (residual @ self._sketch_t) >= 0
-        codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
-        codes[:, : self.index_bytes] = bitpack.pack(indices, self.mse_bits)
         codes[:, self.index_bytes : self.norm_offset] = np.packbits(
             signs, axis=1, bitorder="little"
         )
-        _write_f32(codes, self.norm_offset, norms)
         _write_f32(codes, self.residual_offset, np.linalg.norm(residual, axis=1))
         return codes
 

@@ -33,10 +33,8 @@ class TurboQuantCorrected(TurboQuantMSE):
         self.code_size += CORRECTION_BYTES
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
-        # The parent fills every byte before the correction (it sizes by code_size).
-        codes = super()._encode_chunk(x)
-        _, unit = self._normalize(x)
-        cosine = np.einsum("ij,ij->i", self.rotation.forward(unit), self._dequantize(codes))
+        codes, rotated, indices = self._encode_parts(x)
+        cosine = np.einsum("ij,ij->i", rotated, np.take(self._centroids32, indices))
         fraction = np.rint(np.clip(cosine, 0.0, CORRECTION_MAX) * CORRECTION_SCALE).astype("<u2")
         codes[:, self.correction_offset :] = fraction.reshape(-1, 1).view(np.uint8)
         return codes
