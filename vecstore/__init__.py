@@ -3,7 +3,15 @@
 from vecstore.codecs import available_specs, codec_from_config, make_codec
 from vecstore.collection import Collection, SearchResult
 from vecstore.database import Database, open
-from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound, VecstoreError
+from vecstore.errors import (
+    AlreadyExists,
+    Closed,
+    DataLoss,
+    InvalidArgument,
+    Locked,
+    NotFound,
+    VecstoreError,
+)
 
 __version__ = "0.1.0"
 
@@ -11,8 +19,10 @@ __all__ = [
     "AlreadyExists",
     "Closed",
     "Collection",
+    "DataLoss",
     "Database",
     "InvalidArgument",
+    "Locked",
     "NotFound",
     "SearchResult",
     "VecstoreError",

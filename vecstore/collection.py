@@ -1,26 +1,40 @@
-"""An in-memory collection of coded vectors with exhaustive search."""
+"""A collection of coded vectors with exhaustive search, in memory or on disk.
+
+Rows live in sealed segments (memory-mapped Arrow files on disk, arrays in memory) and
+a growable in-memory buffer, the memtable. Writes go to the write-ahead log first when
+the collection is on disk, then to the memtable; ``flush`` seals the memtable into a
+segment and persists tombstones, ``compact`` rewrites segments without deleted rows.
+"""
 
 from __future__ import annotations
 
 import threading
+import warnings
+from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
+import pyarrow as pa
 
-from vecstore import _validate
+from vecstore import _validate, metadata, rows
 from vecstore.codecs.base import Codec
-from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 from vecstore.id_index import IdIndex
 from vecstore.search import cpu
 from vecstore.search.rescore import rerank
 from vecstore.search.topk import TopK
+from vecstore.storage.wal import OP_ADD, OP_DELETE, OP_UPSERT
 
 Metric = Literal["cosine", "ip", "l2"]
 METRICS: tuple[str, ...] = ("cosine", "ip", "l2")
 
 INITIAL_CAPACITY = 1024
-# Tombstoned rows are squeezed out once they outnumber the live ones.
+# The memtable is sealed into a segment once its rows take this many bytes.
+DEFAULT_SEGMENT_BYTES = 64 << 20
+# A segment is rewritten without its deleted rows once they outnumber the live ones.
 COMPACT_DEAD_FRACTION = 0.5
+# Filters selecting fewer rows than this fraction of a segment scan a gathered copy.
+GATHER_FRACTION = 0.25
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 MAX_RESCORE = 64
 
@@ -32,7 +46,7 @@ class SearchResult(NamedTuple):
         Similarities, best first, for ``ip`` and ``cosine``; squared Euclidean distances,
         smallest first, for ``l2``. Missing results are ``-inf`` (ip, cosine) or ``+inf`` (l2).
     ids : (nq, k) int64
-        The ids found; -1 where fewer than k vectors exist.
+        The ids found; -1 where fewer than k vectors match.
     """
 
     distances: np.ndarray
@@ -44,41 +58,82 @@ def _preview(ids: np.ndarray, limit: int = 5) -> str:
     return shown + (f", … ({ids.size} in all)" if ids.size > limit else "")
 
 
+@dataclass
+class _Segment:
+    """A sealed run of rows. ``live`` is replaced (never modified) when rows are deleted;
+    ``record`` is its manifest record on disk (None in memory)."""
+
+    columns: rows.Columns
+    metadata: pa.Table | None
+    live: np.ndarray | None = None
+    record: object = None
+    tombstones_changed: bool = False
+
+    @property
+    def rows(self) -> int:
+        return self.columns[rows.ID].shape[0]
+
+    @property
+    def dead(self) -> int:
+        return 0 if self.live is None else int(self.rows - np.count_nonzero(self.live))
+
+
+@dataclass(frozen=True)
+class _Part:
+    """Rows as one search sees them: columns, metadata batches and the live mask."""
+
+    columns: rows.Columns
+    metadata: tuple[pa.Table | None, ...]
+    sizes: tuple[int, ...]
+    live: np.ndarray | None
+
+    @property
+    def rows(self) -> int:
+        return self.columns[rows.ID].shape[0]
+
+    def metadata_table(self, schema: pa.Schema) -> pa.Table:
+        tables = [metadata.conform(t, schema, n) for t, n in zip(self.metadata, self.sizes,
+                                                                 strict=True)]
+        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
+
+
+@dataclass
+class _Memtable:
+    """Rows written since the last flush, in preallocated arrays that grow by doubling."""
+
+    columns: rows.Columns
+    metadata: list[pa.Table | None] = field(default_factory=list)
+    sizes: list[int] = field(default_factory=list)
+    count: int = 0
+    dead: int = 0
+
+
 class Collection:
     """Vectors of one dimension, coded by one codec, searched by one metric.
 
     Create it with ``Database.create_collection``. ``cosine`` collections store unit
     vectors: ``get`` returns the normalized vectors. Optionally the collection also keeps
     the vectors themselves (``store_vectors``) or a finer second code (``rescore_codec``)
-    to rerank candidates with ``search(..., rescore=r)``. Methods are safe to call from
-    several threads; a write is visible to searches as soon as it returns.
+    to rerank candidates with ``search(..., rescore=r)``, and typed metadata columns to
+    filter searches with. Methods are safe to call from several threads; a write is
+    visible to searches as soon as it returns, and searches never wait for writes.
     """
 
     def __init__(self, name: str, codec: Codec, metric: Metric, *,
-                 store_vectors: str | None = None, rescore_codec: Codec | None = None):
+                 store_vectors: str | None = None, rescore_codec: Codec | None = None,
+                 store=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES):
         self.name = name
         self.codec = codec
         self.metric = metric
         self.dim = codec.dim
         self.store_vectors = store_vectors
         self.rescore_codec = rescore_codec
+        self.segment_bytes = segment_bytes
+        self._store = store
         self._lock = threading.RLock()
-        # Row-aligned columns: each array's first axis is the row position.
-        self._columns: dict[str, np.ndarray] = {
-            "codes": np.empty((INITIAL_CAPACITY, codec.code_size), dtype=np.uint8),
-            "row_ids": np.empty(INITIAL_CAPACITY, dtype=np.int64),
-            "live": np.zeros(INITIAL_CAPACITY, dtype=bool),
-        }
-        if store_vectors is not None:
-            self._columns["vectors"] = np.empty(
-                (INITIAL_CAPACITY, self.dim), dtype=STORED_VECTOR_DTYPES[store_vectors]
-            )
-        if rescore_codec is not None:
-            self._columns["rescore_codes"] = np.empty(
-                (INITIAL_CAPACITY, rescore_codec.code_size), dtype=np.uint8
-            )
-        self._rows = 0
-        self._dead = 0
+        self._segments: list[_Segment] = []
+        self._memtable = self._new_memtable()
+        self._schema = metadata.EMPTY_SCHEMA
         self._next_id = 0
         self._index = IdIndex()
         self._closed = False
@@ -96,6 +151,14 @@ class Collection:
         self._check_open()
         with self._lock:
             return bool(self._index.lookup(np.array([item], dtype=np.int64))[0] >= 0)
+
+    def __enter__(self) -> Collection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    # --- description --------------------------------------------------------------------
 
     @property
     def code_size(self) -> int:
@@ -117,56 +180,160 @@ class Collection:
         """Whether ``search(..., rescore=r)`` has finer vectors to rerank with."""
         return self.store_vectors is not None or self.rescore_codec is not None
 
+    @property
+    def metadata_schema(self) -> pa.Schema:
+        """The Arrow schema of the metadata fields seen so far."""
+        return self._schema
+
+    @property
+    def path(self):
+        """The collection's directory, or None in memory."""
+        return None if self._store is None else self._store.directory
+
+    def config(self) -> dict:
+        """The JSON-safe description a collection is rebuilt from (codec configs included)."""
+        return {
+            "name": self.name, "dim": self.dim, "metric": self.metric,
+            "codec": self.codec.to_config(),
+            "rescore_codec": self.rescore_codec.to_config() if self.rescore_codec else None,
+            "store_vectors": self.store_vectors,
+        }
+
+    def stats(self) -> dict:
+        """Counts: live ``rows``, ``segments``, ``memtable_rows``, ``deleted_rows`` not yet
+        compacted away, and ``code_bytes`` (bytes of codes and rescoring data of live rows)."""
+        with self._lock:
+            dead = sum(s.dead for s in self._segments) + self._memtable.dead
+            return {
+                "rows": len(self._index), "segments": len(self._segments),
+                "memtable_rows": self._memtable.count - self._memtable.dead,
+                "deleted_rows": dead, "code_bytes": len(self._index) * self.bytes_per_vector,
+            }
+
+    # --- lifecycle ----------------------------------------------------------------------
+
     def _check_open(self) -> None:
         if self._closed:
             raise Closed(f"collection {self.name!r} is closed")
 
-    def _close(self) -> None:
-        self._closed = True
+    def close(self) -> None:
+        """Flush to disk (on-disk collections) and close. Safe to call more than once;
+        the collection raises Closed afterwards."""
+        with self._lock:
+            if self._closed:
+                return
+            try:
+                if self._store is not None and self._needs_checkpoint():
+                    self._checkpoint(merge=False)
+            finally:
+                self._closed = True
+                if self._store is not None:
+                    self._store.close()
 
-    def _prepare_vectors(self, vectors, what: str) -> np.ndarray:
-        """Validated (n, d) float32, normalized for cosine."""
+    def _abandon(self) -> None:
+        """Close without flushing (the collection is being dropped)."""
+        with self._lock:
+            self._closed = True
+            if self._store is not None:
+                self._store.close()
+
+    # --- writes -------------------------------------------------------------------------
+
+    def _new_memtable(self, capacity: int = INITIAL_CAPACITY) -> _Memtable:
+        columns = {
+            rows.ID: np.empty(capacity, dtype=np.int64),
+            rows.CODE: np.empty((capacity, self.codec.code_size), dtype=np.uint8),
+            rows.NORM: np.empty(capacity, dtype=np.float32),
+            "live": np.zeros(capacity, dtype=bool),
+        }
+        if self.store_vectors is not None:
+            columns[rows.VECTOR] = np.empty(
+                (capacity, self.dim), dtype=STORED_VECTOR_DTYPES[self.store_vectors])
+        if self.rescore_codec is not None:
+            columns[rows.RESCORE_CODE] = np.empty(
+                (capacity, self.rescore_codec.code_size), dtype=np.uint8)
+        return _Memtable(columns)
+
+    def _prepare_vectors(self, vectors, what: str) -> tuple[np.ndarray, np.ndarray]:
+        """Validated (n, d) float32, normalized for cosine, and the norms (n,) as given."""
         x = _validate.as_matrix(vectors, self.dim, what)
+        norms = np.linalg.norm(x, axis=1).astype(np.float32)
         if self.metric == "cosine":
-            norms = np.linalg.norm(x, axis=1)
             zero = np.nonzero(norms == 0)[0]
             if zero.size:
                 raise InvalidArgument(
                     f"{what} at rows {_preview(zero)} are zero; cosine needs non-zero vectors"
                 )
-            x = x / norms[:, None].astype(np.float32)
-        return x
+            x = x / norms[:, None]
+        return x, norms
 
-    # --- writes ------------------------------------------------------------------------
-
-    def add(self, vectors, ids=None) -> np.ndarray:
+    def add(self, vectors, ids=None, metadata=None) -> np.ndarray:
         """Add vectors (n, d) or (d,) with optional ids (n,) int; return the ids (n,) int64.
 
-        Without ids, ids continue from the largest id seen so far. Raises InvalidArgument
-        for bad input and AlreadyExists for ids already present; either way nothing is added.
+        Without ids, ids continue from the largest id ever used. ``metadata`` is a dict of
+        n-long columns (or a pyarrow Table) stored as typed Arrow columns for filtering.
+        Raises InvalidArgument for bad input and AlreadyExists for ids already present;
+        either way nothing is added. On disk the write is in the log before this returns.
         """
+        return self._write(vectors, ids, metadata, upsert=False)
+
+    def upsert(self, vectors, ids, metadata=None) -> np.ndarray:
+        """Insert vectors (n, d), replacing any stored under the same ids (n,), atomically:
+        a search sees all of the old rows or all of the new. Returns the ids."""
+        if ids is None:
+            raise InvalidArgument("upsert needs ids")
+        return self._write(vectors, ids, metadata, upsert=True)
+
+    def _write(self, vectors, ids, meta, *, upsert: bool) -> np.ndarray:
         self._check_open()
-        x = self._prepare_vectors(vectors, "vectors")
+        x, norms = self._prepare_vectors(vectors, "vectors")
         if ids is not None:
             ids = _validate.as_ids(ids, x.shape[0])
             _validate.unique_ids(ids)
-        with self._lock:
-            self._train_if_needed(x)
-        new = {"codes": self.codec.encode(x)}
-        if self.store_vectors is not None:
-            new["vectors"] = x.astype(STORED_VECTOR_DTYPES[self.store_vectors])
-        if self.rescore_codec is not None:
-            new["rescore_codes"] = self.rescore_codec.encode(x)
+        meta = metadata.as_metadata(meta, x.shape[0])
         with self._lock:
             self._check_open()
+            if meta is not None:
+                metadata.merge_schema(self._schema, meta)
+            self._train_if_needed(x)
+        batch = {rows.CODE: self.codec.encode(x), rows.NORM: norms}
+        if self.store_vectors is not None:
+            batch[rows.VECTOR] = x.astype(STORED_VECTOR_DTYPES[self.store_vectors])
+        if self.rescore_codec is not None:
+            batch[rows.RESCORE_CODE] = self.rescore_codec.encode(x)
+        with self._lock:
+            self._check_open()
+            schema = self._schema
+            if meta is not None:
+                schema, meta = metadata.merge_schema(schema, meta)
             if ids is None:
                 ids = np.arange(self._next_id, self._next_id + x.shape[0], dtype=np.int64)
-            else:
+            elif not upsert:
                 taken = ids[self._index.lookup(ids) >= 0]
                 if taken.size:
                     raise AlreadyExists(f"ids already in {self.name!r}: {_preview(taken)}")
-            self._append(new, ids)
+            batch[rows.ID] = ids
+            if self._store is not None:
+                self._store.log(OP_UPSERT if upsert else OP_ADD, rows.to_table(batch, meta))
+            if upsert:
+                self._apply_delete(ids)
+            self._apply_add(batch, meta, schema)
+            self._flush_if_full()
         return ids.copy()
+
+    def delete(self, ids) -> int:
+        """Delete the vectors with these ids; absent ids are ignored. Returns how many went."""
+        self._check_open()
+        ids = np.unique(_validate.as_ids(ids))
+        with self._lock:
+            self._check_open()
+            present = ids[self._index.lookup(ids) >= 0]
+            if present.size:
+                if self._store is not None:
+                    self._store.log(OP_DELETE, rows.to_table({rows.ID: present}))
+                self._apply_delete(present)
+                self._flush_if_full()
+        return int(present.size)
 
     def train(self, vectors) -> None:
         """Fit data-dependent codecs (PQ, MIB, PCA) on a sample (n, d) before adding.
@@ -177,67 +344,250 @@ class Collection:
         invalidate the stored codes.
         """
         self._check_open()
-        x = self._prepare_vectors(vectors, "training vectors")
+        x, _ = self._prepare_vectors(vectors, "training vectors")
         with self._lock:
-            if self._rows:
+            self._check_open()
+            if self._next_id or self._segments or self._memtable.count:
                 raise InvalidArgument(
                     f"collection {self.name!r} already holds vectors; its codecs are fixed"
                 )
             for codec in self._codecs():
                 codec.train(x)
+            self._persist_config()
 
     def _codecs(self) -> list[Codec]:
         return [c for c in (self.codec, self.rescore_codec) if c is not None]
 
     def _train_if_needed(self, x: np.ndarray) -> None:
-        for codec in self._codecs():
-            if not getattr(codec, "is_trained", True):
-                codec.train(x)
+        untrained = [c for c in self._codecs() if not getattr(c, "is_trained", True)]
+        for codec in untrained:
+            codec.train(x)
+        if untrained:
+            self._persist_config()
 
-    def _append(self, new: dict[str, np.ndarray], ids: np.ndarray) -> None:
+    def _persist_config(self) -> None:
+        """Record trained codecs in the manifest before any code they wrote is logged."""
+        if self._store is not None:
+            self._checkpoint(merge=False, config=self.config())
+
+    def _apply_add(self, batch: rows.Columns, meta: pa.Table | None, schema: pa.Schema) -> None:
+        """Append rows whose ids are all absent (the caller checked) to the memtable."""
+        mem = self._memtable
+        ids = batch[rows.ID]
         n = ids.shape[0]
-        needed = self._rows + n
-        capacity = self._columns["row_ids"].shape[0]
+        needed = mem.count + n
+        capacity = mem.columns[rows.ID].shape[0]
         if needed > capacity:
             capacity = max(needed, 2 * capacity)
-            self._columns = {name: _grow(column, capacity, self._rows)
-                             for name, column in self._columns.items()}
-        rows = np.arange(self._rows, needed, dtype=np.int64)
-        for name, values in new.items():
-            self._columns[name][self._rows : needed] = values
-        self._columns["row_ids"][self._rows : needed] = ids
-        self._columns["live"][self._rows : needed] = True
-        self._index.insert(ids, rows)
-        self._rows = needed
+            mem.columns = {name: _grow(column, capacity, mem.count)
+                           for name, column in mem.columns.items()}
+        for name, values in batch.items():
+            mem.columns[name][mem.count : needed] = values
+        mem.columns["live"][mem.count : needed] = True
+        mem.metadata.append(meta)
+        mem.sizes.append(n)
+        first = self._memtable_offset() + mem.count
+        self._index.insert(ids, np.arange(first, first + n, dtype=np.int64))
+        mem.count = needed
+        self._schema = schema
         self._next_id = max(self._next_id, int(ids.max()) + 1)
 
-    def delete(self, ids) -> int:
-        """Delete the vectors with these ids; absent ids are ignored. Returns how many went."""
+    def _apply_delete(self, ids: np.ndarray) -> None:
+        """Tombstone the present ones of ``ids``; live masks are replaced, not modified,
+        so running searches keep their view."""
+        positions = np.sort(self._index.remove(ids))
+        if not positions.size:
+            return
+        offset = 0
+        for segment in self._segments:
+            hit = positions[(positions >= offset) & (positions < offset + segment.rows)] - offset
+            if hit.size:
+                live = np.ones(segment.rows, bool) if segment.live is None else segment.live.copy()
+                live[hit] = False
+                segment.live = live
+                segment.tombstones_changed = True
+            offset += segment.rows
+        hit = positions[positions >= offset] - offset
+        if hit.size:
+            mem = self._memtable
+            live = mem.columns["live"].copy()
+            live[hit] = False
+            mem.columns = {**mem.columns, "live": live}
+            mem.dead += hit.size
+
+    def _memtable_offset(self) -> int:
+        return sum(segment.rows for segment in self._segments)
+
+    def _row_bytes(self) -> int:
+        """Bytes of one row's fixed columns: codes, rescoring data, id and norm."""
+        return self.bytes_per_vector + 12
+
+    def _flush_if_full(self) -> None:
+        """Checkpoint when the memtable is full or a segment is mostly deleted. The write
+        that triggered it is already logged, so a failure here only warns."""
+        mem = self._memtable
+        if (mem.count * self._row_bytes() >= self.segment_bytes
+                or (mem.dead > COMPACT_DEAD_FRACTION * mem.count and mem.count >= 4096)
+                or any(s.dead > COMPACT_DEAD_FRACTION * s.rows for s in self._segments)):
+            try:
+                self._checkpoint(merge=False)
+            except OSError as exc:
+                warnings.warn(f"collection {self.name!r}: automatic flush failed and will be "
+                              f"retried on the next write: {exc}", RuntimeWarning, stacklevel=3)
+
+    # --- flush and compaction -----------------------------------------------------------
+
+    def flush(self) -> None:
+        """Seal the memtable into a segment and persist deletions; on disk, the log is
+        then empty. Segments mostly deleted are rewritten on the way."""
         self._check_open()
-        ids = np.unique(_validate.as_ids(ids))
         with self._lock:
             self._check_open()
-            rows = self._index.remove(ids)
-            if rows.size:
-                live = self._columns["live"].copy()
-                live[rows] = False
-                self._columns = {**self._columns, "live": live}
-                self._dead += rows.size
-                if self._dead > COMPACT_DEAD_FRACTION * self._rows:
-                    self._compact()
-        return int(rows.size)
+            self._checkpoint(merge=False)
 
-    def _compact(self) -> None:
-        """Drop tombstoned rows. Builds new arrays so running searches keep their snapshot."""
-        keep = np.nonzero(self._columns["live"][: self._rows])[0]
-        capacity = max(INITIAL_CAPACITY, keep.size)
-        self._columns = {name: _grow(column[keep], capacity, keep.size)
-                         for name, column in self._columns.items()}
-        self._rows = keep.size
-        self._dead = 0
-        self._index.rebuild(self._columns["row_ids"][: keep.size])
+    def compact(self) -> None:
+        """Rewrite every segment with deleted rows, and merge small segments, so that
+        storage holds live rows only. Searches continue meanwhile; writes wait."""
+        self._check_open()
+        with self._lock:
+            self._check_open()
+            self._checkpoint(merge=True)
 
-    # --- reads -------------------------------------------------------------------------
+    def _needs_checkpoint(self) -> bool:
+        return bool(self._memtable.count or any(s.tombstones_changed for s in self._segments))
+
+    def _checkpoint(self, *, merge: bool, config: dict | None = None) -> None:
+        """Seal the memtable, rewrite segments (all with deletions and the small ones when
+        ``merge``, else only mostly-deleted ones), persist tombstones, swap the manifest."""
+        small = self.segment_bytes // 2
+        present = [s for s in self._segments if s.dead < s.rows]
+        rewrite = [s for s in present
+                   if s.dead > COMPACT_DEAD_FRACTION * s.rows
+                   or merge and (s.dead or s.rows * self._row_bytes() < small)]
+        if merge and len(rewrite) == 1 and not rewrite[0].dead and not self._memtable.count:
+            rewrite = []
+        keep = [s for s in present if not any(s is r for r in rewrite)]
+        sources = [(s.columns, s.live, (s.metadata,), (s.rows,)) for s in rewrite]
+        mem = self._memtable
+        if mem.count:
+            live = mem.columns["live"][: mem.count]
+            columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
+            sources.append((columns, live, tuple(mem.metadata), tuple(mem.sizes)))
+        sealed = self._seal(sources)
+        for segment in keep:
+            if segment.tombstones_changed and self._store is not None:
+                deleted = segment.columns[rows.ID][~segment.live]
+                segment.record = self._store.write_tombstones(segment.record, deleted)
+            segment.tombstones_changed = False
+        segments = keep + sealed
+        if self._store is not None:
+            self._store.commit(tuple(s.record for s in segments), next_id=self._next_id,
+                               metadata_schema=self._schema, config=config)
+        self._segments = segments
+        self._memtable = self._new_memtable()
+        self._rebuild_index()
+
+    def _seal(self, sources) -> list[_Segment]:
+        """New segments holding the live rows of ``sources`` (columns, live mask, metadata
+        batches, batch sizes), at most ``segment_bytes`` each."""
+        batches, tables = [], []
+        for columns, live, metas, sizes in sources:
+            part = _Part(columns, metas, sizes, live)
+            keep = np.arange(part.rows) if live is None else np.nonzero(live)[0]
+            batches.append(rows.take(columns, keep))
+            tables.append(part.metadata_table(self._schema).take(keep))
+        if not batches:
+            return []
+        columns = rows.concat(batches)
+        table = pa.concat_tables(tables)
+        total = columns[rows.ID].shape[0]
+        per_segment = max(1, self.segment_bytes // self._row_bytes())
+        sealed = []
+        for start in range(0, total, per_segment):
+            piece = {n: c[start : start + per_segment] for n, c in columns.items()}
+            piece_meta = table.slice(start, per_segment)
+            if self._store is None:
+                sealed.append(_Segment(piece, piece_meta))
+            else:
+                sealed.append(_Segment(*self._store.write_segment(piece, piece_meta)))
+        return sealed
+
+    def _rebuild_index(self) -> None:
+        parts = self._parts()
+        ids = np.concatenate([p.columns[rows.ID] for p in parts]) if parts else \
+            np.empty(0, dtype=np.int64)
+        live = np.concatenate([np.ones(p.rows, bool) if p.live is None else p.live
+                               for p in parts]) if parts else np.empty(0, dtype=bool)
+        positions = np.nonzero(live)[0]
+        self._index.rebuild(ids[positions])
+        self._index.rows = positions[self._index.rows]
+
+    # --- loading from disk --------------------------------------------------------------
+
+    def _load(self, segments, records) -> None:
+        """Install verified segments and replay log records after the manifest."""
+        manifest = self._store.manifest
+        self._schema = manifest.metadata_schema
+        self._next_id = manifest.next_id
+        for loaded in segments:
+            live = None
+            if loaded.deleted.size:
+                live = ~np.isin(loaded.columns[rows.ID], loaded.deleted)
+            self._segments.append(_Segment(loaded.columns, loaded.metadata, live, loaded.record))
+        self._rebuild_index()
+        if len(self._index) != sum(s.rows - s.dead for s in self._segments):
+            raise DataLoss(f"{self._store.directory}: an id appears in more than one segment")
+        for record in records:
+            self._replay(record)
+
+    def _replay(self, record) -> None:
+        batch, meta = rows.from_table(record.table)
+        ids = batch[rows.ID]
+        if record.op == OP_DELETE:
+            self._apply_delete(ids)
+            return
+        if record.op == OP_UPSERT:
+            self._apply_delete(ids)
+        elif (self._index.lookup(ids) >= 0).any():
+            raise DataLoss(f"{self._store.directory}: log record {record.seq} adds ids "
+                           "that are already present")
+        schema = self._schema
+        if meta.num_columns:
+            schema, meta = metadata.merge_schema(self._schema, meta)
+        else:
+            meta = None
+        batch = {n: np.array(c) for n, c in batch.items()}
+        self._apply_add(batch, meta, schema)
+
+    # --- reads --------------------------------------------------------------------------
+
+    def _parts(self) -> list[_Part]:
+        """Every segment and the memtable's filled rows, as of now. Later writes never
+        modify the arrays these parts hold."""
+        parts = [_Part(s.columns, (s.metadata,), (s.rows,), s.live) for s in self._segments]
+        mem = self._memtable
+        if mem.count:
+            columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
+            live = mem.columns["live"][: mem.count] if mem.dead else None
+            parts.append(_Part(columns, tuple(mem.metadata), tuple(mem.sizes), live))
+        return parts
+
+    def _snapshot(self) -> tuple[list[_Part], np.ndarray, pa.Schema]:
+        with self._lock:
+            parts = self._parts()
+            schema = self._schema
+        offsets = np.cumsum([0] + [p.rows for p in parts])
+        return parts, offsets, schema
+
+    def _locate(self, ids: np.ndarray):
+        """The snapshot and the positions (n,) of ``ids``; NotFound naming absent ones."""
+        with self._lock:
+            positions = self._index.lookup(ids)
+            parts, offsets, schema = self._snapshot()
+        missing = ids[positions < 0]
+        if missing.size:
+            raise NotFound(f"ids not in {self.name!r}: {_preview(missing)}")
+        return parts, offsets, schema, positions
 
     def get(self, ids) -> np.ndarray:
         """The vectors (n, d) float32 for ``ids`` (n,): the stored originals when the
@@ -247,66 +597,120 @@ class Collection:
         """
         self._check_open()
         ids = _validate.as_ids(ids)
-        with self._lock:
-            rows = self._index.lookup(ids)
-            missing = ids[rows < 0]
-            if missing.size:
-                raise NotFound(f"ids not in {self.name!r}: {_preview(missing)}")
-            columns = self._columns
-        if "vectors" in columns:
-            return columns["vectors"][rows].astype(np.float32)
-        return self.codec.decode(columns["codes"][rows])
+        parts, offsets, _, positions = self._locate(ids)
+        if self.store_vectors is not None:
+            return _gather(parts, offsets, positions, rows.VECTOR).astype(np.float32)
+        return self.codec.decode(_gather(parts, offsets, positions, rows.CODE))
 
-    def _snapshot(self) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
-        """The filled part of every column, and the live mask (None when nothing is
-        deleted), as of now. Later writes never modify these arrays."""
-        with self._lock:
-            n = self._rows
-            live = self._columns["live"][:n] if self._dead else None
-            return {name: column[:n] for name, column in self._columns.items()}, live
+    def get_metadata(self, ids) -> pa.Table:
+        """The metadata rows of ``ids`` (n,) as a pyarrow Table with an ``id`` column first.
 
-    def search(self, queries, k: int = 10, *, rescore: int | None = None) -> SearchResult:
+        Raises NotFound naming the ids that are absent.
+        """
+        self._check_open()
+        ids = _validate.as_ids(ids)
+        parts, offsets, schema, positions = self._locate(ids)
+        which = np.searchsorted(offsets, positions, side="right") - 1
+        tables, order = [metadata.conform(None, schema, 0)], [np.empty(0, dtype=np.int64)]
+        for p in np.unique(which):
+            at = np.nonzero(which == p)[0]
+            tables.append(parts[p].metadata_table(schema).take(positions[at] - offsets[p]))
+            order.append(at)
+        table = pa.concat_tables(tables).take(np.argsort(np.concatenate(order)))
+        return table.add_column(0, rows.ID, pa.array(ids, type=pa.int64()))
+
+    def search(self, queries, k: int = 10, *, rescore: int | None = None,
+               filter=None) -> SearchResult:
         """The k nearest stored vectors to each query (nq, d) or (d,), by exhaustive scan.
 
         With ``rescore=r`` the scan fetches k * r candidates from the codes and reranks them
-        with the stored vectors (or the rescoring codec) before keeping k.
+        with the stored vectors (or the rescoring codec) before keeping k. ``filter`` (a
+        pyarrow compute expression or the dict form of ``vecstore.metadata``) restricts
+        the search to matching rows before the top-k, so k results come back whenever k
+        rows match.
         """
         self._check_open()
-        q = self._prepare_vectors(queries, "queries")
+        q, _ = self._prepare_vectors(queries, "queries")
         k = _validate.as_k(k)
-        fetch = self._rescore_fetch(rescore)
-        columns, live = self._snapshot()
-        codes, row_ids = columns["codes"], columns["row_ids"]
+        fetch_column = self._rescore_column(rescore)
+        parts, offsets, schema = self._snapshot()
+        expression = metadata.as_filter(filter, schema)
+        masks = [_mask(part, expression, schema) for part in parts]
         # No more than the stored rows can be found: scan for those, pad the rest.
-        k_scan = max(1, min(k * (rescore or 1), codes.shape[0]))
+        k_scan = max(1, min(k * (rescore or 1), int(offsets[-1])))
         k_keep = min(k, k_scan)
         distances = np.full((q.shape[0], k), np.inf, dtype=np.float32)
         found = np.full((q.shape[0], k), -1, dtype=np.int64)
         for start in range(0, q.shape[0], cpu.QUERY_BLOCK):
             block = slice(start, start + cpu.QUERY_BLOCK)
-            top = cpu.scan(self.codec, codes, q[block], k_scan, self.metric, live)
-            if fetch is not None:
-                top = TopK.of(*rerank(q[block], top.rows, lambda rows: fetch(columns, rows),
-                                      self.metric, k_keep))
-            distances[block, :k_keep], found[block, :k_keep] = top.sorted(row_ids)
+            top = self._scan_parts(q[block], k_scan, parts, offsets, masks)
+            if fetch_column is not None:
+                fetch = self._rescore_fetch(parts, offsets, fetch_column)
+                top = TopK.of(*rerank(q[block], top.rows, fetch, self.metric, k_keep))
+            ids = np.full(top.rows.shape, -1, dtype=np.int64)
+            filled = top.rows >= 0
+            ids[filled] = _gather(parts, offsets, top.rows[filled], rows.ID)
+            distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
-    def _rescore_fetch(self, rescore):
-        """The function giving finer vectors for rows, or None when not rescoring."""
+    def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+        top = TopK(q.shape[0], k)
+        state = self.codec.prepare_query(q)
+        for part, offset, mask in zip(parts, offsets, masks, strict=False):
+            codes = part.columns[rows.CODE]
+            if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
+                chosen = np.nonzero(mask)[0]
+                if not chosen.size:
+                    continue
+                local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state)
+                top.merge(local, chosen + offset)
+            else:
+                local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state)
+                top.merge(local, np.arange(offset, offset + part.rows, dtype=np.int64))
+        return top
+
+    def _rescore_column(self, rescore) -> str | None:
+        """The column holding finer vectors, or None when not rescoring."""
         if rescore is None:
             return None
         if isinstance(rescore, bool) or not isinstance(rescore, int | np.integer):
             raise InvalidArgument(f"rescore must be an integer, got {type(rescore).__name__}")
         if not 1 <= rescore <= MAX_RESCORE:
             raise InvalidArgument(f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
-        if "vectors" in self._columns:
-            return lambda columns, rows: columns["vectors"][rows].astype(np.float32)
+        if self.store_vectors is not None:
+            return rows.VECTOR
         if self.rescore_codec is not None:
-            return lambda columns, rows: self.rescore_codec.decode(columns["rescore_codes"][rows])
+            return rows.RESCORE_CODE
         raise InvalidArgument(
             f"collection {self.name!r} keeps nothing to rescore with; create it with "
             "store_vectors='float16' or a rescore_codec"
         )
+
+    def _rescore_fetch(self, parts, offsets, column: str):
+        if column == rows.VECTOR:
+            return lambda positions: _gather(parts, offsets, positions, column).astype(np.float32)
+        return lambda positions: self.rescore_codec.decode(
+            _gather(parts, offsets, positions, column))
+
+
+def _mask(part: _Part, expression, schema: pa.Schema) -> np.ndarray | None:
+    """Rows (n,) bool of ``part`` a search may return, or None for all."""
+    if expression is None:
+        return part.live
+    match = metadata.filter_mask(expression, part.metadata_table(schema))
+    return match if part.live is None else match & part.live
+
+
+def _gather(parts: list[_Part], offsets: np.ndarray, positions: np.ndarray,
+            column: str) -> np.ndarray:
+    """Values of ``column`` at global ``positions`` (m,), across parts."""
+    which = np.searchsorted(offsets, positions, side="right") - 1
+    first = parts[0].columns[column] if parts else np.empty(0)
+    out = np.empty((positions.size, *first.shape[1:]), dtype=first.dtype)
+    for p in np.unique(which):
+        at = which == p
+        out[at] = parts[p].columns[column][positions[at] - offsets[p]]
+    return out
 
 
 def _grow(array: np.ndarray, capacity: int, used: int) -> np.ndarray:

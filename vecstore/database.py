@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
+from pathlib import Path
 
-from vecstore.codecs.registry import make_codec
-from vecstore.collection import METRICS, STORED_VECTOR_DTYPES, Collection
-from vecstore.errors import AlreadyExists, Closed, InvalidArgument, NotFound
+from vecstore.codecs.registry import codec_from_config, make_codec
+from vecstore.collection import DEFAULT_SEGMENT_BYTES, METRICS, STORED_VECTOR_DTYPES, Collection
+from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
+
+DURABILITIES = ("sync", "batch")
+DEFAULT_SYNC_INTERVAL = 0.05
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -27,16 +32,48 @@ def check_collection_name(name) -> str:
 
 
 class Database:
-    """Collections by name. Use ``vecstore.open()`` to get one; close it when done."""
+    """Collections by name. Use ``vecstore.open()`` to get one; close it when done.
 
-    def __init__(self) -> None:
+    In memory when ``path`` is None. On disk, each collection is a directory under
+    ``path/collections`` (see ``vecstore.storage``); a lock file keeps other processes
+    from opening the same database for writing.
+    """
+
+    def __init__(self, path: Path | None = None, *, durability: str = "sync",
+                 sync_interval: float = DEFAULT_SYNC_INTERVAL,
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+        self.path = path
+        self.durability = durability
+        self.sync_interval = sync_interval
+        self.segment_bytes = segment_bytes
         self._collections: dict[str, Collection] = {}
+        self._damaged: dict[str, DataLoss] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._dir = None
+        if path is not None:
+            from vecstore.storage.database_dir import DatabaseDir
+
+            self._dir = DatabaseDir.open(path)
+            try:
+                self._load_collections()
+            except BaseException:
+                self._dir.close()
+                raise
+
+    def _load_collections(self) -> None:
+        for name, directory in self._dir.collection_dirs():
+            try:
+                self._collections[name] = self._dir.load_collection(
+                    directory, self._collection_from_config,
+                    self.durability, self.sync_interval)
+            except DataLoss as exc:
+                self._damaged[name] = exc
 
     def __repr__(self) -> str:
+        where = "in-memory" if self.path is None else str(self.path)
         state = "closed" if self._closed else f"{len(self._collections)} collections"
-        return f"Database(in-memory, {state})"
+        return f"Database({where}, {state})"
 
     def __enter__(self) -> Database:
         return self
@@ -45,11 +82,24 @@ class Database:
         self.close()
 
     def __contains__(self, name) -> bool:
-        return name in self._collections
+        return name in self._collections or name in self._damaged
 
     def _check_open(self) -> None:
         if self._closed:
             raise Closed("the database is closed")
+
+    @property
+    def damaged(self) -> dict[str, DataLoss]:
+        """Collections that failed verification on open, with the error naming the file."""
+        return dict(self._damaged)
+
+    def _collection_from_config(self, config: dict, store) -> Collection:
+        codec = codec_from_config(config["codec"])
+        finer = config.get("rescore_codec")
+        return Collection(config["name"], codec, config["metric"],
+                          store_vectors=config.get("store_vectors"),
+                          rescore_codec=codec_from_config(finer) if finer else None,
+                          store=store, segment_bytes=self.segment_bytes)
 
     def create_collection(self, name: str, *, dim: int, metric: str = "cosine",
                           codec: str = "tq4", seed: int = 0, rotation: str = "auto",
@@ -91,52 +141,90 @@ class Database:
                  if rescore_codec is not None else None)
         with self._lock:
             self._check_open()
-            if name in self._collections:
+            if name in self:
                 raise AlreadyExists(f"collection {name!r} already exists")
             collection = Collection(name, coder, metric, store_vectors=store_vectors,
-                                    rescore_codec=finer)
+                                    rescore_codec=finer, segment_bytes=self.segment_bytes)
+            if self._dir is not None:
+                collection._store = self._dir.create_collection(
+                    name, collection.config(), self.durability, self.sync_interval)
             self._collections[name] = collection
         return collection
 
     def get_collection(self, name: str) -> Collection:
-        """The collection called ``name``; NotFound if there is none."""
+        """The collection called ``name``; NotFound if there is none, DataLoss if its
+        files failed verification when the database was opened."""
         self._check_open()
+        if isinstance(name, str) and name in self._damaged:
+            raise self._damaged[name]
         try:
             return self._collections[name]
         except (KeyError, TypeError):
             raise NotFound(f"no collection named {name!r}") from None
 
     def list_collections(self) -> list[str]:
-        """Names of all collections, sorted."""
+        """Names of all collections (damaged ones included), sorted."""
         self._check_open()
-        return sorted(self._collections)
+        return sorted([*self._collections, *self._damaged])
 
     def drop_collection(self, name: str) -> None:
-        """Delete the collection and its vectors; NotFound if there is none."""
+        """Delete the collection and its files; NotFound if there is none."""
         self._check_open()
         with self._lock:
-            collection = self._collections.pop(name, None) if isinstance(name, str) else None
-        if collection is None:
-            raise NotFound(f"no collection named {name!r}")
-        collection._close()
+            if not isinstance(name, str) or name not in self:
+                raise NotFound(f"no collection named {name!r}")
+            collection = self._collections.pop(name, None)
+            self._damaged.pop(name, None)
+            if collection is not None:
+                collection._abandon()
+            if self._dir is not None:
+                self._dir.drop_collection(name)
+
+    def flush(self) -> None:
+        """Flush every collection (see ``Collection.flush``)."""
+        self._check_open()
+        for collection in list(self._collections.values()):
+            collection.flush()
 
     def close(self) -> None:
-        """Close the database and its collections. Safe to call more than once."""
+        """Flush and close the database and its collections. Safe to call more than once."""
         with self._lock:
-            for collection in self._collections.values():
-                collection._close()
+            if self._closed:
+                return
             self._closed = True
+            try:
+                for collection in self._collections.values():
+                    collection.close()
+            finally:
+                if self._dir is not None:
+                    self._dir.close()
 
 
-def open(path: str | None = None) -> Database:  # noqa: A001 - mirrors the builtin on purpose
-    """Open a database. ``vecstore.open()`` gives an in-memory database.
+def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # noqa: A001
+         sync_interval: float = DEFAULT_SYNC_INTERVAL,
+         segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> Database:
+    """Open a database: in memory with no ``path``, else the directory at ``path``,
+    created if absent.
 
-    On-disk databases (a directory path) are not available in this release; passing a
-    path raises InvalidArgument rather than silently keeping data in memory.
+    durability : {"sync", "batch"}
+        ``sync`` (default): every add, upsert and delete is fsynced to the write-ahead
+        log before it returns. ``batch``: writes reach the operating system before they
+        return (a crash of the process loses nothing) and are fsynced every
+        ``sync_interval`` seconds, so a power loss or kernel crash can lose the writes
+        of the last interval.
+    segment_bytes : int
+        The memtable is sealed into a segment file once its rows take this many bytes.
+
+    Raises Locked if another process has the directory open, InvalidArgument for a path
+    that is a file or a directory not made by vecstore.
     """
-    if path is not None:
-        raise InvalidArgument(
-            "on-disk databases are not available in this release; "
-            "call vecstore.open() for an in-memory database"
-        )
-    return Database()
+    if durability not in DURABILITIES:
+        raise InvalidArgument(f"durability must be one of {DURABILITIES}, got {durability!r}")
+    if isinstance(sync_interval, bool) or not isinstance(sync_interval, int | float) \
+            or not 0 < sync_interval <= 60:
+        raise InvalidArgument(f"sync_interval must be in (0, 60] seconds, got {sync_interval!r}")
+    if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) \
+            or segment_bytes < 1:
+        raise InvalidArgument(f"segment_bytes must be a positive integer, got {segment_bytes!r}")
+    return Database(None if path is None else Path(path), durability=durability,
+                    sync_interval=float(sync_interval), segment_bytes=segment_bytes)

@@ -26,3 +26,11 @@ class AlreadyExists(VecstoreError, ValueError):
 
 class Closed(VecstoreError, RuntimeError):
     """The database or collection was closed and can no longer be used."""
+
+
+class DataLoss(VecstoreError, OSError):
+    """Stored data failed a checksum or validation; the message names the damaged file."""
+
+
+class Locked(VecstoreError, RuntimeError):
+    """Another process holds the database directory open for writing."""

@@ -47,15 +47,17 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
-         live: np.ndarray | None = None) -> TopK:
+         live: np.ndarray | None = None, state=None) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
-    Rows where ``live`` (n,) bool is False are never returned. Returns the running
+    Rows where ``live`` (n,) bool is False are never returned. ``state`` is
+    ``codec.prepare_query(queries)`` when the caller already has it. Returns the running
     top-k over row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
     top = TopK(nq, k)
-    state = codec.prepare_query(queries)
+    if state is None:
+        state = codec.prepare_query(queries)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):

@@ -1,0 +1,182 @@
+"""One collection's directory: manifest, segment and tombstone files, write-ahead log.
+
+Layout::
+
+    manifest.json              the live version (see manifest.py)
+    seg-<n>.arrow              immutable segments
+    del-<n>.arrow              deleted ids of one segment, replaced as deletes accrue
+    wal-<first seq>.log        the log of writes since the manifest's ``wal_seq``
+
+A checkpoint writes new files, fsyncs them, swaps the manifest, starts a new log file,
+and only then removes files that no manifest references any more.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vecstore import rows
+from vecstore.storage import wal
+from vecstore.storage.files import fsync_dir, remove_quietly
+from vecstore.storage.manifest import MANIFEST, Manifest, SegmentRecord, load_manifest, save_manifest
+from vecstore.storage.segment import (
+    read_segment,
+    read_tombstones,
+    write_segment,
+    write_tombstones,
+)
+
+
+@dataclass(frozen=True)
+class LoadedSegment:
+    """A verified segment: its manifest record, memory-mapped columns, metadata, deletions."""
+
+    record: SegmentRecord
+    columns: rows.Columns
+    metadata: pa.Table
+    deleted: np.ndarray
+
+
+class CollectionStore:
+    """Durable state of one collection. Not thread-safe: the collection serializes calls."""
+
+    def __init__(self, directory: Path, manifest: Manifest, durability: str,
+                 sync_interval: float):
+        self.directory = directory
+        self.manifest = manifest
+        self.durability = durability
+        self.sync_interval = sync_interval
+        self.seq = manifest.wal_seq
+        self._next_file = manifest.next_file
+        self._writer: wal.WalWriter | None = None
+
+    # --- creation and loading -----------------------------------------------------------
+
+    @classmethod
+    def create(cls, directory: Path, config: dict, durability: str,
+               sync_interval: float) -> CollectionStore:
+        """Create ``directory`` holding an empty collection, atomically (temp dir + rename)."""
+        staging = directory.with_name(f".creating-{directory.name}-{uuid.uuid4().hex}")
+        staging.mkdir()
+        manifest = Manifest(config=config)
+        save_manifest(staging, manifest)
+        os.rename(staging, directory)
+        fsync_dir(directory.parent)
+        return cls(directory, manifest, durability, sync_interval)
+
+    @classmethod
+    def open(cls, directory: Path, durability: str, sync_interval: float
+             ) -> tuple[CollectionStore, list[LoadedSegment], list[wal.WalRecord]]:
+        """Load and verify a collection: its segments and the log records to replay.
+
+        Raises DataLoss naming the first damaged file. Removes files that no manifest
+        references (left by a crash mid-checkpoint) and cuts torn log tails.
+        """
+        manifest = load_manifest(directory)
+        code_size = _code_size(manifest.config)
+        segments = []
+        for record in manifest.segments:
+            columns, metadata = read_segment(directory / record.segment.file, record.segment,
+                                             code_size)
+            deleted = (read_tombstones(directory / record.tombstones.file, record.tombstones)
+                       if record.tombstones else np.empty(0, dtype=np.int64))
+            segments.append(LoadedSegment(record, columns, metadata, deleted))
+        records = list(wal.read_wal(directory, manifest.wal_seq))
+        store = cls(directory, manifest, durability, sync_interval)
+        store.seq = records[-1].seq if records else manifest.wal_seq
+        store._remove_unreferenced()
+        return store, segments, records
+
+    # --- writes -------------------------------------------------------------------------
+
+    def log(self, op: int, table: pa.Table) -> None:
+        """Append one write to the log; durable (``sync``) or in the OS (``batch``) on return."""
+        frame = wal.encode_record(self.seq + 1, op, table)
+        if self._writer is None:
+            self._writer = wal.WalWriter(self.directory / wal.wal_name(self.seq + 1),
+                                         self.durability, self.sync_interval)
+        self._writer.append(frame)
+        self.seq += 1
+
+    def _file_name(self, prefix: str) -> Path:
+        name = f"{prefix}-{self._next_file:08d}.arrow"
+        self._next_file += 1
+        return self.directory / name
+
+    def write_segment(self, columns: rows.Columns, metadata: pa.Table
+                      ) -> tuple[rows.Columns, pa.Table, None, SegmentRecord]:
+        """Seal rows into a new segment file. Returns its memory-mapped columns and
+        metadata, no tombstones, and its manifest record; live once a ``commit`` lists it."""
+        path = self._file_name("seg")
+        entry = write_segment(path, columns, metadata, self.manifest.config["codec"])
+        mapped, mapped_metadata = read_segment(path, entry, columns[rows.CODE].shape[1])
+        return mapped, mapped_metadata, None, SegmentRecord(entry)
+
+    def write_tombstones(self, record: SegmentRecord, ids: np.ndarray) -> SegmentRecord:
+        """Write a segment's deleted ids (m,) int64; the new record is live once a
+        ``commit`` lists it."""
+        return SegmentRecord(record.segment, write_tombstones(self._file_name("del"), ids))
+
+    def commit(self, segments: tuple[SegmentRecord, ...], *, next_id: int,
+               metadata_schema: pa.Schema, config: dict | None = None) -> None:
+        """Swap in a manifest covering every logged write, start a new log file, and
+        remove the files the old manifest alone referenced."""
+        self.manifest = self.manifest.evolve(
+            config=config if config is not None else self.manifest.config,
+            next_id=next_id, wal_seq=self.seq, next_file=self._next_file, segments=segments,
+            metadata_schema=metadata_schema,
+        )
+        save_manifest(self.directory, self.manifest)
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+        self._remove_unreferenced()
+
+    def _remove_unreferenced(self) -> None:
+        """Delete files the manifest does not reference: replaced segments and tombstones,
+        temp files, and (when no log file is open) logs the manifest fully covers."""
+        live = self.manifest.files()
+        for path in self.directory.iterdir():
+            name = path.name
+            if name.endswith(".tmp") or (name.endswith(".arrow") and name not in live):
+                remove_quietly(path)
+        if self._writer is None and self.seq == self.manifest.wal_seq:
+            for path in wal.wal_files(self.directory):
+                remove_quietly(path)
+
+    def sync(self) -> None:
+        """fsync the log now (``batch`` durability syncs on its own every interval)."""
+        if self._writer is not None:
+            self._writer.sync()
+
+    def close(self) -> None:
+        """Sync and close the log; safe to call twice."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
+
+
+def _code_size(config: dict) -> int:
+    from vecstore.codecs.registry import codec_from_config
+
+    return codec_from_config(config["codec"]).code_size
+
+
+def remove_collection_dir(directory: Path) -> None:
+    """Delete a collection directory: renamed away first, so a crash never leaves half."""
+    doomed = directory.with_name(f".dropping-{directory.name}-{uuid.uuid4().hex}")
+    os.rename(directory, doomed)
+    fsync_dir(directory.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
+
+
+def is_collection_dir(path: Path) -> bool:
+    """Whether ``path`` is a committed collection directory (not a leftover of a crash)."""
+    return path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).exists()

@@ -1,0 +1,115 @@
+"""A database directory: a marker file, a lock file, and one directory per collection.
+
+Layout::
+
+    VECSTORE                   marks the directory as a vecstore database (format version)
+    LOCK                       held (flock) by the one process that has it open
+    collections/<name>/        one collection (see collection_store.py)
+
+Collections are created in a temporary directory renamed into place and dropped by a
+rename before deletion, so a crash never leaves half a collection under its name.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from vecstore.errors import DataLoss, InvalidArgument
+from vecstore.storage.collection_store import (
+    CollectionStore,
+    is_collection_dir,
+    remove_collection_dir,
+)
+from vecstore.storage.files import DirectoryLock, fsync_dir, write_durable
+
+MARKER = "VECSTORE"
+MARKER_CONTENT = {"format": "vecstore-database", "format_version": 1}
+
+
+class DatabaseDir:
+    """The files of an open on-disk database, locked against other processes."""
+
+    def __init__(self, path: Path, lock: DirectoryLock):
+        self.path = path
+        self.collections = path / "collections"
+        self._lock = lock
+
+    @classmethod
+    def open(cls, path: Path) -> DatabaseDir:
+        """Open or create the database at ``path`` and take its lock."""
+        if path.exists() and not path.is_dir():
+            raise InvalidArgument(f"{path} is a file, not a database directory")
+        path.mkdir(parents=True, exist_ok=True)
+        marker = path / MARKER
+        if not marker.exists():
+            if any(p.name != "LOCK" for p in path.iterdir()):
+                raise InvalidArgument(
+                    f"{path} holds files but is not a vecstore database (no {MARKER} file)"
+                )
+        lock = DirectoryLock(path)
+        try:
+            if not marker.exists():
+                (path / "collections").mkdir(exist_ok=True)
+                write_durable(marker, json.dumps(MARKER_CONTENT).encode())
+            _check_marker(marker)
+            database = cls(path, lock)
+            database._remove_leftovers()
+        except BaseException:
+            lock.release()
+            raise
+        return database
+
+    def _remove_leftovers(self) -> None:
+        self.collections.mkdir(exist_ok=True)
+        for entry in self.collections.iterdir():
+            if entry.name.startswith((".creating-", ".dropping-")):
+                shutil.rmtree(entry, ignore_errors=True)
+
+    def collection_dirs(self) -> list[tuple[str, Path]]:
+        """(name, directory) of every committed collection, sorted by name."""
+        return sorted((p.name, p) for p in self.collections.iterdir() if is_collection_dir(p))
+
+    def load_collection(self, directory: Path, build, durability: str, sync_interval: float):
+        """Open a collection directory: ``build(config, store)`` makes the collection, then
+        its segments are installed and its log replayed. Raises DataLoss naming a damaged
+        file."""
+        store, segments, records = CollectionStore.open(directory, durability, sync_interval)
+        try:
+            collection = build(store.manifest.config, store)
+            collection._load(segments, records)
+        except DataLoss:
+            store.close()
+            raise
+        except (KeyError, ValueError, TypeError) as exc:
+            store.close()
+            raise DataLoss(f"{directory}: the collection cannot be rebuilt from its "
+                           f"manifest and log: {exc}") from exc
+        return collection
+
+    def create_collection(self, name: str, config: dict, durability: str,
+                          sync_interval: float) -> CollectionStore:
+        """The store of a new, empty collection directory."""
+        return CollectionStore.create(self.collections / name, config, durability,
+                                      sync_interval)
+
+    def drop_collection(self, name: str) -> None:
+        """Delete a collection's directory."""
+        directory = self.collections / name
+        if directory.exists():
+            remove_collection_dir(directory)
+            fsync_dir(self.collections)
+
+    def close(self) -> None:
+        """Release the lock; safe to call twice."""
+        self._lock.release()
+
+
+def _check_marker(marker: Path) -> None:
+    try:
+        content = json.loads(marker.read_bytes())
+    except ValueError as exc:
+        raise DataLoss(f"{marker}: unreadable database marker: {exc}") from exc
+    if content != MARKER_CONTENT:
+        raise InvalidArgument(f"{marker}: unsupported database format {content!r}")

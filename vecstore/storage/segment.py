@@ -1,0 +1,108 @@
+"""Immutable Arrow IPC files: sealed segments of rows and their tombstone sets.
+
+A segment holds one record batch of the columns in ``vecstore.rows``; its schema
+metadata carries the format version and the codec config as JSON (never pickle).
+Segments are memory-mapped for search, and verified when opened: size and CRC32C
+against the manifest, then Arrow's full validation. Any mismatch raises DataLoss
+naming the file.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from vecstore import rows
+from vecstore.errors import DataLoss
+from vecstore.storage.files import crc32c, file_crc32c, write_durable
+
+FORMAT_VERSION = "1"
+FORMAT_KEY = "vecstore.format"
+CODEC_KEY = "vecstore.codec"
+KIND_KEY = "vecstore.kind"
+
+
+@dataclass(frozen=True)
+class FileEntry:
+    """A file as the manifest records it."""
+
+    file: str
+    rows: int
+    bytes: int
+    crc32c: int
+
+    def to_json(self) -> dict:
+        return {"file": self.file, "rows": self.rows, "bytes": self.bytes, "crc32c": self.crc32c}
+
+    @classmethod
+    def from_json(cls, data: dict) -> FileEntry:
+        return cls(str(data["file"]), int(data["rows"]), int(data["bytes"]), int(data["crc32c"]))
+
+
+def _write_table(path: Path, table: pa.Table) -> FileEntry:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table, max_chunksize=max(1, table.num_rows))
+    data = sink.getvalue()
+    write_durable(path, data)
+    return FileEntry(path.name, table.num_rows, data.size, crc32c(data))
+
+
+def _read_table(path: Path, entry: FileEntry, kind: str) -> pa.Table:
+    try:
+        size = path.stat().st_size
+    except FileNotFoundError:
+        raise DataLoss(f"{path}: {kind} file listed in the manifest is missing") from None
+    if size != entry.bytes:
+        raise DataLoss(f"{path}: {kind} file has {size} bytes, the manifest says {entry.bytes}")
+    if file_crc32c(path) != entry.crc32c:
+        raise DataLoss(f"{path}: {kind} file fails its CRC32C checksum")
+    try:
+        table = pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise DataLoss(f"{path}: {kind} file is not valid Arrow IPC: {exc}") from exc
+    meta = table.schema.metadata or {}
+    if meta.get(FORMAT_KEY.encode()) != FORMAT_VERSION.encode():
+        raise DataLoss(f"{path}: unknown {kind} format {meta.get(FORMAT_KEY.encode())!r}")
+    if meta.get(KIND_KEY.encode()) != kind.encode() or table.num_rows != entry.rows:
+        raise DataLoss(f"{path}: expected a {kind} file of {entry.rows} rows")
+    return table
+
+
+def write_segment(path: Path, columns: rows.Columns, metadata: pa.Table,
+                  codec_config: dict) -> FileEntry:
+    """Seal rows into a new segment file, fsynced; returns its manifest entry."""
+    table = rows.to_table(columns, metadata, {
+        FORMAT_KEY: FORMAT_VERSION, KIND_KEY: "segment",
+        CODEC_KEY: json.dumps(codec_config, sort_keys=True),
+    })
+    return _write_table(path, table)
+
+
+def read_segment(path: Path, entry: FileEntry, code_size: int) -> tuple[rows.Columns, pa.Table]:
+    """Verified, memory-mapped columns and metadata of a segment file."""
+    table = _read_table(path, entry, "segment")
+    if table.schema.field(rows.CODE).type.byte_width != code_size:
+        raise DataLoss(f"{path}: codes are {table.schema.field(rows.CODE).type.byte_width} "
+                       f"bytes wide, the collection's codec writes {code_size}")
+    columns, metadata = rows.from_table(table)
+    if np.unique(columns[rows.ID]).size != entry.rows:
+        raise DataLoss(f"{path}: segment holds duplicate ids")
+    return columns, metadata
+
+
+def write_tombstones(path: Path, ids: np.ndarray) -> FileEntry:
+    """Write the deleted ids (m,) int64 of one segment, fsynced."""
+    table = pa.table({rows.ID: pa.array(np.sort(ids), type=pa.int64())})
+    return _write_table(path, table.replace_schema_metadata(
+        {FORMAT_KEY: FORMAT_VERSION, KIND_KEY: "tombstones"}))
+
+
+def read_tombstones(path: Path, entry: FileEntry) -> np.ndarray:
+    """The verified deleted ids (m,) int64 of one segment."""
+    return _read_table(path, entry, "tombstones").column(rows.ID).to_numpy().astype(np.int64)
