@@ -25,7 +25,13 @@ import pyarrow as pa
 from vecstore import rows
 from vecstore.storage import wal
 from vecstore.storage.files import fsync_dir, remove_quietly
-from vecstore.storage.manifest import MANIFEST, Manifest, SegmentRecord, load_manifest, save_manifest
+from vecstore.storage.manifest import (
+    MANIFEST,
+    Manifest,
+    SegmentRecord,
+    load_manifest,
+    save_manifest,
+)
 from vecstore.storage.segment import (
     read_segment,
     read_tombstones,

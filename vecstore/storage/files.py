@@ -96,7 +96,8 @@ class DirectoryLock:
             os.close(self._fd)
             self._fd = -1
             raise Locked(
-                f"{directory} is already open for writing (by another process or another Database object; lock file {self.path})"
+                f"{directory} is already open for writing, by another process or another "
+                f"Database object (lock file {self.path})"
             ) from None
 
     def release(self) -> None:
