@@ -1,6 +1,7 @@
 """Benchmarks: ``python -m bench run`` (recall and speed of codecs and peer libraries),
-``python -m bench encode`` (encoding throughput) and ``python -m bench plot`` (PNG plots of
-result files)."""
+``python -m bench encode`` (encoding throughput), ``python -m bench storage`` (insert
+throughput and reopen time on disk) and ``python -m bench plot`` (PNG plots of result
+files)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from bench.run import (
     check_rescore_support,
     default_codecs,
     format_table,
+    machine_info,
     measure_encode,
     run_method,
     write_results,
@@ -73,6 +75,21 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--threads", type=int, default=None,
                         help="cap BLAS and OpenMP threads (1 measures one core)")
 
+    storage = commands.add_parser("storage", help="time inserts (sync and batch durability) "
+                                                  "and reopening an on-disk database")
+    storage.add_argument("--dataset", default="wordnet-minilm384",
+                         help="base set, tiled with noise up to --n rows")
+    storage.add_argument("--n", type=int, default=100_000)
+    storage.add_argument("--batch", type=int, default=10_000, help="rows per add call")
+    storage.add_argument("--codec", default="tq4")
+    storage.add_argument("--durability", default="sync,batch")
+    storage.add_argument("--log-rows", type=int, default=None,
+                         help="rows left in the log (unflushed) for the second reopen "
+                              "(default: n / 10)")
+    storage.add_argument("--dir", default="bench/.cache/storage",
+                         help="scratch directory for the databases (deleted first)")
+    storage.add_argument("--repeat", type=int, default=3)
+
     plot = commands.add_parser("plot", help="draw recall vs bytes and recall vs QPS as PNGs")
     plot.add_argument("results", nargs="+", help="JSON-lines files written by 'run'")
     plot.add_argument("--out", default=str(PLOT_DIR), help="directory for the PNG files")
@@ -82,6 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         return encode_command(args)
     if args.command == "plot":
         return plot_command(args)
+    if args.command == "storage":
+        return storage_command(args)
     return run_command(args)
 
 
@@ -96,6 +115,38 @@ def encode_command(args: argparse.Namespace) -> int:
         print(f"{row['codec']:<10} {row['n_base']} x {row['dim']}: {row['encode_s']:.3f} s, "
               f"{row['encode_vectors_per_s']:,.0f} vectors/s (threads: {args.threads or 'all'})")
     print(f"results: {write_results(rows, f'encode-{dataset.name}')}")
+    return 0
+
+
+def storage_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench import storage
+
+    dataset = load_dataset(args.dataset)
+    root = Path(args.dir)
+    rows = []
+    for durability in [d.strip() for d in args.durability.split(",") if d.strip()]:
+        row = storage.measure_inserts(dataset, root / durability, n=args.n, batch=args.batch,
+                                      codec=args.codec, durability=durability)
+        rows.append(row)
+        print(f"insert {durability:<5} {args.n:,} x {dataset.dim} {args.codec}, batches of "
+              f"{args.batch:,}: {row['add_vectors_per_s']:,.0f} vectors/s "
+              f"({row['add_s']:.2f} s; {row['with_close_s']:.2f} s with the final flush), "
+              f"{row['disk_bytes'] / 2**20:,.1f} MiB on disk", flush=True)
+    directory = root / rows[-1]["durability"]
+    reopen = storage.measure_reopen(directory, dataset.queries, repeat=args.repeat)
+    rows.append(reopen)
+    log_rows = args.n // 10 if args.log_rows is None else args.log_rows
+    storage.append_unflushed(directory, args.dataset, start=args.n, count=log_rows)
+    replay = storage.measure_reopen(directory, dataset.queries, repeat=1)
+    rows.append(replay)
+    for row in (reopen, replay):
+        print(f"reopen {row['rows']:,} rows ({row['segments']} segments, {row['log_rows']:,} "
+              f"rows replayed from the log): {row['open_s']:.3f} s", flush=True)
+    for row in rows:
+        row.update(dataset=dataset.name, machine=machine_info())
+    print(f"results: {write_results(rows, f'storage-{dataset.name}')}")
     return 0
 
 

@@ -646,7 +646,7 @@ class Collection:
             top = self._scan_parts(q[block], k_scan, parts, offsets, masks)
             if fetch_column is not None:
                 fetch = self._rescore_fetch(parts, offsets, fetch_column)
-                top = TopK.of(*rerank(q[block], top.rows, fetch, self.metric, k_keep))
+                top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
             ids = np.full(top.rows.shape, -1, dtype=np.int64)
             filled = top.rows >= 0
             ids[filled] = _gather(parts, offsets, top.rows[filled], rows.ID)
@@ -657,15 +657,17 @@ class Collection:
         top = TopK(q.shape[0], k)
         state = self.codec.prepare_query(q)
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
-            codes = part.columns[rows.CODE]
+            codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
             if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
                 chosen = np.nonzero(mask)[0]
                 if not chosen.size:
                     continue
-                local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state)
+                local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state,
+                                 row_ids=ids[chosen])
                 top.merge(local, chosen + offset)
             else:
-                local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state)
+                local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
+                                 row_ids=ids)
                 top.merge(local, np.arange(offset, offset + part.rows, dtype=np.int64))
         return top
 

@@ -114,6 +114,8 @@ def as_filter(filter, schema: pa.Schema) -> pc.Expression | None:
     """A validated boolean expression from an Expression or the dict form (None passes)."""
     if filter is None:
         return None
+    if not schema.names:
+        raise InvalidArgument("the collection has no metadata fields to filter on")
     if isinstance(filter, dict):
         expression = _from_dict(filter, schema)
     elif isinstance(filter, pc.Expression):
@@ -122,8 +124,6 @@ def as_filter(filter, schema: pa.Schema) -> pc.Expression | None:
         raise InvalidArgument(
             f"filter must be a pyarrow.compute.Expression or a dict, got {type(filter).__name__}"
         )
-    if not schema.names:
-        raise InvalidArgument("the collection has no metadata fields to filter on")
     result_type = _evaluate(expression, conform(None, schema, 0)).type
     if not pa.types.is_boolean(result_type):
         raise InvalidArgument(f"filter must give booleans, it gives {result_type}")

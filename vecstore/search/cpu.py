@@ -47,11 +47,13 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
-         live: np.ndarray | None = None, state=None) -> TopK:
+         live: np.ndarray | None = None, state=None,
+         row_ids: np.ndarray | None = None) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
-    ``codec.prepare_query(queries)`` when the caller already has it. Returns the running
+    ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
+    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). Returns the running
     top-k over row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
@@ -69,5 +71,5 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
             dead = ~live[start : start + step]
             if dead.any():
                 keys[:, dead] = np.inf
-        top.push(keys, start)
+        top.push(keys, start, None if row_ids is None else row_ids[start : start + step])
     return top

@@ -12,14 +12,17 @@ from vecstore.search.cpu import Metric
 RERANK_BLOCK = 256
 
 
-def rerank(queries: np.ndarray, candidates: np.ndarray, fetch: Callable[[np.ndarray], np.ndarray],
-           metric: Metric, k: int) -> tuple[np.ndarray, np.ndarray]:
+def rerank(queries: np.ndarray, candidates: np.ndarray, ties: np.ndarray,
+           fetch: Callable[[np.ndarray], np.ndarray], metric: Metric,
+           k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Recompute keys of candidate rows from finer vectors and keep the best k.
 
     queries : (nq, d) float32
     candidates : (nq, m) int64 row positions, -1 for empty slots
+    ties : (nq, m) int64, the smaller wins between equal keys (the candidates' ids)
     fetch : maps rows (r,) int64 to their finer vectors (r, d) float32
-    Returns keys (nq, k) float32 (smaller is better, +inf when empty) and rows (nq, k) int64.
+    Returns keys (nq, k) float32 (smaller is better, +inf when empty), rows and ties
+    (nq, k) int64.
     """
     nq, m = candidates.shape
     keys = np.full((nq, m), np.inf, dtype=np.float32)
@@ -34,5 +37,5 @@ def rerank(queries: np.ndarray, candidates: np.ndarray, fetch: Callable[[np.ndar
         else:
             block_keys = -np.einsum("qmd,qmd->qm", vectors, np.broadcast_to(q, vectors.shape))
         keys[start : start + RERANK_BLOCK] = np.where(filled, block_keys, np.inf)
-    top = np.argsort(keys, axis=1, kind="stable")[:, :k]
-    return np.take_along_axis(keys, top, axis=1), np.take_along_axis(candidates, top, axis=1)
+    top = np.lexsort((ties, keys), axis=-1)[:, :k]
+    return tuple(np.take_along_axis(a, top, axis=1) for a in (keys, candidates, ties))

@@ -1,0 +1,497 @@
+"""Crash recovery: a writer process killed with SIGKILL loses no acknowledged write.
+
+Each cycle starts ``tests/crash_writer.py`` on the same database directory, lets it write
+(adds, upserts, deletes, flushes, compactions; it prints an intent line before each
+operation and an acknowledgement after it), kills it with SIGKILL at a random moment,
+then reopens the database in this process and checks it against a model built from the
+acknowledgements:
+
+* the ids present are exactly the model's (no phantom, no duplicate, deleted ids absent),
+  each with exactly the vector the model says (codec ``flat`` stores float32 exactly);
+* the one operation in flight at the kill (intent printed, no acknowledgement) is
+  all-or-nothing: the database equals the model without it or with it, nothing between;
+* ids auto-assigned by ``add`` continue from the largest id ever used;
+* search results equal a brute-force float32 scan of the model (distances to 1e-5,
+  ids wherever the distances are distinct).
+
+Kills are timed three ways: a random 20-150 ms after the writer's first acknowledgement,
+a few milliseconds after it announces a flush or compaction, and right after it is told
+to open the database (so some land during recovery itself). The test asserts that some
+kills landed inside flush or compact; the counts, and the kills that left a temporary
+manifest or unreferenced files behind (a checkpoint or manifest swap cut short), are
+printed (``pytest -s``).
+
+Environment:
+
+``VECSTORE_CRASH_CYCLES``
+    Kill cycles of the ``sync`` test (default 50, about 30-60 s on two cores); the
+    ``batch`` test runs a fifth of that, at least 10. Set it to 1000 or more for a long
+    manual run.
+``VECSTORE_CRASH_SEED``
+    Base seed of the writers' operations and of the kill timing (default: random; it is
+    printed and named in every failure message).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import vecstore
+from vecstore import NotFound
+
+REPO = Path(__file__).resolve().parent.parent
+WRITER_SCRIPT = Path(__file__).resolve().parent / "crash_writer.py"
+
+_spec = importlib.util.spec_from_file_location("crash_writer", WRITER_SCRIPT)
+crash_writer = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(crash_writer)
+
+CYCLES = int(os.environ.get("VECSTORE_CRASH_CYCLES", "50"))
+BASE_SEED = int(os.environ.get("VECSTORE_CRASH_SEED", str(np.random.SeedSequence().entropy
+                                                          % (1 << 31))))
+STARTUP_TIMEOUT = 60.0  # seconds for a writer to import vecstore and acknowledge a write
+
+
+# --- the writer process -------------------------------------------------------------------
+
+
+class WriterProcess:
+    """One ``crash_writer.py`` process and the lines it printed, read by a thread."""
+
+    def __init__(self, directory: Path, seed: int, state_path: Path, durability: str,
+                 stderr_path: Path):
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(
+            [str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+        # One BLAS thread: the machine's cores are shared with the test process.
+        env.setdefault("OPENBLAS_NUM_THREADS", "1")
+        env.setdefault("OMP_NUM_THREADS", "1")
+        self.stderr_path = stderr_path
+        self._stderr = open(stderr_path, "wb")  # noqa: SIM115 (closed in finish())
+        self.proc = subprocess.Popen(
+            [sys.executable, str(WRITER_SCRIPT), str(directory), str(seed), str(state_path),
+             durability],
+            cwd=REPO, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            stderr=self._stderr,
+        )
+        self.lines: list[str] = []  # complete lines only
+        self.partial = b""  # an unterminated last line (cut by the kill)
+        self._events: queue.Queue[dict | None] = queue.Queue()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        out = self.proc.stdout
+        while True:
+            line = out.readline()
+            if not line:
+                break
+            if not line.endswith(b"\n"):
+                self.partial = line
+                break
+            text = line.decode()
+            self.lines.append(text)
+            self._events.put(json.loads(text))
+        self._events.put(None)
+
+    def wait_for(self, predicate, timeout: float) -> dict | None:
+        """The first line from now on satisfying ``predicate``; None on EOF or timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            try:
+                event = self._events.get(timeout=left)
+            except queue.Empty:
+                return None
+            if event is None:
+                self._events.put(None)  # keep EOF visible to later waits
+                return None
+            if predicate(event):
+                return event
+
+    def go(self) -> None:
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def kill(self) -> int:
+        try:
+            os.kill(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return self.finish()
+
+    def finish(self) -> int:
+        rc = self.proc.wait()
+        self._reader.join(timeout=30)
+        for pipe in (self.proc.stdin, self.proc.stdout):
+            try:
+                pipe.close()
+            except OSError:
+                pass
+        self._stderr.close()
+        return rc
+
+    def stderr(self) -> str:
+        return self.stderr_path.read_text(errors="replace")[-4000:]
+
+
+# --- the model ----------------------------------------------------------------------------
+
+
+class Model:
+    """What the database must hold: id -> version of its vector, and the history."""
+
+    def __init__(self):
+        self.present: dict[int, int] = {}
+        self.dead: set[int] = set()  # ids deleted and not present now
+        self.max_used = -1
+        self.next_version = 1
+        self._vectors: dict[tuple[int, int], np.ndarray] = {}
+
+    def vector(self, id_: int, version: int) -> np.ndarray:
+        key = (id_, version)
+        if key not in self._vectors:
+            self._vectors[key] = crash_writer.vector(id_, version)
+        return self._vectors[key]
+
+    def applied(self, op: dict) -> dict[int, int]:
+        """``present`` after ``op`` (add, upsert or delete)."""
+        present = dict(self.present)
+        if op["op"] == "delete":
+            for id_ in op["ids"]:
+                present.pop(id_, None)
+        else:
+            for id_ in op["ids"]:
+                present[id_] = op["version"]
+        return present
+
+    def apply(self, op: dict) -> None:
+        after = self.applied(op)
+        if op["op"] == "delete":
+            self.dead |= set(self.present) - set(after)
+        else:
+            self.dead -= set(op["ids"])
+            self.max_used = max(self.max_used, *op["ids"])
+        self.present = after
+        self.next_version = max(self.next_version, op.get("version", 0) + 1)
+
+    def state(self, rng: np.random.Generator) -> dict:
+        """The writer's starting state (a sample of the deleted ids)."""
+        dead = sorted(self.dead)
+        if len(dead) > 300:
+            dead = sorted(int(i) for i in rng.choice(dead, size=300, replace=False))
+        return {"present": {str(k): v for k, v in self.present.items()}, "dead": dead,
+                "max_used": self.max_used, "next_version": self.next_version}
+
+    def matrix(self, present: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.array(sorted(present), dtype=np.int64)
+        x = np.empty((ids.size, crash_writer.DIM), dtype=np.float32)
+        for row, id_ in enumerate(ids):
+            x[row] = self.vector(int(id_), present[int(id_)])
+        return ids, x
+
+
+# --- one cycle ----------------------------------------------------------------------------
+
+
+@dataclass
+class Summary:
+    cycles: int = 0
+    kill_modes: dict[str, int] = field(default_factory=dict)
+    killed_in: dict[str, int] = field(default_factory=dict)  # flush/compact/open/write/idle
+    in_flight_applied: int = 0
+    in_flight_lost: int = 0
+    torn_tails: int = 0
+    tmp_manifest: int = 0
+    unreferenced_files: int = 0
+    acknowledged_ops: int = 0
+    max_rows: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)  # starting, writing, checking
+
+    def clock(self, phase: str, since: float) -> float:
+        now = time.monotonic()
+        self.seconds[phase] = self.seconds.get(phase, 0.0) + now - since
+        return now
+
+    def count(self, table: dict[str, int], key: str) -> None:
+        table[key] = table.get(key, 0) + 1
+
+
+class CycleFailure(AssertionError):
+    pass
+
+
+def replay_output(lines: list[str], model: Model, where: str) -> tuple[dict | None, str]:
+    """Apply the acknowledged operations to ``model``; return the one in flight at the
+    kill (an intent without acknowledgement, else None) and where the kill landed."""
+    pending = None
+    phase = "open"
+    for text in lines:
+        event = json.loads(text)
+        if "ready" in event:
+            continue
+        if "opened" in event:
+            phase = "idle"
+        elif "intent" in event:
+            assert pending is None, f"{where}: intent {event} while {pending} is in flight"
+            pending = event["intent"]
+            phase = "write"
+        elif "begin" in event:
+            assert pending is None, f"{where}: {event} while {pending} is in flight"
+            phase = event["begin"]
+        elif "end" in event:
+            assert phase == event["end"], f"{where}: {event} without a begin"
+            phase = "idle"
+        else:
+            assert pending is not None and event["op"] == pending["op"], \
+                f"{where}: acknowledgement {event} for intent {pending}"
+            if event["op"] == "delete":
+                expected = len(set(event["ids"]) & set(model.present))
+                assert event["count"] == expected, \
+                    f"{where}: delete of {event['ids']} removed {event['count']}, " \
+                    f"{expected} were present"
+            else:
+                assert event["ids"] == pending["ids"], (
+                    f"{where}: {event['op']} acknowledged ids {event['ids']}, expected "
+                    f"{pending['ids']} (auto ids continue from the largest id ever used)")
+            model.apply(event)
+            pending = None
+            phase = "idle"
+    return pending, phase
+
+
+def read_database(c, where: str) -> dict[int, np.ndarray]:
+    """Every live row of collection ``c`` (id -> vector), found by a search for all rows,
+    which also shows duplicates and phantoms the id index might hide."""
+    n = len(c)
+    assert c.stats()["rows"] == n, f"{where}: stats()['rows'] != len()"
+    q = np.ones((1, crash_writer.DIM), dtype=np.float32)
+    found = c.search(q, k=n + 3).ids[0]
+    assert (found[n:] == -1).all(), f"{where}: search returns more than len(c)={n} rows"
+    ids = found[:n]
+    assert (ids >= 0).all(), f"{where}: search finds fewer rows than len(c)={n}"
+    assert np.unique(ids).size == n, f"{where}: duplicate ids {_duplicates(ids)}"
+    if n == 0:
+        return {}
+    x = c.get(ids)
+    return {int(i): x[row] for row, i in enumerate(ids)}
+
+
+def _duplicates(ids: np.ndarray) -> list[int]:
+    values, counts = np.unique(ids, return_counts=True)
+    return values[counts > 1][:10].tolist()
+
+
+def mismatch(found: dict[int, np.ndarray], model: Model, present: dict[int, int]) -> str:
+    """'' when ``found`` holds exactly ``present``'s rows, else what differs."""
+    phantom = sorted(set(found) - set(present))
+    missing = sorted(set(present) - set(found))
+    wrong = sorted(i for i in set(found) & set(present)
+                   if not np.array_equal(found[i], model.vector(i, present[i])))
+    if not (phantom or missing or wrong):
+        return ""
+    return (f"{len(phantom)} phantom ids {phantom[:10]}, {len(missing)} missing ids "
+            f"{missing[:10]}, {len(wrong)} ids with the wrong vector {wrong[:10]}")
+
+
+def check_search(c, model: Model, rng: np.random.Generator, where: str) -> None:
+    """Search results equal a brute-force float32 scan over the model's rows."""
+    k = 10
+    queries = rng.standard_normal((6, crash_writer.DIM)).astype(np.float32)
+    result = c.search(queries, k=k)
+    ids, x = model.matrix(model.present)
+    scores = queries @ x.T  # (nq, n) float32
+    kept = min(k, ids.size)
+    assert (result.ids[:, kept:] == -1).all(), f"{where}: padding is not -1"
+    assert np.isneginf(result.distances[:, kept:]).all(), f"{where}: padding is not -inf"
+    if not kept:
+        return
+    position = {int(i): p for p, i in enumerate(ids)}
+    for row in range(queries.shape[0]):
+        order = np.lexsort((ids, -scores[row]))
+        best = scores[row, order[: kept + 1]]
+        got_ids, got = result.ids[row, :kept], result.distances[row, :kept]
+        np.testing.assert_allclose(got, best[:kept], rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{where}: query {row} distances")
+        assert all(int(i) in position for i in got_ids), \
+            f"{where}: query {row} returns ids not in the model: {got_ids}"
+        true = scores[row, [position[int(i)] for i in got_ids]]
+        np.testing.assert_allclose(got, true, rtol=1e-5, atol=1e-5,
+                                   err_msg=f"{where}: query {row} distances of its ids")
+        # Where a score stands apart from its neighbours, the id must be the model's.
+        tol = 1e-4 * max(1.0, float(np.abs(best).max()))
+        for j in range(kept):
+            above = j == 0 or best[j - 1] - best[j] > tol
+            below = j + 1 >= best.size or best[j] - best[j + 1] > tol
+            if above and below:
+                assert got_ids[j] == ids[order[j]], \
+                    f"{where}: query {row} rank {j}: id {got_ids[j]}, expected {ids[order[j]]}"
+
+
+def inspect_files(directory: Path, summary: Summary) -> None:
+    """Note what a killed checkpoint left behind (diagnostics only; open removes it)."""
+    if not directory.is_dir():
+        return
+    if (directory / "manifest.json.tmp").exists():
+        summary.tmp_manifest += 1
+    try:
+        body = json.loads((directory / "manifest.json").read_text())["manifest"]
+        listed = {s["segment"]["file"] for s in body["segments"]}
+        listed |= {s["tombstones"]["file"] for s in body["segments"] if s["tombstones"]}
+    except (OSError, ValueError, KeyError, TypeError):
+        return
+    if any(p.name not in listed for p in directory.glob("*.arrow")):
+        summary.unreferenced_files += 1
+
+
+def check_cycle(path: Path, model: Model, pending: dict | None, rng: np.random.Generator,
+                summary: Summary, where: str) -> None:
+    """Reopen the database, settle the in-flight operation, and check every row."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        db = vecstore.open(path, segment_bytes=crash_writer.SEGMENT_BYTES)
+        try:
+            assert not db.damaged, f"{where}: damaged collections {db.damaged}"
+            if crash_writer.COLLECTION in db:
+                check_collection(db.get_collection(crash_writer.COLLECTION), model, pending,
+                                 rng, summary, where)
+            else:
+                # Killed before the first writer created the collection.
+                assert not model.present and not model.dead and pending is None, \
+                    f"{where}: the collection is gone"
+        finally:
+            db.close()
+    for w in caught:
+        assert issubclass(w.category, RuntimeWarning) and "torn tail" in str(w.message), \
+            f"{where}: unexpected warning {w.category.__name__}: {w.message}"
+        summary.torn_tails += 1
+
+
+def check_collection(c, model: Model, pending: dict | None, rng: np.random.Generator,
+                     summary: Summary, where: str) -> None:
+    """The rows equal the model's, with or without the write in flight; search agrees."""
+    found = read_database(c, where)
+    candidates = [("without", model.present)]
+    if pending is not None:
+        candidates.append(("with", model.applied(pending)))
+    diffs = [mismatch(found, model, present) for _, present in candidates]
+    if pending is not None and not diffs[1] and diffs[0]:
+        model.apply(pending)
+        summary.in_flight_applied += 1
+    elif not diffs[0]:
+        summary.in_flight_lost += pending is not None
+    else:
+        detail = "; ".join(f"model {name} it: {d}"
+                           for (name, _), d in zip(candidates, diffs, strict=True))
+        raise CycleFailure(f"{where}: the database holds {len(found)} rows that match "
+                           f"neither model (in flight: {pending}): {detail}")
+    summary.max_rows = max(summary.max_rows, len(found))
+    for id_ in list(model.dead)[:20]:
+        assert id_ not in c, f"{where}: deleted id {id_} is back"
+        with pytest.raises(NotFound):
+            c.get([id_])
+    check_search(c, model, rng, where)
+
+
+def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summary:
+    path = tmp_path / "db"
+    collection_dir = path / "collections" / crash_writer.COLLECTION
+    state_path = tmp_path / "state.json"
+    rng = np.random.default_rng(seed)
+    model = Model()
+    summary = Summary()
+
+    def spawn(cycle: int) -> WriterProcess:
+        return WriterProcess(path, seed * 100_003 + cycle, state_path, durability,
+                             tmp_path / f"writer-{cycle}.err")
+
+    writer = spawn(0)
+    upcoming = None
+    try:
+        for cycle in range(cycles):
+            where = f"{durability} cycle {cycle} (VECSTORE_CRASH_SEED={seed})"
+            state_path.write_text(json.dumps(model.state(rng)))
+            t = time.monotonic()
+            if writer.wait_for(lambda e: "ready" in e, STARTUP_TIMEOUT) is None:
+                raise CycleFailure(f"{where}: writer did not start:\n{writer.stderr()}")
+            t = summary.clock("starting", t)
+            writer.go()
+            # The next writer imports vecstore while this one runs and we check.
+            upcoming = spawn(cycle + 1) if cycle + 1 < cycles else None
+            mode = rng.choice(["random", "checkpoint", "open"], p=[0.5, 0.4, 0.1])
+            if mode == "open":
+                time.sleep(rng.uniform(0.0, 0.03))
+            else:
+                acked = writer.wait_for(lambda e: "op" in e or "end" in e, STARTUP_TIMEOUT)
+                if acked is None:
+                    raise CycleFailure(f"{where}: no acknowledgement:\n{writer.stderr()}")
+                if mode == "random":
+                    time.sleep(rng.uniform(0.02, 0.15))
+                else:
+                    time.sleep(rng.uniform(0.0, 0.05))
+                    begun = writer.wait_for(lambda e: "begin" in e, 5.0)
+                    longest = 0.03 if begun and begun["begin"] == "compact" else 0.008
+                    time.sleep(rng.uniform(0.0, longest))
+            rc = writer.kill()
+            if rc != -signal.SIGKILL:
+                raise CycleFailure(f"{where}: writer exited with {rc}:\n{writer.stderr()}")
+            t = summary.clock("writing", t)
+            summary.count(summary.kill_modes, str(mode))
+            pending, phase = replay_output(writer.lines, model, where)
+            summary.acknowledged_ops += sum(1 for t in writer.lines if '"op"' in t
+                                            and '"intent"' not in t)
+            summary.count(summary.killed_in, phase)
+            inspect_files(collection_dir, summary)
+            check_cycle(path, model, pending, rng, summary, where)
+            summary.clock("checking", t)
+            summary.cycles += 1
+            writer, upcoming = upcoming, None
+    finally:
+        for proc in (writer, upcoming):
+            if proc is not None and proc.proc.poll() is None:
+                proc.kill()
+    return summary
+
+
+def _report(durability: str, seed: int, summary: Summary) -> str:
+    return (f"crash test ({durability}, VECSTORE_CRASH_SEED={seed}): {summary.cycles} cycles, "
+            f"{summary.acknowledged_ops} acknowledged writes, kill modes {summary.kill_modes}, "
+            f"killed in {summary.killed_in}, in-flight write applied "
+            f"{summary.in_flight_applied} / lost {summary.in_flight_lost}, torn log tails "
+            f"{summary.torn_tails}, temporary manifest left {summary.tmp_manifest}, "
+            f"unreferenced files left {summary.unreferenced_files}, "
+            f"at most {summary.max_rows} rows, seconds spent "
+            f"{ {k: round(v, 1) for k, v in summary.seconds.items()} }")
+
+
+def test_sigkill_loses_no_acknowledged_write(tmp_path):
+    summary = run_cycles(tmp_path, "sync", CYCLES, BASE_SEED)
+    report = _report("sync", BASE_SEED, summary)
+    print(report)
+    inside = summary.killed_in.get("flush", 0) + summary.killed_in.get("compact", 0)
+    assert inside >= min(3, CYCLES // 10), f"too few kills inside flush or compact: {report}"
+
+
+def test_sigkill_in_batch_durability_loses_no_acknowledged_write(tmp_path):
+    # batch durability hands each write to the OS before acknowledging it and fsyncs
+    # later: only a power loss could lose it, never the death of the process.
+    cycles = max(10, CYCLES // 5)
+    seed = BASE_SEED + 1
+    summary = run_cycles(tmp_path, "batch", cycles, seed)
+    print(_report("batch", seed, summary))
