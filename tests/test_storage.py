@@ -68,6 +68,25 @@ def test_the_log_alone_restores_writes_that_were_never_flushed(tmp_path):
         np.testing.assert_array_equal(c.search(x, 5).ids, expected.ids)
 
 
+def test_replaying_the_log_twice_gives_the_same_state(tmp_path):
+    x = vectors(300)
+    db = vecstore.open(tmp_path / "db")
+    c = db.create_collection("c", dim=DIM, metric="ip", codec="flat")
+    c.add(x[:200], metadata={"tag": np.arange(200)})
+    c.flush()
+    c.delete(np.arange(0, 60, 2))
+    c.upsert(x[200:], ids=np.arange(150, 250), metadata={"tag": np.arange(100) + 1000})
+    expected = c.search(x, 7, filter={"tag": {">=": 150}})
+    db._dir.close()
+    for _ in range(2):  # each open replays the log again; neither flushes
+        db = vecstore.open(tmp_path / "db")
+        c = db.get_collection("c")
+        assert len(c) == 220 and c.stats()["memtable_rows"] == 100
+        np.testing.assert_array_equal(c.search(x, 7, filter={"tag": {">=": 150}}).ids,
+                                      expected.ids)
+        db._dir.close()
+
+
 def test_close_flushes_so_the_log_is_empty_after_a_clean_shutdown(tmp_path):
     with vecstore.open(tmp_path / "db") as db:
         db.create_collection("c", dim=DIM, codec="flat").add(vectors(10))

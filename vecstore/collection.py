@@ -493,12 +493,15 @@ class Collection:
         batches, tables = [], []
         for columns, live, metas, sizes in sources:
             part = _Part(columns, metas, sizes, live)
-            keep = np.arange(part.rows) if live is None else np.nonzero(live)[0]
-            batches.append(rows.take(columns, keep))
-            tables.append(part.metadata_table(self._schema).take(keep))
+            table = part.metadata_table(self._schema)
+            if live is not None:
+                keep = np.nonzero(live)[0]
+                columns, table = rows.take(columns, keep), table.take(keep)
+            batches.append(columns)
+            tables.append(table)
         if not batches:
             return []
-        columns = rows.concat(batches)
+        columns = rows.concat(batches) if len(batches) > 1 else batches[0]
         table = pa.concat_tables(tables)
         total = columns[rows.ID].shape[0]
         per_segment = max(1, self.segment_bytes // self._row_bytes())
@@ -535,8 +538,8 @@ class Collection:
                 live = ~np.isin(loaded.columns[rows.ID], loaded.deleted)
             self._segments.append(_Segment(loaded.columns, loaded.metadata, live, loaded.record))
         self._rebuild_index()
-        if len(self._index) != sum(s.rows - s.dead for s in self._segments):
-            raise DataLoss(f"{self._store.directory}: an id appears in more than one segment")
+        if self._index.has_duplicates():
+            raise DataLoss(f"{self._store.directory}: an id is stored in more than one row")
         for record in records:
             self._replay(record)
 

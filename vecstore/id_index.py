@@ -48,3 +48,7 @@ class IdIndex:
         order = np.argsort(row_ids, kind="stable")
         self.ids = row_ids[order]
         self.rows = order.astype(np.int64)
+
+    def has_duplicates(self) -> bool:
+        """Whether some id maps to more than one row (never true after ``insert``)."""
+        return bool((self.ids[1:] == self.ids[:-1]).any())

@@ -90,10 +90,7 @@ def read_segment(path: Path, entry: FileEntry, code_size: int) -> tuple[rows.Col
     if table.schema.field(rows.CODE).type.byte_width != code_size:
         raise DataLoss(f"{path}: codes are {table.schema.field(rows.CODE).type.byte_width} "
                        f"bytes wide, the collection's codec writes {code_size}")
-    columns, metadata = rows.from_table(table)
-    if np.unique(columns[rows.ID]).size != entry.rows:
-        raise DataLoss(f"{path}: segment holds duplicate ids")
-    return columns, metadata
+    return rows.from_table(table)
 
 
 def write_tombstones(path: Path, ids: np.ndarray) -> FileEntry:
