@@ -296,14 +296,17 @@ def test_pristine_image_recovers_every_logged_write(image, tmp_path):
 
 # --- write-ahead log: truncation --------------------------------------------------------
 
-_WHERE = {  # offset inside record i, from the record's start (None: from its end)
+_WHERE = {  # where in record i to cut: bytes from its start (negative: from its end)
     "start": 0, "magic+1": 1, "length": 5, "crc": 9, "hcrc": 13, "hdr-last": 15,
     "seq": 16, "op": 24, "mid": "mid", "end-1": -1,
 }
+# Every record boundary; every header field and the payload of the first, a middle and
+# the last record; the middle of every other record; and seeded random offsets.
 TRUNCATIONS = (
-    [(i, where) for i in range(N_LOGGED) for where in _WHERE]
-    + [(N_LOGGED, "start")]  # the whole file: nothing cut
-    + [("random", seed) for seed in range(12)]
+    [(i, "start") for i in range(N_LOGGED + 1)]  # N_LOGGED: the whole file, nothing cut
+    + [(i, where) for i in (0, 4, N_LOGGED - 1) for where in _WHERE if where != "start"]
+    + [(i, "mid") for i in range(N_LOGGED) if i not in (0, 4, N_LOGGED - 1)]
+    + [("random", seed) for seed in range(6)]
 )
 
 
@@ -352,24 +355,26 @@ def test_wal_truncated_recovers_the_complete_records(image, tmp_path, spec):
         collection.add(x, ids=[77_777, 77_778], metadata={"tag": [150, 3]})
         expected[77_777] = (x[0], {"tag": 150})
         expected[77_778] = (x[1], {"tag": 3})
-        check_state(collection, expected)
+        np.testing.assert_array_equal(collection.get([77_777, 77_778]), x)
         # ...and a crash now leaves a log that replays cleanly, without warnings.
         crashed = tmp_path / "crashed"
         shutil.copytree(path, crashed)
     finally:
         db.close()
-    for where in (crashed, path):  # the crash image, then the cleanly closed database
-        db, caught = _open(where)
-        try:
-            assert caught == [] and db.damaged == {}
-            check_state(db.get_collection(TARGET), expected, seed=2)
-            check_state(db.get_collection(OTHER), image.final(OTHER), seed=2)
-        finally:
-            db.close()
+    db, caught = _open(crashed)
+    try:
+        assert caught == [] and db.damaged == {}
+        check_state(db.get_collection(TARGET), expected, seed=2)
+        assert len(db.get_collection(OTHER)) == len(image.final(OTHER))
+    finally:
+        db.close()
 
 
 def test_wal_removed_entirely_after_a_flush_is_not_an_error(image, tmp_path):
-    """With every log file gone, the manifest's state is all there is: it opens."""
+    """With every log file gone, the manifest's state is all there is: it opens.
+
+    Losing a whole log file after the last checkpoint cannot be detected (nothing records
+    how many writes followed the manifest); this pins down that it is not a crash."""
     path = _copy(image, tmp_path)
     (_target_dir(path) / image.wal_name).unlink()
     db, caught = _open(path)
@@ -384,8 +389,9 @@ def test_wal_removed_entirely_after_a_flush_is_not_an_error(image, tmp_path):
 
 _FIELDS = {"magic": 0, "length": 4, "crc": 8, "hcrc": 12, "seq": 16, "op": 24}
 MIDDLE_FLIPS = (
-    [(i, f) for i in range(N_LOGGED - 1) for f in (*_FIELDS, "payload")]
-    + [("random", seed) for seed in range(10)]
+    [(i, f) for i in (0, 4, N_LOGGED - 2) for f in (*_FIELDS, "payload")]
+    + [(i, "payload") for i in range(N_LOGGED - 1) if i not in (0, 4, N_LOGGED - 2)]
+    + [("random", seed) for seed in range(6)]
 )
 
 
@@ -417,7 +423,7 @@ def test_wal_damage_before_valid_records_is_data_loss(image, tmp_path, spec):
 
 
 @pytest.mark.parametrize("spec", [(N_LOGGED - 1, f) for f in (*_FIELDS, "payload")]
-                         + [("random", seed) for seed in range(5)],
+                         + [("random", seed) for seed in range(3)],
                          ids=lambda s: f"{s[0]}-{s[1]}")
 def test_wal_damage_in_the_last_record_drops_it_or_is_data_loss(image, tmp_path, spec):
     path = _copy(image, tmp_path)
@@ -473,10 +479,10 @@ def test_wal_structural_damage(image, tmp_path, damage):
 # --- segment and tombstone files --------------------------------------------------------
 
 FILE_DAMAGES = (
-    [("flip", seed) for seed in range(8)]
+    [("flip", seed) for seed in range(4)]
     + [("flip-head", 0), ("flip-tail", 0)]
-    + [("zero-tail", n) for n in (1, 6, 64, 10**9)]
-    + [("truncate", n) for n in (0, 1, 8, "half", "minus-1")]
+    + [("zero-tail", n) for n in (1, 64, 10**9)]
+    + [("truncate", n) for n in (0, "half", "minus-1")]
     + [("append", 1), ("missing", 0)]
 )
 
@@ -569,9 +575,9 @@ def _rewrite_manifest(directory: Path, change) -> None:
 # --- the manifest -------------------------------------------------------------------------
 
 MANIFEST_DAMAGES = (
-    [("flip", seed) for seed in range(24)]
-    + [("zero-tail", n) for n in (1, 2, 40, 10**9)]
-    + [("truncate", n) for n in (0, 1, "half", "minus-1")]
+    [("flip", seed) for seed in range(16)]
+    + [("zero-tail", n) for n in (1, 40, 10**9)]
+    + [("truncate", n) for n in (0, "half", "minus-1")]
     + [("replace", b"{}"), ("replace", b"[]"), ("replace", b"null"), ("replace", b""),
        ("replace", b"\xff\xfe garbage"), ("replace", b'{"crc32c": 0, "manifest": {}}')]
 )

@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from vecstore import _validate, metadata, rows
 from vecstore.codecs.base import Codec
+from vecstore.codecs.registry import codec_from_config
 from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 from vecstore.id_index import IdIndex
 from vecstore.search import cpu
@@ -194,7 +195,7 @@ class Collection:
         """The JSON-safe description a collection is rebuilt from (codec configs included)."""
         return {
             "name": self.name, "dim": self.dim, "metric": self.metric,
-            "codec": self.codec.to_config(),
+            "code_size": self.codec.code_size, "codec": self.codec.to_config(),
             "rescore_codec": self.rescore_codec.to_config() if self.rescore_codec else None,
             "store_vectors": self.store_vectors,
         }
@@ -351,19 +352,28 @@ class Collection:
                 raise InvalidArgument(
                     f"collection {self.name!r} already holds vectors; its codecs are fixed"
                 )
-            for codec in self._codecs():
-                codec.train(x)
-            self._persist_config()
+            self._train(x, self._codecs())
 
     def _codecs(self) -> list[Codec]:
         return [c for c in (self.codec, self.rescore_codec) if c is not None]
 
     def _train_if_needed(self, x: np.ndarray) -> None:
         untrained = [c for c in self._codecs() if not getattr(c, "is_trained", True)]
-        for codec in untrained:
-            codec.train(x)
         if untrained:
-            self._persist_config()
+            self._train(x, untrained)
+
+    def _train(self, x: np.ndarray, codecs: list[Codec]) -> None:
+        """Train copies of ``codecs`` and install them only if all succeed, so a rejected
+        sample leaves every codec as it was."""
+        trained = {}
+        for codec in codecs:
+            fresh = codec_from_config(codec.to_config())
+            fresh.train(x)
+            trained[id(codec)] = fresh
+        self.codec = trained.get(id(self.codec), self.codec)
+        if self.rescore_codec is not None:
+            self.rescore_codec = trained.get(id(self.rescore_codec), self.rescore_codec)
+        self._persist_config()
 
     def _persist_config(self) -> None:
         """Record trained codecs in the manifest before any code they wrote is logged."""

@@ -54,7 +54,7 @@ def as_metadata(metadata, n: int) -> pa.Table | None:
             metadata = pa.table({name: (values if isinstance(values, pa.Array | pa.ChunkedArray)
                                         else pa.array(values))
                                  for name, values in metadata.items()})
-        except (pa.ArrowInvalid, pa.ArrowTypeError, ValueError, TypeError) as exc:
+        except (pa.ArrowException, ValueError, TypeError, OverflowError) as exc:
             raise InvalidArgument(f"metadata cannot be stored as Arrow columns: {exc}") from exc
     if not isinstance(metadata, pa.Table):
         raise InvalidArgument(

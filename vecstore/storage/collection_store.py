@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from vecstore import rows
+from vecstore.errors import DataLoss
 from vecstore.storage import wal
 from vecstore.storage.files import fsync_dir, remove_quietly
 from vecstore.storage.manifest import (
@@ -86,7 +87,10 @@ class CollectionStore:
         references (left by a crash mid-checkpoint) and cuts torn log tails.
         """
         manifest = load_manifest(directory)
-        code_size = _code_size(manifest.config)
+        code_size = manifest.config.get("code_size")
+        if isinstance(code_size, bool) or not isinstance(code_size, int) or code_size < 1:
+            raise DataLoss(f"{directory / MANIFEST}: the collection config has no valid "
+                           f"code_size: {code_size!r}")
         segments = []
         for record in manifest.segments:
             columns, metadata = read_segment(directory / record.segment.file, record.segment,
@@ -169,12 +173,6 @@ class CollectionStore:
             self._writer = None
 
 
-def _code_size(config: dict) -> int:
-    from vecstore.codecs.registry import codec_from_config
-
-    return codec_from_config(config["codec"]).code_size
-
-
 def remove_collection_dir(directory: Path) -> None:
     """Delete a collection directory: renamed away first, so a crash never leaves half."""
     doomed = directory.with_name(f".dropping-{directory.name}-{uuid.uuid4().hex}")
@@ -184,5 +182,7 @@ def remove_collection_dir(directory: Path) -> None:
 
 
 def is_collection_dir(path: Path) -> bool:
-    """Whether ``path`` is a committed collection directory (not a leftover of a crash)."""
-    return path.is_dir() and not path.name.startswith(".") and (path / MANIFEST).exists()
+    """Whether ``path`` is a collection directory. Collections are created under a hidden
+    temporary name and renamed into place with their manifest, so any other directory
+    is a committed collection, even one whose manifest has since gone missing."""
+    return path.is_dir() and not path.name.startswith(".")

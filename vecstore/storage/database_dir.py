@@ -23,6 +23,7 @@ from vecstore.storage.collection_store import (
     remove_collection_dir,
 )
 from vecstore.storage.files import DirectoryLock, fsync_dir, write_durable
+from vecstore.storage.manifest import MANIFEST
 
 MARKER = "VECSTORE"
 MARKER_CONTENT = {"format": "vecstore-database", "format_version": 1}
@@ -84,8 +85,8 @@ class DatabaseDir:
             raise
         except (KeyError, ValueError, TypeError) as exc:
             store.close()
-            raise DataLoss(f"{directory}: the collection cannot be rebuilt from its "
-                           f"manifest and log: {exc}") from exc
+            raise DataLoss(f"{directory / MANIFEST}: the collection cannot be rebuilt from "
+                           f"its config by this version of vecstore: {exc}") from exc
         return collection
 
     def create_collection(self, name: str, config: dict, durability: str,
