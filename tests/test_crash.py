@@ -19,7 +19,11 @@ a few milliseconds after it announces a flush or compaction, and right after it 
 to open the database (so some land during recovery itself). The test asserts that some
 kills landed inside flush or compact; the counts, and the kills that left a temporary
 manifest or unreferenced files behind (a checkpoint or manifest swap cut short), are
-printed (``pytest -s``).
+printed (``pytest -s``). Half the cycles check a copy of the directory, so that the next
+writer itself recovers the database as the kill left it (replays the log) and writes on.
+
+``test_sigkill_while_creating_the_database`` kills a process stalled inside the creation
+of a new database, a window too narrow for random kills.
 
 Environment:
 
@@ -34,10 +38,12 @@ Environment:
 
 from __future__ import annotations
 
+import collections
 import importlib.util
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -63,6 +69,7 @@ _spec.loader.exec_module(crash_writer)
 CYCLES = int(os.environ.get("VECSTORE_CRASH_CYCLES", "50"))
 BASE_SEED = int(os.environ.get("VECSTORE_CRASH_SEED", str(np.random.SeedSequence().entropy
                                                           % (1 << 31))))
+LOOKAHEAD = 2  # writers started ahead of their cycle
 STARTUP_TIMEOUT = 60.0  # seconds for a writer to import vecstore and acknowledge a write
 
 
@@ -222,6 +229,7 @@ class Summary:
     unreferenced_files: int = 0
     acknowledged_ops: int = 0
     max_rows: int = 0
+    checked_on_copy: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # starting, writing, checking
 
     def clock(self, phase: str, since: float) -> float:
@@ -361,8 +369,17 @@ def inspect_files(directory: Path, summary: Summary) -> None:
 
 
 def check_cycle(path: Path, model: Model, pending: dict | None, rng: np.random.Generator,
-                summary: Summary, where: str) -> None:
-    """Reopen the database, settle the in-flight operation, and check every row."""
+                summary: Summary, where: str, copy: Path | None = None) -> None:
+    """Reopen the database, settle the in-flight operation, and check every row.
+
+    With ``copy``, the check runs on a copy of the directory made there, and the database
+    is left as the kill left it: the next writer recovers it (replays its log, cuts torn
+    tails) and writes on, rather than starting from the checkpoint our close makes.
+    """
+    if copy is not None and path.exists():
+        shutil.rmtree(copy, ignore_errors=True)
+        shutil.copytree(path, copy)
+        path = copy
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         db = vecstore.open(path, segment_bytes=crash_writer.SEGMENT_BYTES)
@@ -416,15 +433,18 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
     rng = np.random.default_rng(seed)
     model = Model()
     summary = Summary()
-
-    def spawn(cycle: int) -> WriterProcess:
-        return WriterProcess(path, seed * 100_003 + cycle, state_path, durability,
-                             tmp_path / f"writer-{cycle}.err")
-
-    writer = spawn(0)
-    upcoming = None
+    # Writers are started LOOKAHEAD cycles ahead: importing numpy, pyarrow and vecstore
+    # takes most of a cycle, and goes on while earlier writers run and we check.
+    waiting: collections.deque[WriterProcess] = collections.deque()
+    started = 0
+    writer = None
     try:
         for cycle in range(cycles):
+            while len(waiting) < LOOKAHEAD and started < cycles:
+                waiting.append(WriterProcess(path, seed * 100_003 + started, state_path,
+                                             durability, tmp_path / f"writer-{started}.err"))
+                started += 1
+            writer = waiting.popleft()
             where = f"{durability} cycle {cycle} (VECSTORE_CRASH_SEED={seed})"
             state_path.write_text(json.dumps(model.state(rng)))
             t = time.monotonic()
@@ -432,9 +452,7 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
                 raise CycleFailure(f"{where}: writer did not start:\n{writer.stderr()}")
             t = summary.clock("starting", t)
             writer.go()
-            # The next writer imports vecstore while this one runs and we check.
-            upcoming = spawn(cycle + 1) if cycle + 1 < cycles else None
-            mode = rng.choice(["random", "checkpoint", "open"], p=[0.5, 0.4, 0.1])
+            mode = str(rng.choice(["random", "checkpoint", "open"], p=[0.5, 0.4, 0.1]))
             if mode == "open":
                 time.sleep(rng.uniform(0.0, 0.03))
             else:
@@ -444,6 +462,7 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
                 if mode == "random":
                     time.sleep(rng.uniform(0.02, 0.15))
                 else:
+                    # Kill a few milliseconds into the next flush or compaction.
                     time.sleep(rng.uniform(0.0, 0.05))
                     begun = writer.wait_for(lambda e: "begin" in e, 5.0)
                     longest = 0.03 if begun and begun["begin"] == "compact" else 0.008
@@ -452,18 +471,20 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
             if rc != -signal.SIGKILL:
                 raise CycleFailure(f"{where}: writer exited with {rc}:\n{writer.stderr()}")
             t = summary.clock("writing", t)
-            summary.count(summary.kill_modes, str(mode))
+            summary.count(summary.kill_modes, mode)
             pending, phase = replay_output(writer.lines, model, where)
-            summary.acknowledged_ops += sum(1 for t in writer.lines if '"op"' in t
-                                            and '"intent"' not in t)
+            summary.acknowledged_ops += sum(1 for line in writer.lines
+                                            if '"op"' in line and '"intent"' not in line)
             summary.count(summary.killed_in, phase)
             inspect_files(collection_dir, summary)
-            check_cycle(path, model, pending, rng, summary, where)
+            on_copy = bool(rng.random() < 0.5)
+            summary.checked_on_copy += on_copy
+            check_cycle(path, model, pending, rng, summary, where,
+                        copy=tmp_path / "copy" if on_copy else None)
             summary.clock("checking", t)
             summary.cycles += 1
-            writer, upcoming = upcoming, None
     finally:
-        for proc in (writer, upcoming):
+        for proc in (writer, *waiting):
             if proc is not None and proc.proc.poll() is None:
                 proc.kill()
     return summary
@@ -475,7 +496,8 @@ def _report(durability: str, seed: int, summary: Summary) -> str:
             f"killed in {summary.killed_in}, in-flight write applied "
             f"{summary.in_flight_applied} / lost {summary.in_flight_lost}, torn log tails "
             f"{summary.torn_tails}, temporary manifest left {summary.tmp_manifest}, "
-            f"unreferenced files left {summary.unreferenced_files}, "
+            f"unreferenced files left {summary.unreferenced_files}, checked on a copy "
+            f"{summary.checked_on_copy} times, "
             f"at most {summary.max_rows} rows, seconds spent "
             f"{ {k: round(v, 1) for k, v in summary.seconds.items()} }")
 
@@ -495,3 +517,54 @@ def test_sigkill_in_batch_durability_loses_no_acknowledged_write(tmp_path):
     seed = BASE_SEED + 1
     summary = run_cycles(tmp_path, "batch", cycles, seed)
     print(_report("batch", seed, summary))
+
+
+# A process killed while it creates a new database. The window is microseconds wide, so
+# random kills never find it: the child stalls there (os.open patched to wait when it
+# meets the VECSTORE marker file, before or right after creating it) and is killed while
+# it waits.
+STALL_WHILE_CREATING = """
+import os, sys, time
+import vecstore
+
+point, real_open = sys.argv[2], os.open
+
+def stall():
+    print("stalled", flush=True)
+    time.sleep(60)
+
+def patched_open(path, flags, *args, **kwargs):
+    marker = os.path.basename(os.fsdecode(path)).startswith("VECSTORE")
+    if marker and flags & os.O_CREAT and point == "before-marker":
+        stall()
+    fd = real_open(path, flags, *args, **kwargs)
+    if marker and flags & os.O_CREAT and point == "marker-empty":
+        stall()
+    return fd
+
+os.open = patched_open
+vecstore.open(sys.argv[1]).close()
+print("finished without stalling", flush=True)
+"""
+
+
+@pytest.mark.parametrize("point", ["before-marker", "marker-empty"])
+def test_sigkill_while_creating_the_database(tmp_path, point):
+    path = tmp_path / "db"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
+    proc = subprocess.Popen([sys.executable, "-c", STALL_WHILE_CREATING, str(path), point],
+                            cwd=REPO, env=env, stdout=subprocess.PIPE)
+    try:
+        assert proc.stdout.readline() == b"stalled\n"
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+    # Nothing was acknowledged: the database opens, empty, and takes writes.
+    with vecstore.open(path) as db:
+        assert db.list_collections() == []
+        c = db.create_collection("c", dim=4, metric="ip", codec="flat")
+        c.add(np.eye(4, dtype=np.float32), ids=[1, 2, 3, 4])
+    with vecstore.open(path) as db:
+        assert len(db.get_collection("c")) == 4

@@ -22,7 +22,7 @@ from vecstore.storage.collection_store import (
     is_collection_dir,
     remove_collection_dir,
 )
-from vecstore.storage.files import DirectoryLock, fsync_dir, write_durable
+from vecstore.storage.files import DirectoryLock, fsync_dir, replace_durable
 from vecstore.storage.manifest import MANIFEST
 
 MARKER = "VECSTORE"
@@ -44,16 +44,15 @@ class DatabaseDir:
             raise InvalidArgument(f"{path} is a file, not a database directory")
         path.mkdir(parents=True, exist_ok=True)
         marker = path / MARKER
-        if not marker.exists():
-            if any(p.name != "LOCK" for p in path.iterdir()):
-                raise InvalidArgument(
-                    f"{path} holds files but is not a vecstore database (no {MARKER} file)"
-                )
+        if not marker.exists() and not _unfinished_creation(path):
+            raise InvalidArgument(
+                f"{path} holds files but is not a vecstore database (no {MARKER} file)"
+            )
         lock = DirectoryLock(path)
         try:
             if not marker.exists():
                 (path / "collections").mkdir(exist_ok=True)
-                write_durable(marker, json.dumps(MARKER_CONTENT).encode())
+                replace_durable(marker, json.dumps(MARKER_CONTENT).encode())
             _check_marker(marker)
             database = cls(path, lock)
             database._remove_leftovers()
@@ -105,6 +104,18 @@ class DatabaseDir:
     def close(self) -> None:
         """Release the lock; safe to call twice."""
         self._lock.release()
+
+
+def _unfinished_creation(path: Path) -> bool:
+    """Whether ``path`` holds nothing but what creating a database writes before its
+    marker (so a creation cut short by a crash is finished, not refused)."""
+    for entry in path.iterdir():
+        if entry.name == "collections" and entry.is_dir():
+            if any(entry.iterdir()):
+                return False
+        elif entry.name not in ("LOCK", MARKER + ".tmp"):
+            return False
+    return True
 
 
 def _check_marker(marker: Path) -> None:
