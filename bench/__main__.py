@@ -131,8 +131,8 @@ def storage_command(args: argparse.Namespace) -> int:
                                       codec=args.codec, durability=durability)
         rows.append(row)
         print(f"insert {durability:<5} {args.n:,} x {dataset.dim} {args.codec}, batches of "
-              f"{args.batch:,}: {row['add_vectors_per_s']:,.0f} vectors/s "
-              f"({row['add_s']:.2f} s; {row['with_close_s']:.2f} s with the final flush), "
+              f"{args.batch:,}: {row['insert_vectors_per_s']:,.0f} vectors/s with the final "
+              f"flush on close ({row['add_s']:.2f} s of adds, {row['close_s']:.2f} s to close), "
               f"{row['disk_bytes'] / 2**20:,.1f} MiB on disk", flush=True)
     directory = root / rows[-1]["durability"]
     reopen = storage.measure_reopen(directory, dataset.queries, repeat=args.repeat)

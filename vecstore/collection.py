@@ -499,7 +499,7 @@ class Collection:
 
     def _seal(self, sources) -> list[_Segment]:
         """New segments holding the live rows of ``sources`` (columns, live mask, metadata
-        batches, batch sizes), at most ``segment_bytes`` each."""
+        batches, batch sizes), split evenly into pieces of about ``segment_bytes``."""
         batches, tables = [], []
         for columns, live, metas, sizes in sources:
             part = _Part(columns, metas, sizes, live)
@@ -514,7 +514,8 @@ class Collection:
         columns = rows.concat(batches) if len(batches) > 1 else batches[0]
         table = pa.concat_tables(tables)
         total = columns[rows.ID].shape[0]
-        per_segment = max(1, self.segment_bytes // self._row_bytes())
+        pieces = max(1, round(total * self._row_bytes() / self.segment_bytes))
+        per_segment = -(-total // pieces)
         sealed = []
         for start in range(0, total, per_segment):
             piece = {n: c[start : start + per_segment] for n, c in columns.items()}

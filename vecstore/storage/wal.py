@@ -9,7 +9,9 @@ Frame layout (little-endian)::
     length  u32      payload bytes
     crc     u32      CRC32C of the payload
     hcrc    u32      CRC32C of the 12 bytes above
-    payload          u64 sequence number, u8 operation, Arrow IPC stream of one batch
+    payload          u64 sequence number, u8 operation, 7 zero bytes, then an Arrow IPC
+                     stream of one batch (a multiple of 8 bytes, so every frame and every
+                     Arrow buffer in the file stays 8-byte aligned)
 
 Reading stops at the first frame that fails its checks. If no valid frame follows it,
 it is a torn tail from a crash mid-append: the file is cut back to the last good frame
@@ -34,7 +36,7 @@ from vecstore.storage.files import crc32c, fsync_dir, write_all
 
 MAGIC = b"VSWL"
 HEADER = struct.Struct("<4sIII")
-PREFIX = struct.Struct("<QB")
+PREFIX = struct.Struct("<QB7x")
 MAX_PAYLOAD = (1 << 32) - 1
 
 OP_ADD, OP_UPSERT, OP_DELETE = 1, 2, 3
