@@ -1,10 +1,11 @@
 """A hypothesis state machine driving a ``flat`` collection against an in-memory model.
 
 Rules add (given and automatic ids, with and without metadata), add taken ids, upsert,
-delete, search (with and without a metadata filter), flush, compact, and close and reopen
-the database (with a second collection beside the first). After every step the
-collection must agree with the model: its count, the exact vectors and metadata of every
-id, no id twice, no deleted id. Vectors and queries have small integer components, so
+delete, search (with and without a metadata filter), flush, compact, close and reopen the
+database (also with a second collection beside the first), and reopen what a crash would
+leave (a copy of the open database's directory: its log is replayed). After every step
+the collection must agree with the model: its count, the exact vectors and metadata of
+every id, no id twice, no deleted id. Vectors and queries have small integer components, so
 inner products are exact in float32 and search results must equal the model's brute
 force exactly: ids, similarities, order (ties to the smaller id) and padding.
 
@@ -32,7 +33,7 @@ from hypothesis.stateful import (
 )
 
 import vecstore
-from vecstore import AlreadyExists, Closed, InvalidArgument
+from vecstore import AlreadyExists, Closed, InvalidArgument, NotFound
 
 DIM = 8
 # Small enough that ids are often reused, deleted and re-added.
@@ -43,7 +44,7 @@ TAGS = (0, 1, 2, 3)
 MAX_BATCH = 6
 
 MACHINE_SETTINGS = settings(
-    max_examples=40, stateful_step_count=30, deadline=None,
+    max_examples=50, stateful_step_count=40, deadline=None, report_multiple_bugs=False,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 
@@ -106,17 +107,22 @@ class StorageMachine(RuleBasedStateMachine):
         # The second collection (created by ``reopen_with_second``), and its model.
         self.other: dict[int, np.ndarray] = {}
 
-    def _open(self):
+    def _open(self, durability: str = "sync"):
         if self.path is None:
             return vecstore.open(segment_bytes=SEGMENT_BYTES)
-        return vecstore.open(self.path, segment_bytes=SEGMENT_BYTES)
+        return vecstore.open(self.path, durability=durability, segment_bytes=SEGMENT_BYTES)
 
     def teardown(self):
         try:
             self.db.close()
         finally:
-            if self.path is not None:
-                shutil.rmtree(self.path, ignore_errors=True)
+            self._remove_files()
+
+    def _remove_files(self) -> None:
+        if self.path is not None:
+            # A crash copy lies in a temporary directory of its own.
+            shutil.rmtree(self.path.parent if self.path.name == "db" else self.path,
+                          ignore_errors=True)
 
     # --- helpers ------------------------------------------------------------------------
 
@@ -259,19 +265,34 @@ class StorageMachine(RuleBasedStateMachine):
             assert not list(directory.glob("del-*.arrow")), "compaction left tombstones"
             assert len(list(directory.glob("seg-*.arrow"))) == stats["segments"]
 
-    def _reopen(self) -> None:
+    def _reopen(self, durability: str) -> None:
         old = self.c
         self.db.close()
         with pytest.raises(Closed):
             old.search(np.ones(DIM, np.float32), 1)
-        self.db = self._open()
+        self.db = self._open(durability)
         assert self.db.damaged == {}
         self.c = self.db.get_collection("c")
 
     @precondition(lambda self: self.path is not None)
-    @rule()
-    def reopen(self):
-        self._reopen()
+    @rule(durability=st.sampled_from(["sync", "batch"]))
+    def reopen(self, durability):
+        self._reopen(durability)
+
+    @precondition(lambda self: self.path is not None)
+    @rule(durability=st.sampled_from(["sync", "batch"]))
+    def crash_and_reopen(self, durability):
+        """Reopen what a crash now would leave: a copy of the directory taken while the
+        database is open (every acknowledged write has reached the files), so the log
+        since the last flush is replayed."""
+        crashed = Path(tempfile.mkdtemp(prefix="vecstore-sm-crash-")) / "db"
+        shutil.copytree(self.path, crashed)
+        self.db.close()
+        self._remove_files()
+        self.path = crashed
+        self.db = self._open(durability)
+        assert self.db.damaged == {}
+        self.c = self.db.get_collection("c")
 
     @precondition(lambda self: self.path is not None)
     @rule(data=st.data())
@@ -284,7 +305,7 @@ class StorageMachine(RuleBasedStateMachine):
                       label="other_vectors").astype(np.float32)
         for i, v in zip(other.add(x), x, strict=True):
             self.other[int(i)] = v
-        self._reopen()
+        self._reopen("sync")
         assert self.db.list_collections() == ["c", "other"]
         other = self.db.get_collection("other")
         keys = sorted(self.other)
@@ -317,6 +338,12 @@ class StorageMachine(RuleBasedStateMachine):
     def deleted_ids_are_gone(self):
         for i in self.gone:
             assert i not in self.c
+        if self.gone:
+            gone = sorted(self.gone)[:3]
+            with pytest.raises(NotFound):
+                self.c.get(gone)
+            with pytest.raises(NotFound):
+                self.c.get_metadata(gone)
 
     @invariant()
     def each_id_once(self):
@@ -349,3 +376,28 @@ def test_ties_at_the_kth_place_go_to_the_smaller_id():
         assert result.ids.tolist() == [[100, 101, 102]]
         c.add(np.ones((1, 4), np.float32), ids=[3])
         assert c.search(np.ones(4, np.float32), 3).ids.tolist() == [[3, 100, 101]]
+
+
+def test_get_metadata_of_a_collection_without_metadata_fields():
+    """Rows added without metadata still give a table: the ``id`` column alone."""
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=4, metric="ip", codec="flat")
+        c.add(np.ones((2, 4), np.float32))
+        table = c.get_metadata([1, 0])
+        assert table.column_names == ["id"]
+        assert table.column("id").to_pylist() == [1, 0]
+
+
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_flush_and_compact_when_every_unflushed_row_is_deleted(on_disk, tmp_path):
+    with vecstore.open(tmp_path if on_disk else None, segment_bytes=SEGMENT_BYTES) as db:
+        c = db.create_collection("c", dim=4, metric="ip", codec="flat")
+        c.add(np.ones((3, 4), np.float32))
+        c.delete([0, 1, 2])
+        c.flush()
+        assert c.stats()["segments"] == 0 and len(c) == 0
+        c.add(np.ones((1, 4), np.float32))
+        c.delete([3])
+        c.compact()
+        assert c.stats() == {"rows": 0, "segments": 0, "memtable_rows": 0,
+                             "deleted_rows": 0, "code_bytes": 0}

@@ -144,7 +144,8 @@ class Collection:
                 f"codec={self.codec.spec!r}, count={len(self)})")
 
     def __len__(self) -> int:
-        return len(self._index)
+        with self._lock:
+            return len(self._index)
 
     def __contains__(self, item) -> bool:
         if isinstance(item, bool) or not isinstance(item, int | np.integer):
@@ -514,6 +515,8 @@ class Collection:
         columns = rows.concat(batches) if len(batches) > 1 else batches[0]
         table = pa.concat_tables(tables)
         total = columns[rows.ID].shape[0]
+        if not total:
+            return []
         pieces = max(1, round(total * self._row_bytes() / self.segment_bytes))
         per_segment = -(-total // pieces)
         sealed = []
@@ -631,7 +634,8 @@ class Collection:
             tables.append(parts[p].metadata_table(schema).take(positions[at] - offsets[p]))
             order.append(at)
         table = pa.concat_tables(tables).take(np.argsort(np.concatenate(order)))
-        return table.add_column(0, rows.ID, pa.array(ids, type=pa.int64()))
+        columns = [pa.array(ids, type=pa.int64()), *table.columns]
+        return pa.Table.from_arrays(columns, names=[rows.ID, *table.column_names])
 
     def search(self, queries, k: int = 10, *, rescore: int | None = None,
                filter=None) -> SearchResult:
