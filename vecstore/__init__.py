@@ -7,9 +7,11 @@ from vecstore.errors import (
     AlreadyExists,
     Closed,
     DataLoss,
+    GpuUnavailable,
     InvalidArgument,
     Locked,
     NotFound,
+    OutOfDeviceMemory,
     VecstoreError,
 )
 
@@ -21,9 +23,11 @@ __all__ = [
     "Collection",
     "DataLoss",
     "Database",
+    "GpuUnavailable",
     "InvalidArgument",
     "Locked",
     "NotFound",
+    "OutOfDeviceMemory",
     "SearchResult",
     "VecstoreError",
     "available_specs",

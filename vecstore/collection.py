@@ -8,6 +8,7 @@ segment and persists tombstones, ``compact`` rewrites segments without deleted r
 
 from __future__ import annotations
 
+import itertools
 import threading
 import warnings
 from dataclasses import dataclass, field
@@ -19,11 +20,18 @@ import pyarrow as pa
 from vecstore import _validate, metadata, rows
 from vecstore.codecs.base import Codec
 from vecstore.codecs.registry import codec_from_config
-from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
+from vecstore.errors import (
+    AlreadyExists,
+    Closed,
+    DataLoss,
+    GpuUnavailable,
+    InvalidArgument,
+    NotFound,
+)
 from vecstore.id_index import IdIndex
 from vecstore.search import cpu
 from vecstore.search.rescore import rerank
-from vecstore.search.topk import TopK
+from vecstore.search.topk import EMPTY_TIE, TopK
 from vecstore.storage.wal import OP_ADD, OP_DELETE, OP_UPSERT
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -38,6 +46,8 @@ COMPACT_DEAD_FRACTION = 0.5
 GATHER_FRACTION = 0.25
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 MAX_RESCORE = 64
+DEVICES = ("auto", "cpu", "gpu")
+_serials = itertools.count()
 
 
 class SearchResult(NamedTuple):
@@ -69,6 +79,7 @@ class _Segment:
     live: np.ndarray | None = None
     record: object = None
     tombstones_changed: bool = False
+    serial: int = field(default_factory=lambda: next(_serials))
 
     @property
     def rows(self) -> int:
@@ -87,6 +98,7 @@ class _Part:
     metadata: tuple[pa.Table | None, ...]
     sizes: tuple[int, ...]
     live: np.ndarray | None
+    key: object = None
 
     @property
     def rows(self) -> int:
@@ -107,6 +119,7 @@ class _Memtable:
     sizes: list[int] = field(default_factory=list)
     count: int = 0
     dead: int = 0
+    serial: int = field(default_factory=lambda: next(_serials))
 
 
 class Collection:
@@ -122,7 +135,8 @@ class Collection:
 
     def __init__(self, name: str, codec: Codec, metric: Metric, *,
                  store_vectors: str | None = None, rescore_codec: Codec | None = None,
-                 store=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+                 store=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
+                 device: str = "auto"):
         self.name = name
         self.codec = codec
         self.metric = metric
@@ -130,6 +144,8 @@ class Collection:
         self.store_vectors = store_vectors
         self.rescore_codec = rescore_codec
         self.segment_bytes = segment_bytes
+        self.device = check_device(device)
+        self._gpu = None
         self._store = store
         self._lock = threading.RLock()
         self._segments: list[_Segment] = []
@@ -581,12 +597,14 @@ class Collection:
     def _parts(self) -> list[_Part]:
         """Every segment and the memtable's filled rows, as of now. Later writes never
         modify the arrays these parts hold."""
-        parts = [_Part(s.columns, (s.metadata,), (s.rows,), s.live) for s in self._segments]
+        parts = [_Part(s.columns, (s.metadata,), (s.rows,), s.live, s.serial)
+                 for s in self._segments]
         mem = self._memtable
         if mem.count:
             columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
             live = mem.columns["live"][: mem.count] if mem.dead else None
-            parts.append(_Part(columns, tuple(mem.metadata), tuple(mem.sizes), live))
+            parts.append(_Part(columns, tuple(mem.metadata), tuple(mem.sizes), live,
+                               (mem.serial, mem.count)))
         return parts
 
     def _snapshot(self) -> tuple[list[_Part], np.ndarray, pa.Schema]:
@@ -638,19 +656,23 @@ class Collection:
         return pa.Table.from_arrays(columns, names=[rows.ID, *table.column_names])
 
     def search(self, queries, k: int = 10, *, rescore: int | None = None,
-               filter=None) -> SearchResult:
+               filter=None, device: str | None = None) -> SearchResult:
         """The k nearest stored vectors to each query (nq, d) or (d,), by exhaustive scan.
 
         With ``rescore=r`` the scan fetches k * r candidates from the codes and reranks them
         with the stored vectors (or the rescoring codec) before keeping k. ``filter`` (a
         pyarrow compute expression or the dict form of ``vecstore.metadata``) restricts
         the search to matching rows before the top-k, so k results come back whenever k
-        rows match.
+        rows match. ``device`` ("auto", "cpu", "gpu") overrides the collection's device.
         """
         self._check_open()
         q, _ = self._prepare_vectors(queries, "queries")
         k = _validate.as_k(k)
         fetch_column = self._rescore_column(rescore)
+        scan_parts = self._scan_parts
+        if self._use_gpu(self.device if device is None else check_device(device),
+                         k * (rescore or 1)):
+            scan_parts = self._scan_parts_gpu
         parts, offsets, schema = self._snapshot()
         expression = metadata.as_filter(filter, schema)
         masks = [_mask(part, expression, schema) for part in parts]
@@ -661,7 +683,7 @@ class Collection:
         found = np.full((q.shape[0], k), -1, dtype=np.int64)
         for start in range(0, q.shape[0], cpu.QUERY_BLOCK):
             block = slice(start, start + cpu.QUERY_BLOCK)
-            top = self._scan_parts(q[block], k_scan, parts, offsets, masks)
+            top = scan_parts(q[block], k_scan, parts, offsets, masks)
             if fetch_column is not None:
                 fetch = self._rescore_fetch(parts, offsets, fetch_column)
                 top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
@@ -686,7 +708,40 @@ class Collection:
             else:
                 local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
                                  row_ids=ids)
-                top.merge(local, np.arange(offset, offset + part.rows, dtype=np.int64))
+                top.merge(local, offset=offset)
+        return top
+
+    def _use_gpu(self, device: str, k: int) -> bool:
+        """Whether this search runs on the GPU; GpuUnavailable when ``device="gpu"`` cannot."""
+        if device == "cpu":
+            return False
+        from vecstore.search import gpu
+
+        reason = gpu.unavailable_reason()
+        if reason is None and not gpu.supports(self.codec):
+            reason = f"codec {self.codec.spec!r} has no GPU kernel yet"
+        if reason is None and k > gpu.MAX_K:
+            reason = f"the GPU kernels keep at most {gpu.MAX_K} candidates per query"
+        if reason is not None and device == "gpu":
+            raise GpuUnavailable(reason)
+        return reason is None
+
+    def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+        if self._gpu is None:
+            from vecstore.search.gpu import GpuScanner
+
+            self._gpu = GpuScanner()
+        rotated = self.codec.prepare_query(q).rotated
+        query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
+        self._gpu.retain(part.key for part in parts)
+        top = TopK(q.shape[0], k)
+        for part, offset, mask in zip(parts, offsets, masks, strict=False):
+            device = self._gpu.resident(part.key, self.codec, part.columns[rows.CODE])
+            keys, found = self._gpu.scan(self.codec, device, rotated, self.metric, k,
+                                         query_sq_norms, mask)
+            ties = np.where(found >= 0, part.columns[rows.ID][np.maximum(found, 0)], EMPTY_TIE)
+            local = TopK.of(keys, found, ties)
+            top.merge(local, offset=offset)
         return top
 
     def _rescore_column(self, rescore) -> str | None:
@@ -711,6 +766,13 @@ class Collection:
             return lambda positions: _gather(parts, offsets, positions, column).astype(np.float32)
         return lambda positions: self.rescore_codec.decode(
             _gather(parts, offsets, positions, column))
+
+
+def check_device(device) -> str:
+    """``device`` if it is one of "auto", "cpu", "gpu", else InvalidArgument."""
+    if device not in DEVICES:
+        raise InvalidArgument(f"device must be one of {DEVICES}, got {device!r}")
+    return device
 
 
 def _mask(part: _Part, expression, schema: pa.Schema) -> np.ndarray | None:

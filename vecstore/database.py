@@ -8,7 +8,13 @@ import threading
 from pathlib import Path
 
 from vecstore.codecs.registry import codec_from_config, make_codec
-from vecstore.collection import DEFAULT_SEGMENT_BYTES, METRICS, STORED_VECTOR_DTYPES, Collection
+from vecstore.collection import (
+    DEFAULT_SEGMENT_BYTES,
+    METRICS,
+    STORED_VECTOR_DTYPES,
+    Collection,
+    check_device,
+)
 from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 
 DURABILITIES = ("sync", "batch")
@@ -41,8 +47,9 @@ class Database:
 
     def __init__(self, path: Path | None = None, *, durability: str = "sync",
                  sync_interval: float = DEFAULT_SYNC_INTERVAL,
-                 segment_bytes: int = DEFAULT_SEGMENT_BYTES):
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto"):
         self.path = path
+        self.device = check_device(device)
         self.durability = durability
         self.sync_interval = sync_interval
         self.segment_bytes = segment_bytes
@@ -99,7 +106,7 @@ class Database:
         return Collection(config["name"], codec, config["metric"],
                           store_vectors=config.get("store_vectors"),
                           rescore_codec=codec_from_config(finer) if finer else None,
-                          store=store, segment_bytes=self.segment_bytes)
+                          store=store, segment_bytes=self.segment_bytes, device=self.device)
 
     def create_collection(self, name: str, *, dim: int, metric: str = "cosine",
                           codec: str = "tq4", seed: int = 0, rotation: str = "auto",
@@ -144,7 +151,8 @@ class Database:
             if name in self:
                 raise AlreadyExists(f"collection {name!r} already exists")
             collection = Collection(name, coder, metric, store_vectors=store_vectors,
-                                    rescore_codec=finer, segment_bytes=self.segment_bytes)
+                                    rescore_codec=finer, segment_bytes=self.segment_bytes,
+                                    device=self.device)
             if self._dir is not None:
                 collection._store = self._dir.create_collection(
                     name, collection.config(), self.durability, self.sync_interval)
@@ -202,7 +210,7 @@ class Database:
 
 def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # noqa: A001
          sync_interval: float = DEFAULT_SYNC_INTERVAL,
-         segment_bytes: int = DEFAULT_SEGMENT_BYTES) -> Database:
+         segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto") -> Database:
     """Open a database: in memory with no ``path``, else the directory at ``path``,
     created if absent.
 
@@ -214,6 +222,10 @@ def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # 
         of the last interval.
     segment_bytes : int
         The memtable is sealed into a segment file once its rows take this many bytes.
+    device : {"auto", "cpu", "gpu"}
+        Where searches scan codes. ``auto`` uses the GPU when CuPy sees a CUDA device and
+        the codec has a GPU kernel (TurboQuant ``tq{b}`` and ``tq{b}c`` for now), else the
+        CPU; ``gpu`` raises GpuUnavailable, with the reason, when it cannot.
 
     Raises Locked if another process has the directory open, InvalidArgument for a path
     that is a file or a directory not made by vecstore.
@@ -227,4 +239,5 @@ def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # 
             or segment_bytes < 1:
         raise InvalidArgument(f"segment_bytes must be a positive integer, got {segment_bytes!r}")
     return Database(None if path is None else Path(path), durability=durability,
-                    sync_interval=float(sync_interval), segment_bytes=segment_bytes)
+                    sync_interval=float(sync_interval), segment_bytes=segment_bytes,
+                    device=check_device(device))

@@ -34,3 +34,12 @@ class DataLoss(VecstoreError, OSError):
 
 class Locked(VecstoreError, RuntimeError):
     """Another process holds the database directory open for writing."""
+
+
+class GpuUnavailable(VecstoreError, RuntimeError):
+    """A GPU search was asked for, but CuPy or a CUDA device is missing (the message says
+    which), or the collection's codec has no GPU kernel."""
+
+
+class OutOfDeviceMemory(VecstoreError, MemoryError):
+    """Codes do not fit the GPU memory budget."""

@@ -64,10 +64,13 @@ class TopK:
             ties = np.broadcast_to(ties, keys.shape)
         self._keep(keys, rows, ties)
 
-    def merge(self, other: TopK, rows: np.ndarray) -> None:
+    def merge(self, other: TopK, rows: np.ndarray | None = None, offset: int = 0) -> None:
         """Merge ``other``'s candidates, renaming their rows through ``rows`` (other's row
-        -> this one's row, int64)."""
-        other_rows = np.where(other.rows >= 0, rows[np.maximum(other.rows, 0)], -1)
+        -> this one's row, int64), or else by adding ``offset``."""
+        if rows is None:
+            other_rows = np.where(other.rows >= 0, other.rows + offset, -1)
+        else:
+            other_rows = np.where(other.rows >= 0, rows[np.maximum(other.rows, 0)], -1)
         self._keep(other.keys, other_rows, other.ties)
 
     def _keep(self, keys: np.ndarray, rows: np.ndarray, ties: np.ndarray) -> None:

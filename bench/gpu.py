@@ -1,0 +1,183 @@
+"""GPU benchmark: vecstore's fused TurboQuant scan against exact flat search by cuBLAS GEMM
+plus top-k (PyTorch), in one process, with the device's copy bandwidth measured in the
+same run.
+
+Timing needs no realism, so codes and vectors are random (recall on real data is checked
+by tests/test_gpu.py): codes are uniformly random packed indices with random norms, flat
+vectors are random normals.
+
+    python -m bench gpu [--n 1000000] [--dims 384,1536] [--batches 1,256,4096] [--big 10000000]
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+
+import numpy as np
+
+import vecstore
+from vecstore.search import gpu
+
+
+def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
+    """Median wall time of ``fn()``, which must synchronize with the device itself."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def copy_bandwidth(cp, gib: float = 4.0) -> float:
+    """Bytes per second of a device-to-device copy, counting bytes read plus written."""
+    n = int(gib * 2**30) // 4
+    src = cp.random.random(n, dtype=cp.float32)
+    dst = cp.empty_like(src)
+    start, stop = cp.cuda.Event(), cp.cuda.Event()
+
+    def once():
+        start.record()
+        cp.copyto(dst, src)
+        stop.record()
+        stop.synchronize()
+        return cp.cuda.get_elapsed_time(start, stop) / 1e3
+
+    for _ in range(3):
+        once()
+    seconds = statistics.median(once() for _ in range(20))
+    return 2 * src.nbytes / seconds
+
+
+def random_device_codes(cp, codec, n: int, seed: int) -> gpu.DeviceCodes:
+    """Resident codes of n random rows, built on the device."""
+    cp.random.seed(seed)
+    n_words = -(-codec.index_bytes // 4)
+    n_pad = -(-n // 32) * 32
+    words = (cp.random.random((n_words, n_pad)) * 4294967296.0).astype(cp.uint32)
+    norms = cp.random.uniform(0.5, 2.0, n).astype(cp.float32)
+    return gpu.DeviceCodes(words, norms, norms * norms, n)
+
+
+def flat_search(torch, base, queries, k: int, chunk: int = 256):
+    """Exact top-k by inner product: GEMM plus torch.topk, queries in chunks."""
+    out = []
+    for start in range(0, queries.shape[0], chunk):
+        scores = queries[start : start + chunk] @ base.T
+        out.append(torch.topk(scores, k, dim=1).indices)
+    torch.cuda.synchronize()
+    return out
+
+
+def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray, k: int,
+              repeat: int) -> tuple[float, float, float]:
+    """Median seconds of our scan, fp16 flat and fp32 flat (nan without a float32 base)."""
+    q16 = torch.from_numpy(rotated[:, : codec.dim]).to("cuda", torch.float16)
+    ours = median_seconds(lambda: scanner.scan(codec, codes, rotated, "ip", k, None), repeat)
+    fp16 = median_seconds(lambda: flat_search(torch, base16, q16, k), repeat)
+    fp32 = float("nan")
+    if base32 is not None:
+        fp32 = median_seconds(lambda: flat_search(torch, base32, q16.float(), k), repeat)
+    return ours, fp16, fp32
+
+
+def run(n: int, dims: list[int], batches: list[int], big: int | None, k: int,
+        repeat: int) -> list[dict]:
+    import cupy as cp
+    import torch
+
+    torch.backends.cuda.matmul.allow_tf32 = False
+    bandwidth = copy_bandwidth(cp)
+    device_name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
+    print(f"{device_name}: device copy {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
+    scanner = gpu.GpuScanner()
+    rows = []
+    for dim in dims:
+        codec = vecstore.make_codec("tq4", dim=dim, seed=0)
+        sizes = [(n, batches)] + ([(big, [1, 256])] if big and dim == dims[0] else [])
+        for count, batch_sizes in sizes:
+            codes = random_device_codes(cp, codec, count, seed=dim)
+            code_bytes = codes.words.nbytes + codes.scale.nbytes
+            base16 = torch.randn(count, dim, device="cuda", dtype=torch.float16)
+            base32 = base16.float() if count * dim * 4 < 16 * 2**30 else None
+            rng = np.random.default_rng(dim)
+            for nq in batch_sizes:
+                rotated = rng.standard_normal((nq, codec.rot_dim)).astype(np.float32)
+                ours, fp16, fp32 = time_case(torch, scanner, codec, codes, base16, base32,
+                                             rotated, k, repeat)
+                floor = code_bytes / bandwidth
+                row = {
+                    "kind": "gpu-search", "device": device_name, "codec": "tq4", "n": count,
+                    "dim": dim, "nq": nq, "k": k, "ours_s": ours, "fp16_flat_s": fp16,
+                    "fp32_flat_s": fp32, "ours_qps": nq / ours, "fp16_qps": nq / fp16,
+                    "fp32_qps": nq / fp32, "code_bytes": code_bytes,
+                    "copy_bandwidth_Bps": bandwidth, "byte_floor_s": floor,
+                    "ours_over_floor": ours / floor, "speedup_vs_fp16": fp16 / ours,
+                }
+                rows.append(row)
+                print(f"n={count:>10,} d={dim:>4} nq={nq:>4}: tq4 {ours * 1e3:8.3f} ms "
+                      f"({nq / ours:12,.0f} QPS, {ours / floor:5.2f}x floor {floor * 1e3:.3f} ms)"
+                      f" | fp16 flat {fp16 * 1e3:8.3f} ms ({fp16 / ours:5.2f}x ours)"
+                      f" | fp32 flat {fp32 * 1e3:8.3f} ms", flush=True)
+            scanner.retain(())
+            torch.cuda.empty_cache()
+            cp.get_default_memory_pool().free_all_blocks()
+    return rows
+
+
+def check() -> int:
+    """A small GPU search per kernel path, compared with the CPU; for compute-sanitizer."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 64)).astype(np.float32)
+    failures = 0
+    with vecstore.open(segment_bytes=100_000) as db:
+        for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip")):
+            c = db.create_collection(spec, dim=64, metric=metric, codec=spec)
+            c.add(x[:2000])
+            c.flush()
+            c.add(x[2000:])
+            c.delete(np.arange(0, 3000, 5))
+            for nq, k in ((1, 10), (5, 100), (9, 7)):
+                cpu = c.search(x[:nq], k, device="cpu")
+                found = c.search(x[:nq], k, device="gpu")
+                agree = float(np.mean(found.ids == cpu.ids))
+                error = float(np.abs(found.distances - cpu.distances).max())
+                print(f"{spec} {metric} nq={nq} k={k}: ids agree {agree:.4f}, "
+                      f"max |distance error| {error:.2e}")
+                failures += agree < 0.99
+    return 1 if failures else 0
+
+
+def main(argv: list[str]) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m bench gpu", description=__doc__)
+    parser.add_argument("--n", type=int, default=1_000_000)
+    parser.add_argument("--dims", default="384,1536")
+    parser.add_argument("--batches", default="1,256,4096")
+    parser.add_argument("--big", type=int, default=10_000_000,
+                        help="also time this many rows at the first dimension (0: skip)")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeat", type=int, default=10)
+    parser.add_argument("--out", default=None, help="write JSON lines here")
+    parser.add_argument("--check", action="store_true",
+                        help="only run small searches against the CPU (for compute-sanitizer)")
+    args = parser.parse_args(argv)
+    reason = gpu.unavailable_reason()
+    if reason is not None:
+        print(f"bench gpu needs a GPU: {reason}", file=sys.stderr)
+        return 2
+    if args.check:
+        return check()
+    rows = run(args.n, [int(d) for d in args.dims.split(",")],
+               [int(b) for b in args.batches.split(",")], args.big or None, args.k, args.repeat)
+    if args.out:
+        with open(args.out, "w") as f:
+            for row in rows:
+                f.write(json.dumps(row) + "\n")
+    return 0

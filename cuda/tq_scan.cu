@@ -1,0 +1,158 @@
+// Fused exhaustive scan of TurboQuant MSE codes with a per-block top-k.
+//
+// Codes are resident in a transposed layout: words[w * n_pad + row] is little-endian
+// 32-bit word w of a row's bit-packed centroid indices (value j of a row occupies stream
+// bits [j*BITS, (j+1)*BITS)). A warp reading word w of 32 consecutive rows touches 128
+// contiguous bytes.
+//
+// Each thread scores one row against NQ queries at a time:
+//     dot_q = sum_j q_rot[q][j] * centroids[v_j]
+//     key   = key_scale * dot_q * row_scale[row] + row_bias[row] + query_bias[q]
+// (ip/cosine: key = -dot * scale; l2: key = ||q||^2 - 2 dot * norm + norm^2). Smaller keys
+// are better. Keys and rows are packed into one 64-bit value (order-preserving float bits
+// in the high word, row in the low word), so ties go to the smaller row.
+//
+// Per block and query, a shared array holds the best K packed values so far followed by a
+// buffer of candidates that beat the current K-th best (the threshold). When a buffer may
+// overflow on the next step, the block bitonic-sorts the array and keeps the K best. No
+// score is ever written to global memory: each block writes its K best per query.
+
+#include <cstdint>
+
+typedef unsigned long long u64;
+
+__device__ __forceinline__ unsigned int order_float(float f) {
+    unsigned int b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ u64 pack_key(float key, unsigned int row) {
+    return ((u64)order_float(key) << 32) | (u64)row;
+}
+
+// Bitonic sort, ascending, of `count` arrays of `size` (a power of two) u64 values each.
+__device__ void bitonic_sort(u64* arrays, int count, int size) {
+    int pairs = count * (size >> 1);
+    for (int k = 2; k <= size; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                int a = p / (size >> 1);
+                int t = p % (size >> 1);
+                int i = 2 * j * (t / j) + (t % j);
+                int l = i + j;
+                u64* arr = arrays + (size_t)a * size;
+                bool up = ((i & k) == 0);
+                u64 x = arr[i], y = arr[l];
+                if ((x > y) == up) { arr[i] = y; arr[l] = x; }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+template <int BITS, int NQ>
+__global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
+                        const float* __restrict__ row_scale, const float* __restrict__ row_bias,
+                        const float* __restrict__ queries, const float* __restrict__ query_bias,
+                        int nq, int dim, const float* __restrict__ centroids, float key_scale,
+                        int k, int size, int rows_per_block, u64* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int levels = 1 << BITS;
+    u64* best = reinterpret_cast<u64*>(smem);                   // NQ * size
+    float* q_s = reinterpret_cast<float*>(best + NQ * size);    // NQ * dim
+    float* c_s = q_s + NQ * dim;                                 // levels
+    int* counts = reinterpret_cast<int*>(c_s + levels);          // NQ
+    int* flush_flag = counts + NQ;                               // 1
+
+    const int q0 = blockIdx.y * NQ;
+    for (int i = threadIdx.x; i < NQ * size; i += blockDim.x) best[i] = ~0ull;
+    for (int i = threadIdx.x; i < NQ * dim; i += blockDim.x) {
+        int q = i / dim;
+        q_s[i] = (q0 + q < nq) ? queries[(size_t)(q0 + q) * dim + (i % dim)] : 0.0f;
+    }
+    for (int i = threadIdx.x; i < levels; i += blockDim.x) c_s[i] = centroids[i];
+    if (threadIdx.x < NQ) counts[threadIdx.x] = 0;
+    if (threadIdx.x == 0) *flush_flag = 0;
+    __syncthreads();
+
+    float qbias[NQ];
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) qbias[q] = (q0 + q < nq) ? query_bias[q0 + q] : 0.0f;
+    const int buffer = size - k;
+    const unsigned int mask = (1u << BITS) - 1u;
+
+    const int row_begin = blockIdx.x * rows_per_block;
+    const int row_end = min(n, row_begin + rows_per_block);
+    for (int base = row_begin; base < row_end; base += blockDim.x) {
+        const int row = base + threadIdx.x;
+        if (row < row_end) {
+            float dot[NQ];
+#pragma unroll
+            for (int q = 0; q < NQ; ++q) dot[q] = 0.0f;
+            if (32 % BITS == 0) {
+                const int per_word = 32 / BITS;
+                for (int w = 0; w < n_words; ++w) {
+                    unsigned int word = __ldg(words + (size_t)w * n_pad + row);
+                    const int j0 = w * per_word;
+#pragma unroll
+                    for (int s = 0; s < 32 / BITS; ++s) {
+                        const int j = j0 + s;
+                        if (j < dim) {
+                            float c = c_s[(word >> (s * BITS)) & mask];
+#pragma unroll
+                            for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
+                        }
+                    }
+                }
+            } else {
+                unsigned int lo = __ldg(words + row);
+                unsigned int hi = (n_words > 1) ? __ldg(words + (size_t)n_pad + row) : 0u;
+                int loaded = 0;
+                for (int j = 0; j < dim; ++j) {
+                    const int bit = j * BITS;
+                    const int w = bit >> 5;
+                    while (loaded < w) {
+                        ++loaded;
+                        lo = hi;
+                        hi = (loaded + 1 < n_words) ? __ldg(words + (size_t)(loaded + 1) * n_pad + row) : 0u;
+                    }
+                    unsigned int v = __funnelshift_r(lo, hi, bit & 31) & mask;
+                    float c = c_s[v];
+#pragma unroll
+                    for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
+                }
+            }
+            const float scale = row_scale[row] * key_scale;
+            const float bias = row_bias[row];
+#pragma unroll
+            for (int q = 0; q < NQ; ++q) {
+                if (q0 + q < nq) {
+                    u64 packed = pack_key(fmaf(dot[q], scale, bias + qbias[q]), (unsigned int)row);
+                    u64* arr = best + (size_t)q * size;
+                    if (packed < arr[k - 1]) {
+                        int slot = atomicAdd(&counts[q], 1);
+                        arr[k + slot] = packed;
+                    }
+                }
+            }
+        }
+        __syncthreads();
+        if (threadIdx.x < NQ && counts[threadIdx.x] > buffer - (int)blockDim.x) *flush_flag = 1;
+        __syncthreads();
+        if (*flush_flag) {
+            bitonic_sort(best, NQ, size);
+            for (int i = threadIdx.x; i < NQ * size; i += blockDim.x) {
+                if (i % size >= k) best[i] = ~0ull;
+            }
+            if (threadIdx.x < NQ) counts[threadIdx.x] = 0;
+            if (threadIdx.x == 0) *flush_flag = 0;
+            __syncthreads();
+        }
+    }
+    __syncthreads();
+    bitonic_sort(best, NQ, size);
+    for (int i = threadIdx.x; i < NQ * k; i += blockDim.x) {
+        int q = i / k;
+        if (q0 + q < nq) out[((size_t)(q0 + q) * gridDim.x + blockIdx.x) * k + (i % k)] = best[(size_t)q * size + (i % k)];
+    }
+}

@@ -1,0 +1,134 @@
+"""GPU search agrees with the CPU scan. Skipped without CuPy and a CUDA device."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vecstore
+from vecstore.search import gpu
+
+needs_gpu = pytest.mark.skipif(gpu.unavailable_reason() is not None,
+                               reason=f"no GPU: {gpu.unavailable_reason()}")
+
+
+def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
+    x = np.random.default_rng(seed).standard_normal((n, d)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def assert_same_results(cpu, gpu_result, tolerance):
+    """Scores within tolerance; ids equal wherever the CPU scores are not tied."""
+    np.testing.assert_allclose(gpu_result.distances, cpu.distances, rtol=0, atol=tolerance)
+    distinct = np.ones(cpu.ids.shape, dtype=bool)
+    gaps = np.abs(np.diff(cpu.distances, axis=1)) > tolerance
+    distinct[:, 1:] &= gaps
+    distinct[:, :-1] &= gaps
+    np.testing.assert_array_equal(gpu_result.ids[distinct], cpu.ids[distinct])
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq8", "tq2c", "tq4c"])
+@pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
+def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
+    x = unit_rows(6000, 96, 1) * np.random.default_rng(2).uniform(0.5, 2, (6000, 1))
+    q = unit_rows(17, 96, 3)
+    with vecstore.open(tmp_path / "db", segment_bytes=200_000) as db:
+        c = db.create_collection("c", dim=96, metric=metric, codec=spec, seed=5)
+        c.add(x[:4000], metadata={"tag": np.arange(4000) % 5})
+        c.add(x[4000:], metadata={"tag": np.arange(2000) % 5})
+        c.delete(np.arange(0, 6000, 7))
+        assert c.stats()["segments"] >= 2 and c.stats()["memtable_rows"] > 0
+        for queries, k in ((q[:1], 10), (q[:3], 1), (q, 100), (q[:5], 1000)):
+            cpu = c.search(queries, k, device="cpu")
+            found = c.search(queries, k, device="gpu")
+            scale = float(np.abs(cpu.distances[np.isfinite(cpu.distances)]).max())
+            assert_same_results(cpu, found, 1e-4 * scale)
+        cpu = c.search(q, 20, filter={"tag": 3}, device="cpu")
+        assert_same_results(cpu, c.search(q, 20, filter={"tag": 3}, device="gpu"),
+                            1e-4 * float(np.abs(cpu.distances).max()))
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_gpu_search_with_rescoring_and_padding():
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=64, metric="ip", codec="tq2", store_vectors="float16")
+        x = unit_rows(50, 64, 4)
+        c.add(x)
+        cpu = c.search(x[:4], 60, rescore=2, device="cpu")
+        found = c.search(x[:4], 60, rescore=2, device="gpu")
+        np.testing.assert_array_equal(found.ids, cpu.ids)
+        assert (found.ids[:, 50:] == -1).all()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_resident_codes_are_freed_when_segments_go():
+    with vecstore.open(device="gpu", segment_bytes=20_000) as db:
+        c = db.create_collection("c", dim=32, metric="ip", codec="tq4")
+        c.add(unit_rows(3000, 32, 6))
+        c.flush()
+        c.search(unit_rows(1, 32, 7), 5)
+        before = c._gpu.resident_bytes
+        c.delete(np.arange(0, 3000, 2))
+        c.compact()
+        c.search(unit_rows(1, 32, 7), 5)
+        assert 0 < c._gpu.resident_bytes < before
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_the_budget_is_enforced():
+    from vecstore.search.gpu import GpuScanner
+
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=32, metric="ip", codec="tq4")
+        c.add(unit_rows(1000, 32, 8))
+        c._gpu = GpuScanner(budget_bytes=1000)
+        with pytest.raises(vecstore.OutOfDeviceMemory, match="budget"):
+            c.search(unit_rows(1, 32, 9), 5, device="gpu")
+
+
+def test_gpu_requests_fail_clearly_without_a_device(monkeypatch):
+    monkeypatch.setattr(gpu, "unavailable_reason", lambda: "no CUDA device here")
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=8, codec="tq4")
+        c.add(np.ones((3, 8)))
+        with pytest.raises(vecstore.GpuUnavailable, match="no CUDA device here"):
+            c.search(np.ones(8), 2, device="gpu")
+        assert c.search(np.ones(8), 2).ids.shape == (1, 2)
+        with pytest.raises(vecstore.InvalidArgument, match="device"):
+            c.search(np.ones(8), 2, device="tpu")
+
+
+def test_codecs_without_a_kernel_fall_back_under_auto(monkeypatch):
+    monkeypatch.setattr(gpu, "unavailable_reason", lambda: None)
+    with vecstore.open(device="auto") as db:
+        c = db.create_collection("c", dim=8, codec="flat")
+        c.add(np.eye(8))
+        assert c.search(np.eye(8)[0], 1).ids[0, 0] == 0
+        with pytest.raises(vecstore.GpuUnavailable, match="no GPU kernel"):
+            c.search(np.eye(8)[0], 1, device="gpu")
+
+
+def test_device_layout_transposes_packed_words():
+    codec = vecstore.make_codec("tq4", dim=16, seed=0)
+    x = unit_rows(40, 16, 10)
+    codes = codec.encode(x)
+    words, scale, sq_norms = gpu.device_layout(codec, codes)
+    assert words.shape == (2, 64) and words.dtype == np.uint32
+    np.testing.assert_array_equal(words[:, :40].T.copy().view(np.uint8), codes[:, :8])
+    np.testing.assert_allclose(scale, np.linalg.norm(x, axis=1), rtol=1e-6)
+    np.testing.assert_allclose(sq_norms, scale**2, rtol=1e-6)
+
+
+def test_unpack_keys_inverts_the_kernel_packing():
+    keys = np.array([[-3.5, 0.0, 2.25, np.inf]], dtype=np.float32)
+    bits = keys.view(np.uint32)
+    ordered = np.where(bits & 0x80000000, ~bits, bits | 0x80000000).astype(np.uint64)
+    packed = (ordered << np.uint64(32)) | np.array([[7, 8, 9, 10]], dtype=np.uint64)
+    out_keys, rows = gpu.unpack_keys(packed)
+    np.testing.assert_array_equal(out_keys, keys)
+    np.testing.assert_array_equal(rows, [[7, 8, 9, -1]])

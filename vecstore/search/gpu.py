@@ -1,0 +1,224 @@
+"""Exhaustive scan on an NVIDIA GPU: codes resident in device memory, scored and reduced to
+a top-k by the fused kernels in ``cuda/``.
+
+CuPy is imported only when a GPU path is asked for, so the CPU package never needs it.
+Kernels compile with NVRTC at first use (CuPy caches the binaries on disk).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+import numpy as np
+
+from vecstore.errors import GpuUnavailable, InvalidArgument, OutOfDeviceMemory
+
+BLOCK_THREADS = 256
+# Largest k a kernel keeps per block; bigger searches run on the CPU.
+MAX_K = 1024
+# Queries one block scores together, by batch size.
+QUERY_GROUPS = (1, 4, 8)
+DEFAULT_BUDGET_FRACTION = 0.8
+DEFAULT_SHARED_LIMIT = 48 * 1024
+
+
+def _import_cupy():
+    try:
+        import cupy
+    except ImportError as exc:
+        raise GpuUnavailable(
+            f"CuPy is not installed ({exc}); install vecstore[gpu] (CUDA 13) or "
+            "vecstore[gpu-cu12] (CUDA 12)"
+        ) from None
+    try:
+        count = cupy.cuda.runtime.getDeviceCount()
+    except cupy.cuda.runtime.CUDARuntimeError as exc:
+        raise GpuUnavailable(f"CUDA reports no usable device: {exc}") from None
+    if count < 1:
+        raise GpuUnavailable("CUDA reports no GPU on this machine")
+    return cupy
+
+
+@lru_cache(maxsize=1)
+def unavailable_reason() -> str | None:
+    """Why the GPU path cannot run here, or None when it can."""
+    try:
+        _import_cupy()
+    except GpuUnavailable as exc:
+        return str(exc)
+    return None
+
+
+def supports(codec) -> bool:
+    """Whether a GPU kernel scores ``codec``'s codes (TurboQuant MSE codes, tq{b} and tq{b}c)."""
+    from vecstore.codecs.turboquant import TurboQuantMSE
+
+    return isinstance(codec, TurboQuantMSE)
+
+
+def kernel_source(name: str) -> str:
+    """The text of ``cuda/<name>``: from the installed package, else the source tree."""
+    from importlib import resources
+
+    try:
+        return resources.files("vecstore._cuda").joinpath(name).read_text()
+    except (ModuleNotFoundError, FileNotFoundError):
+        return (Path(__file__).resolve().parents[2] / "cuda" / name).read_text()
+
+
+@lru_cache(maxsize=64)
+def _tq_kernel(bits: int, group: int):
+    cupy = _import_cupy()
+    name = f"tq_scan<{bits},{group}>"
+    module = cupy.RawModule(code=kernel_source("tq_scan.cu"), options=("-std=c++17",),
+                            name_expressions=[name])
+    return module.get_function(name)
+
+
+@dataclass
+class DeviceCodes:
+    """One part's codes on the GPU in the kernel's layout.
+
+    words : (W, n_pad) uint32, word w of every row's packed indices, rows contiguous
+    scale : (n,) float32, the factor on <q_rot, y_mse> (||x||, or ||x|| / <y, y_mse>)
+    sq_norms : (n,) float32, ||x||^2 for l2 keys
+    """
+
+    words: object
+    scale: object
+    sq_norms: object
+    n: int
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.words.nbytes + self.scale.nbytes + self.sq_norms.nbytes)
+
+
+def device_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Host arrays of ``DeviceCodes`` for codes (n, code_size) uint8: words (W, n_pad)
+    uint32, scale (n,) float32, squared norms (n,) float32."""
+    n = codes.shape[0]
+    n_words = -(-codec.index_bytes // 4)
+    n_pad = -(-max(n, 1) // 32) * 32
+    packed = np.zeros((n_pad, n_words * 4), dtype=np.uint8)
+    packed[:n, : codec.index_bytes] = codes[:, : codec.index_bytes]
+    words = np.ascontiguousarray(packed.view("<u4").T)
+    norms = codec.norms(codes)
+    scale = norms * codec.corrections(codes) if hasattr(codec, "corrections") else norms
+    return words, scale.astype(np.float32), np.square(norms, dtype=np.float32)
+
+
+class GpuScanner:
+    """Keeps parts' codes resident on the GPU within a byte budget and scans them.
+
+    ``budget_bytes`` caps the device memory held by resident codes (default: 80% of the
+    GPU's memory when first used); uploading past it raises OutOfDeviceMemory.
+    """
+
+    def __init__(self, budget_bytes: int | None = None):
+        self.cupy = _import_cupy()
+        if budget_bytes is None:
+            _, total = self.cupy.cuda.runtime.memGetInfo()
+            budget_bytes = int(total * DEFAULT_BUDGET_FRACTION)
+        self.budget_bytes = budget_bytes
+        self._resident: dict[object, DeviceCodes] = {}
+        self._lock = threading.Lock()
+        properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
+        self.multiprocessors = int(properties["multiProcessorCount"])
+        self.shared_limit = int(properties.get("sharedMemPerBlockOptin", DEFAULT_SHARED_LIMIT))
+
+    @property
+    def resident_bytes(self) -> int:
+        return sum(codes.nbytes for codes in self._resident.values())
+
+    def resident(self, key, codec, codes: np.ndarray) -> DeviceCodes:
+        """The device copy of ``codes`` stored under ``key``, uploaded on first use."""
+        with self._lock:
+            found = self._resident.get(key)
+            if found is not None:
+                return found
+            words, scale, sq_norms = device_layout(codec, codes)
+            needed = words.nbytes + scale.nbytes + sq_norms.nbytes
+            if self.resident_bytes + needed > self.budget_bytes:
+                raise OutOfDeviceMemory(
+                    f"{codes.shape[0]:,} more codes need {needed / 2**20:,.1f} MiB of GPU "
+                    f"memory; {self.resident_bytes / 2**20:,.1f} of the "
+                    f"{self.budget_bytes / 2**20:,.1f} MiB budget are in use"
+                )
+            cp = self.cupy
+            device = DeviceCodes(cp.asarray(words), cp.asarray(scale), cp.asarray(sq_norms),
+                                 codes.shape[0])
+            self._resident[key] = device
+            return device
+
+    def retain(self, keys) -> None:
+        """Free resident codes whose key is not in ``keys``."""
+        keep = set(keys)
+        with self._lock:
+            for key in [k for k in self._resident if k not in keep]:
+                del self._resident[key]
+
+    def scan(self, codec, device: DeviceCodes, rotated: np.ndarray, metric: str, k: int,
+             query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray]:
+        """Keys (nq, k) float32 (smaller is better, +inf when empty) and rows (nq, k) int64
+        (-1 when empty) of the best k rows of one part for rotated queries (nq, D) float32.
+
+        ``mask`` (n,) bool marks the rows that may be returned (None: all).
+        """
+        cp = self.cupy
+        if not 1 <= k <= MAX_K:
+            raise InvalidArgument(f"the GPU kernels keep at most {MAX_K} results per query")
+        nq, dim = rotated.shape
+        k = min(k, device.n)
+        group = next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
+        size = 1 << math.ceil(math.log2(k + 2 * BLOCK_THREADS))
+        levels = 1 << codec.mse_bits
+        shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
+        if shared > self.shared_limit:
+            raise InvalidArgument(f"k={k} at dimension {dim} needs {shared} bytes of shared "
+                                  f"memory per block; this GPU allows {self.shared_limit}")
+        kernel = _tq_kernel(codec.mse_bits, group)
+        if shared > DEFAULT_SHARED_LIMIT:
+            kernel.max_dynamic_shared_size_bytes = shared
+        row_blocks = max(1, min(-(-device.n // BLOCK_THREADS), 4 * self.multiprocessors))
+        rows_per_block = -(-device.n // row_blocks)
+        rows_per_block = -(-rows_per_block // BLOCK_THREADS) * BLOCK_THREADS
+        row_blocks = -(-device.n // rows_per_block)
+        if metric == "l2":
+            key_scale, bias = np.float32(-2.0), device.sq_norms
+            query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
+        else:
+            key_scale, bias = np.float32(-1.0), None
+            query_bias = cp.zeros(nq, dtype=cp.float32)
+        row_bias = bias if bias is not None else cp.zeros(device.n, dtype=cp.float32)
+        if mask is not None:
+            row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
+        queries = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
+        centroids = cp.asarray(codec._centroids32)
+        out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
+        grid = (row_blocks, -(-nq // group))
+        kernel(grid, (BLOCK_THREADS,),
+               (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
+                np.int32(device.words.shape[1]), device.scale, row_bias, queries, query_bias,
+                np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k), np.int32(size),
+                np.int32(rows_per_block), out),
+               shared_mem=shared)
+        best = cp.sort(out.reshape(nq, row_blocks * k), axis=1)[:, :k]
+        return unpack_keys(cp.asnumpy(best))
+
+
+def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Keys float32 and rows int64 from the kernels' packed uint64 values (same shape);
+    empty slots and masked rows (key +inf) give key +inf and row -1."""
+    high = (packed >> np.uint64(32)).astype(np.uint32)
+    rows = (packed & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    negative = high & np.uint32(0x80000000)
+    bits = np.where(negative != 0, high ^ np.uint32(0x80000000), ~high)
+    keys = bits.view(np.float32)
+    empty = (packed == np.uint64(0xFFFFFFFFFFFFFFFF)) | ~np.isfinite(keys)
+    return np.where(empty, np.float32(np.inf), keys), np.where(empty, -1, rows)
