@@ -17,7 +17,6 @@
 // overflow on the next step, the block bitonic-sorts the array and keeps the K best. No
 // score is ever written to global memory: each block writes its K best per query.
 
-#include <cstdint>
 
 typedef unsigned long long u64;
 

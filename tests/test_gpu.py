@@ -34,10 +34,12 @@ def assert_same_results(cpu, gpu_result, tolerance):
 def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
     x = unit_rows(6000, 96, 1) * np.random.default_rng(2).uniform(0.5, 2, (6000, 1))
     q = unit_rows(17, 96, 3)
-    with vecstore.open(tmp_path / "db", segment_bytes=200_000) as db:
+    with vecstore.open(tmp_path / "db") as db:
         c = db.create_collection("c", dim=96, metric=metric, codec=spec, seed=5)
-        c.add(x[:4000], metadata={"tag": np.arange(4000) % 5})
-        c.add(x[4000:], metadata={"tag": np.arange(2000) % 5})
+        for start, stop in ((0, 3000), (3000, 5000), (5000, 6000)):
+            c.add(x[start:stop], metadata={"tag": np.arange(start, stop) % 5})
+            if stop < 6000:
+                c.flush()
         c.delete(np.arange(0, 6000, 7))
         assert c.stats()["segments"] >= 2 and c.stats()["memtable_rows"] > 0
         for queries, k in ((q[:1], 10), (q[:3], 1), (q, 100), (q[:5], 1000)):
