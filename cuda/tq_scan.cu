@@ -49,7 +49,11 @@ __device__ void bitonic_sort(u64* arrays, int count, int size) {
     }
 }
 
-template <int BITS, int NQ>
+#define UNROLL 8
+
+// TABLE (one query, few levels): table[j * levels + v] = q[j] * centroids[v] in shared
+// memory, so each coordinate costs one lookup and one add.
+template <int BITS, int NQ, bool TABLE>
 __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
                         const float* __restrict__ row_scale, const float* __restrict__ row_bias,
                         const float* __restrict__ queries, const float* __restrict__ query_bias,
@@ -62,6 +66,7 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int
     float* c_s = q_s + NQ * dim;                                 // levels
     int* counts = reinterpret_cast<int*>(c_s + levels);          // NQ
     int* flush_flag = counts + NQ;                               // 1
+    float* table = reinterpret_cast<float*>(flush_flag + 1);     // dim * levels when TABLE
 
     const int q0 = blockIdx.y * NQ;
     for (int i = threadIdx.x; i < NQ * size; i += blockDim.x) best[i] = ~0ull;
@@ -73,6 +78,11 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int
     if (threadIdx.x < NQ) counts[threadIdx.x] = 0;
     if (threadIdx.x == 0) *flush_flag = 0;
     __syncthreads();
+    if (TABLE) {
+        for (int i = threadIdx.x; i < dim * levels; i += blockDim.x)
+            table[i] = q_s[i / levels] * c_s[i % levels];
+        __syncthreads();
+    }
 
     float qbias[NQ];
 #pragma unroll
@@ -90,16 +100,27 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int
             for (int q = 0; q < NQ; ++q) dot[q] = 0.0f;
             if (32 % BITS == 0) {
                 const int per_word = 32 / BITS;
-                for (int w = 0; w < n_words; ++w) {
-                    unsigned int word = __ldg(words + (size_t)w * n_pad + row);
-                    const int j0 = w * per_word;
+                for (int w0 = 0; w0 < n_words; w0 += UNROLL) {
+                    unsigned int chunk[UNROLL];
 #pragma unroll
-                    for (int s = 0; s < 32 / BITS; ++s) {
-                        const int j = j0 + s;
-                        if (j < dim) {
-                            float c = c_s[(word >> (s * BITS)) & mask];
+                    for (int u = 0; u < UNROLL; ++u)
+                        chunk[u] = (w0 + u < n_words) ? __ldg(words + (size_t)(w0 + u) * n_pad + row) : 0u;
 #pragma unroll
-                            for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
+                    for (int u = 0; u < UNROLL; ++u) {
+                        const int j0 = (w0 + u) * per_word;
+#pragma unroll
+                        for (int s = 0; s < 32 / BITS; ++s) {
+                            const int j = j0 + s;
+                            if (j < dim) {
+                                const unsigned int v = (chunk[u] >> (s * BITS)) & mask;
+                                if (TABLE) {
+                                    dot[0] += table[j * levels + v];
+                                } else {
+                                    const float c = c_s[v];
+#pragma unroll
+                                    for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
+                                }
+                            }
                         }
                     }
                 }

@@ -24,6 +24,10 @@ MAX_K = 1024
 QUERY_GROUPS = (1, 4, 8)
 DEFAULT_BUDGET_FRACTION = 0.8
 DEFAULT_SHARED_LIMIT = 48 * 1024
+# Single queries at widths dividing 32 score by a (dim x levels) table up to this size.
+TABLE_BYTES = 32 * 1024
+# Below this many candidates the final top-k is taken on the host.
+HOST_MERGE_MAX = 1 << 20
 
 
 def _import_cupy():
@@ -71,9 +75,9 @@ def kernel_source(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _tq_kernel(bits: int, group: int):
+def _tq_kernel(bits: int, group: int, table: bool):
     cupy = _import_cupy()
-    name = f"tq_scan<{bits},{group}>"
+    name = f"tq_scan<{bits},{group},{'true' if table else 'false'}>"
     module = cupy.RawModule(code=kernel_source("tq_scan.cu"), options=("-std=c++17",),
                             name_expressions=[name])
     return module.get_function(name)
@@ -92,10 +96,16 @@ class DeviceCodes:
     scale: object
     sq_norms: object
     n: int
+    zeros: object = None
+
+    def __post_init__(self):
+        if self.zeros is None:
+            self.zeros = self.scale * 0
 
     @property
     def nbytes(self) -> int:
-        return int(self.words.nbytes + self.scale.nbytes + self.sq_norms.nbytes)
+        return int(self.words.nbytes + self.scale.nbytes + self.sq_norms.nbytes
+                   + self.zeros.nbytes)
 
 
 def device_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -142,7 +152,7 @@ class GpuScanner:
             if found is not None:
                 return found
             words, scale, sq_norms = device_layout(codec, codes)
-            needed = words.nbytes + scale.nbytes + sq_norms.nbytes
+            needed = words.nbytes + 2 * scale.nbytes + sq_norms.nbytes
             if self.resident_bytes + needed > self.budget_bytes:
                 raise OutOfDeviceMemory(
                     f"{codes.shape[0]:,} more codes need {needed / 2**20:,.1f} MiB of GPU "
@@ -179,10 +189,12 @@ class GpuScanner:
         size = 1 << math.ceil(math.log2(k + 2 * BLOCK_THREADS))
         levels = 1 << codec.mse_bits
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
+        table = group == 1 and 32 % codec.mse_bits == 0 and dim * levels * 4 <= TABLE_BYTES
+        shared += dim * levels * 4 if table else 0
         if shared > self.shared_limit:
             raise InvalidArgument(f"k={k} at dimension {dim} needs {shared} bytes of shared "
                                   f"memory per block; this GPU allows {self.shared_limit}")
-        kernel = _tq_kernel(codec.mse_bits, group)
+        kernel = _tq_kernel(codec.mse_bits, group, table)
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks = max(1, min(-(-device.n // BLOCK_THREADS), 4 * self.multiprocessors))
@@ -190,12 +202,11 @@ class GpuScanner:
         rows_per_block = -(-rows_per_block // BLOCK_THREADS) * BLOCK_THREADS
         row_blocks = -(-device.n // rows_per_block)
         if metric == "l2":
-            key_scale, bias = np.float32(-2.0), device.sq_norms
+            key_scale, row_bias = np.float32(-2.0), device.sq_norms
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
-            key_scale, bias = np.float32(-1.0), None
+            key_scale, row_bias = np.float32(-1.0), device.zeros
             query_bias = cp.zeros(nq, dtype=cp.float32)
-        row_bias = bias if bias is not None else cp.zeros(device.n, dtype=cp.float32)
         if mask is not None:
             row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
         queries = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
@@ -208,8 +219,12 @@ class GpuScanner:
                 np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k), np.int32(size),
                 np.int32(rows_per_block), out),
                shared_mem=shared)
-        best = cp.sort(out.reshape(nq, row_blocks * k), axis=1)[:, :k]
-        return unpack_keys(cp.asnumpy(best))
+        candidates = out.reshape(nq, row_blocks * k)
+        if candidates.size <= HOST_MERGE_MAX:
+            best = np.sort(cp.asnumpy(candidates), axis=1)[:, :k]
+        else:
+            best = cp.asnumpy(cp.sort(candidates, axis=1)[:, :k])
+        return unpack_keys(best)
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
