@@ -49,18 +49,20 @@ __device__ void bitonic_sort(u64* arrays, int count, int size) {
     }
 }
 
-#define UNROLL 8
+#define UNROLL 16
 
 // TABLE (one query, few levels): table[j * levels + v] = q[j] * centroids[v] in shared
 // memory, so each coordinate costs one lookup and one add.
-template <int BITS, int NQ, bool TABLE>
-__global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
+template <int BITS, int NQ, bool TABLE, int DIM>
+__global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg, int n, int n_pad,
                         const float* __restrict__ row_scale, const float* __restrict__ row_bias,
                         const float* __restrict__ queries, const float* __restrict__ query_bias,
-                        int nq, int dim, const float* __restrict__ centroids, float key_scale,
+                        int nq, int dim_arg, const float* __restrict__ centroids, float key_scale,
                         int k, int size, int rows_per_block, u64* __restrict__ out) {
     extern __shared__ __align__(16) unsigned char smem[];
-    const int levels = 1 << BITS;
+    constexpr int dim = DIM;
+    constexpr int n_words = (DIM * BITS + 31) / 32;
+    constexpr int levels = 1 << BITS;
     u64* best = reinterpret_cast<u64*>(smem);                   // NQ * size
     float* q_s = reinterpret_cast<float*>(best + NQ * size);    // NQ * dim
     float* c_s = q_s + NQ * dim;                                 // levels
@@ -99,19 +101,19 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words, int
 #pragma unroll
             for (int q = 0; q < NQ; ++q) dot[q] = 0.0f;
             if (32 % BITS == 0) {
-                const int per_word = 32 / BITS;
+                constexpr int per_word = 32 / BITS;
+#pragma unroll
                 for (int w0 = 0; w0 < n_words; w0 += UNROLL) {
                     unsigned int chunk[UNROLL];
 #pragma unroll
                     for (int u = 0; u < UNROLL; ++u)
-                        chunk[u] = (w0 + u < n_words) ? __ldg(words + (size_t)(w0 + u) * n_pad + row) : 0u;
+                        if (w0 + u < n_words) chunk[u] = __ldg(words + (size_t)(w0 + u) * n_pad + row);
 #pragma unroll
                     for (int u = 0; u < UNROLL; ++u) {
-                        const int j0 = (w0 + u) * per_word;
 #pragma unroll
-                        for (int s = 0; s < 32 / BITS; ++s) {
-                            const int j = j0 + s;
-                            if (j < dim) {
+                        for (int s = 0; s < per_word; ++s) {
+                            const int j = (w0 + u) * per_word + s;
+                            if (w0 + u < n_words && j < dim) {
                                 const unsigned int v = (chunk[u] >> (s * BITS)) & mask;
                                 if (TABLE) {
                                     dot[0] += table[j * levels + v];

@@ -75,12 +75,19 @@ def kernel_source(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _tq_kernel(bits: int, group: int, table: bool):
+def _tq_kernel(bits: int, group: int, table: bool, dim: int):
     cupy = _import_cupy()
-    name = f"tq_scan<{bits},{group},{'true' if table else 'false'}>"
+    name = f"tq_scan<{bits},{group},{'true' if table else 'false'},{dim}>"
     module = cupy.RawModule(code=kernel_source("tq_scan.cu"), options=("-std=c++17",),
                             name_expressions=[name])
     return module.get_function(name)
+
+
+@lru_cache(maxsize=64)
+def _device_levels(levels: bytes):
+    """A codec's centroids (float32 bytes) on the device, uploaded once."""
+    cupy = _import_cupy()
+    return cupy.asarray(np.frombuffer(levels, dtype=np.float32))
 
 
 @dataclass
@@ -194,7 +201,7 @@ class GpuScanner:
         if shared > self.shared_limit:
             raise InvalidArgument(f"k={k} at dimension {dim} needs {shared} bytes of shared "
                                   f"memory per block; this GPU allows {self.shared_limit}")
-        kernel = _tq_kernel(codec.mse_bits, group, table)
+        kernel = _tq_kernel(codec.mse_bits, group, table, dim)
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks = max(1, min(-(-device.n // BLOCK_THREADS), 4 * self.multiprocessors))
@@ -210,7 +217,7 @@ class GpuScanner:
         if mask is not None:
             row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
         queries = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
-        centroids = cp.asarray(codec._centroids32)
+        centroids = _device_levels(codec._centroids32.tobytes())
         out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
         grid = (row_blocks, -(-nq // group))
         kernel(grid, (BLOCK_THREADS,),
