@@ -2,6 +2,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
+GPU_PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
 .DEFAULT_GOAL := help
@@ -28,6 +29,12 @@ bench-peers: $(STAMP) ## our codecs beside faiss, turbovec and rabitqlib on the 
 	$(PY) -m pip install --quiet -e '.[peers]'
 	$(PY) -m bench run --peers faiss,turbovec,rabitqlib --seeds 5
 
+bench-gpu: ## on a GPU machine: our kernels against cuBLAS flat search (needs CuPy and PyTorch in GPU_PYTHON)
+	$(GPU_PYTHON) -m bench gpu --out bench/results/gpu.jsonl
+
+bench-storage: $(STAMP) ## insert throughput and reopen time of 1M d=384 tq4 rows on disk (needs ../shared)
+	$(PY) -m bench storage --dataset text-minilm384 --n 1000000 --codec tq4
+
 bench-plot: $(STAMP) ## draw recall vs bytes and vs QPS from bench/results/*.jsonl
 	$(PY) -m bench plot bench/results/*.jsonl
 
@@ -37,4 +44,4 @@ lint: $(STAMP) ## check style with ruff
 clean: ## remove the virtualenv and caches
 	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis build *.egg-info
 
-.PHONY: help setup test bench bench-peers bench-plot lint clean
+.PHONY: help setup test bench bench-peers bench-gpu bench-storage bench-plot lint clean

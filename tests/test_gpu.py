@@ -134,3 +134,8 @@ def test_unpack_keys_inverts_the_kernel_packing():
     out_keys, rows = gpu.unpack_keys(packed)
     np.testing.assert_array_equal(out_keys, keys)
     np.testing.assert_array_equal(rows, [[7, 8, 9, -1]])
+
+
+def test_the_kernel_source_ships_with_the_package():
+    source = gpu.kernel_source("tq_scan.cu")
+    assert "__global__ void tq_scan" in source
