@@ -43,14 +43,19 @@ def write_all(fd: int, data) -> None:
         view = view[written:]
 
 
-def write_durable(path: Path, data: bytes) -> None:
-    """Create ``path`` holding ``data`` and fsync it and its directory."""
+def _write_synced(path: Path, data: bytes) -> None:
+    """Create or truncate ``path``, write ``data`` and fsync the file."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
         write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_durable(path: Path, data: bytes) -> None:
+    """Create ``path`` holding ``data`` and fsync it and its directory."""
+    _write_synced(path, data)
     fsync_dir(path.parent)
 
 
@@ -60,12 +65,7 @@ def replace_durable(path: Path, data: bytes) -> None:
     A crash at any point leaves either the old or the new file, never a mix.
     """
     tmp = path.with_name(path.name + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        write_all(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    _write_synced(tmp, data)
     os.replace(tmp, path)
     fsync_dir(path.parent)
 
