@@ -54,6 +54,24 @@ def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq7", "tq8", "tq2c",
+                                  "tq4c"])
+@pytest.mark.parametrize("dim", [96, 384, 1024])
+def test_gpu_encoding_gives_the_cpu_codes_bit_for_bit(spec, dim, wordnet):
+    from vecstore.codecs.turboquant_gpu import encode_on_gpu
+
+    rng = np.random.default_rng(dim)
+    if dim == 384:
+        x = wordnet["base"][:20000]
+    else:
+        x = rng.standard_normal((20000, dim)).astype(np.float32) * rng.uniform(0.1, 10, (20000, 1))
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    codec = vecstore.make_codec(spec, dim=dim, seed=3)
+    np.testing.assert_array_equal(encode_on_gpu(codec, x), codec.encode(x))
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_gpu_search_with_rescoring_and_padding():
     with vecstore.open() as db:
         c = db.create_collection("c", dim=64, metric="ip", codec="tq2", store_vectors="float16")

@@ -314,7 +314,7 @@ class Collection:
             if meta is not None:
                 metadata.merge_schema(self._schema, meta)
             self._train_if_needed(x)
-        batch = {rows.CODE: self.codec.encode(x), rows.NORM: norms}
+        batch = {rows.CODE: self._encode(x), rows.NORM: norms}
         if self.store_vectors is not None:
             batch[rows.VECTOR] = x.astype(STORED_VECTOR_DTYPES[self.store_vectors])
         if self.rescore_codec is not None:
@@ -338,6 +338,17 @@ class Collection:
             self._apply_add(batch, meta, schema)
             self._flush_if_full()
         return ids.copy()
+
+    def _encode(self, x: np.ndarray) -> np.ndarray:
+        """Codes (n, code_size) uint8 of unit-or-raw rows x (n, d): on the GPU when the
+        collection's device allows it and the codec has a GPU encoder (same bits)."""
+        if self.device != "cpu":
+            from vecstore.codecs.turboquant_gpu import encode_on_gpu, supports_gpu_encoding
+            from vecstore.search import gpu
+
+            if supports_gpu_encoding(self.codec) and gpu.unavailable_reason() is None:
+                return encode_on_gpu(self.codec, x)
+        return self.codec.encode(x)
 
     def delete(self, ids) -> int:
         """Delete the vectors with these ids; absent ids are ignored. Returns how many went."""

@@ -24,29 +24,32 @@ def _check_bits(bits: int) -> None:
         raise ValueError(f"bits must be in 1..8, got {bits}")
 
 
-def pack(values: np.ndarray, bits: int) -> np.ndarray:
-    """Pack (n, m) uint8 values < 2**bits into (n, packed_size(m, bits)) uint8."""
+def pack(values: np.ndarray, bits: int, xp=np) -> np.ndarray:
+    """Pack (n, m) uint8 values < 2**bits into (n, packed_size(m, bits)) uint8.
+
+    ``xp`` is the array module of ``values`` (numpy, or CuPy for device arrays).
+    """
     _check_bits(bits)
     n, m = values.shape
     if bits == 8:
-        return np.ascontiguousarray(values, dtype=np.uint8)
+        return xp.ascontiguousarray(values, dtype=xp.uint8)
     if 8 % bits == 0:
         per_byte = 8 // bits
-        padded = np.zeros((n, packed_size(m, bits) * per_byte), dtype=np.uint8)
+        padded = xp.zeros((n, packed_size(m, bits) * per_byte), dtype=xp.uint8)
         padded[:, :m] = values
         slots = padded.reshape(n, packed_size(m, bits), per_byte)
         out = slots[:, :, 0].copy()
         for slot in range(1, per_byte):
-            out |= slots[:, :, slot] << np.uint8(slot * bits)
+            out |= slots[:, :, slot] << xp.uint8(slot * bits)
         return out
     groups = -(-m // 8)
-    padded = np.zeros((n, groups, 8), dtype=np.uint64)
+    padded = xp.zeros((n, groups, 8), dtype=xp.uint64)
     padded.reshape(n, groups * 8)[:, :m] = values
     word = padded[:, :, 0].copy()
     for slot in range(1, 8):
-        word |= padded[:, :, slot] << np.uint64(slot * bits)
-    group_bytes = word[:, :, None].view(np.uint8)[:, :, :bits]
-    return np.ascontiguousarray(group_bytes.reshape(n, groups * bits)[:, : packed_size(m, bits)])
+        word |= padded[:, :, slot] << xp.uint64(slot * bits)
+    group_bytes = word[:, :, None].view(xp.uint8)[:, :, :bits]
+    return xp.ascontiguousarray(group_bytes.reshape(n, groups * bits)[:, : packed_size(m, bits)])
 
 
 def unpack(packed: np.ndarray, count: int, bits: int) -> np.ndarray:

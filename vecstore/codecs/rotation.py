@@ -82,10 +82,21 @@ class DenseRotation:
         q *= np.where(np.diag(r) < 0, -1.0, 1.0)
         self.matrix = np.ascontiguousarray(q, dtype=np.float32)
         self._matrix_t = np.ascontiguousarray(self.matrix.T)
+        self.matrix_t64 = self._matrix_t.astype(np.float64)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Rotate (n, d) float32 -> (n, d) float32."""
         return x @ self._matrix_t
+
+    def forward_exact(self, x: np.ndarray) -> np.ndarray:
+        """Rotate in float64 and round once to float32: (n, d) float32 -> (n, d) float32.
+
+        Encoding uses this so that codes do not depend on the summation order of a
+        float32 matrix product (which differs between BLAS builds, batch shapes and the
+        GPU): any correct float64 product rounds to the same float32 values, except in
+        the astronomically rare case of a value within 1e-16 of a rounding midpoint.
+        """
+        return (x.astype(np.float64) @ self.matrix_t64).astype(np.float32)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Undo the rotation: (n, d) float32 -> (n, d) float32."""
@@ -145,6 +156,15 @@ class HadamardRotation:
         for signs in self.signs:
             y = fwht(y * signs)
         return y
+
+    def forward_exact(self, x: np.ndarray) -> np.ndarray:
+        """``forward`` computed in float64 and rounded once to float32 (see
+        ``DenseRotation.forward_exact``)."""
+        y = np.zeros((x.shape[0], self.out_dim), dtype=np.float64)
+        y[:, : self.dim] = x
+        for signs in self.signs:
+            y = fwht(y * signs)
+        return y.astype(np.float32)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Undo the rotation: (n, D) float32 -> (n, d) float32."""

@@ -113,8 +113,12 @@ class _TurboQuantBase:
     # --- helpers -------------------------------------------------------------------------
 
     def _normalize(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Split (n, d) float32 into norms (n,) float32 and unit rows (zero rows stay zero)."""
-        norms = np.linalg.norm(x, axis=1).astype(np.float32)
+        """Split (n, d) float32 into norms (n,) float32 and unit rows (zero rows stay zero).
+
+        Norms are summed in float64 and rounded once, so they do not depend on summation
+        order (the GPU encoder gives the same bits)."""
+        x64 = x.astype(np.float64)
+        norms = np.sqrt(np.einsum("ij,ij->i", x64, x64)).astype(np.float32)
         safe = np.where(norms > 0, norms, np.float32(1))
         return norms, x / safe[:, None]
 
@@ -137,7 +141,7 @@ class _TurboQuantBase:
         unit vectors (n, D) float32 and their indices (n, D) uint8, for variants that store
         more."""
         norms, unit = self._normalize(x)
-        rotated = self.rotation.forward(unit)
+        rotated = self.rotation.forward_exact(unit)
         indices = self._quantize(rotated)
         codes = np.empty((x.shape[0], self.code_size), dtype=np.uint8)
         codes[:, : self.index_bytes] = bitpack.pack(indices, self.mse_bits)

@@ -22,6 +22,11 @@ CORRECTION_SCALE = 32768.0
 CORRECTION_MAX = 65535 / CORRECTION_SCALE
 
 
+def correction_bits(cosine) -> object:
+    """<y, y_mse> (n,) float64 as the stored uint16 fixed point (numpy or CuPy arrays)."""
+    return (cosine.clip(0.0, CORRECTION_MAX) * CORRECTION_SCALE).round().astype("<u2")
+
+
 class TurboQuantCorrected(TurboQuantMSE):
     """TurboQuant_mse with ``bits`` bits per coordinate and a stored <y, y_mse>."""
 
@@ -34,8 +39,9 @@ class TurboQuantCorrected(TurboQuantMSE):
 
     def _encode_chunk(self, x: np.ndarray) -> np.ndarray:
         codes, rotated, indices = self._encode_parts(x)
-        cosine = np.einsum("ij,ij->i", rotated, np.take(self._centroids32, indices))
-        fraction = np.rint(np.clip(cosine, 0.0, CORRECTION_MAX) * CORRECTION_SCALE).astype("<u2")
+        cosine = np.einsum("ij,ij->i", rotated.astype(np.float64),
+                           np.take(self.centroids, indices))
+        fraction = correction_bits(cosine)
         codes[:, self.correction_offset :] = fraction.reshape(-1, 1).view(np.uint8)
         return codes
 
