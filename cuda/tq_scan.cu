@@ -52,13 +52,16 @@ __device__ void bitonic_sort(u64* arrays, int count, int size) {
 #define UNROLL 16
 
 // TABLE (one query, few levels): table[j * levels + v] = q[j] * centroids[v] in shared
-// memory, so each coordinate costs one lookup and one add.
-template <int BITS, int NQ, bool TABLE, int DIM>
+// memory, so each coordinate costs one lookup and one add. GIVEN_TABLE (implies TABLE and
+// NQ = 1): the table comes per query from `tables` (nq x DIM x levels), for codecs whose
+// score is a sum of per-value table entries (PQ distance tables, MIB per-dimension levels).
+template <int BITS, int NQ, bool TABLE, int DIM, bool GIVEN_TABLE>
 __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg, int n, int n_pad,
                         const float* __restrict__ row_scale, const float* __restrict__ row_bias,
                         const float* __restrict__ queries, const float* __restrict__ query_bias,
                         int nq, int dim_arg, const float* __restrict__ centroids, float key_scale,
-                        int k, int size, int rows_per_block, u64* __restrict__ out) {
+                        int k, int size, int rows_per_block, const float* __restrict__ tables,
+                        u64* __restrict__ out) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int dim = DIM;
     constexpr int n_words = (DIM * BITS + 31) / 32;
@@ -82,7 +85,8 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     __syncthreads();
     if (TABLE) {
         for (int i = threadIdx.x; i < dim * levels; i += blockDim.x)
-            table[i] = q_s[i / levels] * c_s[i % levels];
+            table[i] = GIVEN_TABLE ? tables[(size_t)q0 * dim * levels + i]
+                                   : q_s[i / levels] * c_s[i % levels];
         __syncthreads();
     }
 

@@ -29,7 +29,8 @@ def assert_same_results(cpu, gpu_result, tolerance):
 
 @pytest.mark.gpu
 @needs_gpu
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq8", "tq2c", "tq4c"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq8", "tq2c", "tq4c",
+                                  "pq24x8", "pq48x4", "mib", "mib2", "mib4"])
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
 def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
     x = unit_rows(6000, 96, 1) * np.random.default_rng(2).uniform(0.5, 2, (6000, 1))
@@ -125,6 +126,9 @@ def test_gpu_requests_fail_clearly_without_a_device(monkeypatch):
 
 def test_codecs_without_a_kernel_fall_back_under_auto(monkeypatch):
     monkeypatch.setattr(gpu, "unavailable_reason", lambda: None)
+    assert gpu.supports(vecstore.make_codec("tq3", dim=8))
+    assert not gpu.supports(vecstore.make_codec("mib-hamming", dim=8))
+    assert not gpu.supports(vecstore.make_codec("pq4x8", dim=8))  # untrained
     with vecstore.open(device="auto") as db:
         c = db.create_collection("c", dim=8, codec="flat")
         c.add(np.eye(8))

@@ -742,13 +742,12 @@ class Collection:
             from vecstore.search.gpu import GpuScanner
 
             self._gpu = GpuScanner()
-        rotated = self.codec.prepare_query(q).rotated
         query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
         self._gpu.retain(part.key for part in parts)
         top = TopK(q.shape[0], k)
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
             device = self._gpu.resident(part.key, self.codec, part.columns[rows.CODE])
-            keys, found = self._gpu.scan(self.codec, device, rotated, self.metric, k,
+            keys, found = self._gpu.scan(self.codec, device, q, self.metric, k,
                                          query_sq_norms, mask)
             ties = np.where(found >= 0, part.columns[rows.ID][np.maximum(found, 0)], EMPTY_TIE)
             local = TopK.of(keys, found, ties)

@@ -57,11 +57,58 @@ def unavailable_reason() -> str | None:
     return None
 
 
-def supports(codec) -> bool:
-    """Whether a GPU kernel scores ``codec``'s codes (TurboQuant MSE codes, tq{b} and tq{b}c)."""
+def _family(codec) -> str | None:
+    """"tq" (TurboQuant MSE codes, tq{b} and tq{b}c), "table" (trained PQ, MIB with
+    asymmetric scoring: scores are sums of per-value table entries) or None."""
+    from vecstore.codecs.mib import MIBCodec
+    from vecstore.codecs.pq import ProductQuantizer
     from vecstore.codecs.turboquant import TurboQuantMSE
 
-    return isinstance(codec, TurboQuantMSE)
+    if isinstance(codec, TurboQuantMSE):
+        return "tq"
+    if isinstance(codec, ProductQuantizer) and codec.is_trained:
+        return "table"
+    if isinstance(codec, MIBCodec) and codec.is_trained and codec.scoring == "asymmetric":
+        return "table"
+    return None
+
+
+def supports(codec) -> bool:
+    """Whether a GPU kernel scores ``codec``'s codes: TurboQuant ``tq{b}``/``tq{b}c``, PQ
+    and asymmetric MIB."""
+    return _family(codec) is not None
+
+
+@dataclass(frozen=True)
+class CodeFormat:
+    """How a codec's codes look to the kernel: the leading ``index_bytes`` of a code hold
+    ``values`` packed ``bits``-bit values."""
+
+    index_bytes: int
+    bits: int
+    values: int
+
+
+def code_format(codec) -> CodeFormat:
+    from vecstore.codecs.pq import ProductQuantizer
+
+    if _family(codec) == "tq":
+        return CodeFormat(codec.index_bytes, codec.mse_bits, codec.rot_dim)
+    if isinstance(codec, ProductQuantizer):
+        return CodeFormat(codec.code_size, codec.nbits, codec.m)
+    return CodeFormat(codec.code_size, codec.bits, codec.rot_dim)
+
+
+def query_tables(codec, q: np.ndarray) -> np.ndarray:
+    """Per-query score tables (nq, values, 2**bits) float32 of a "table" codec: PQ
+    inner-product tables, or MIB rotated query times each dimension's levels."""
+    from vecstore.codecs.pq import ProductQuantizer
+
+    if isinstance(codec, ProductQuantizer):
+        subvectors = q.reshape(-1, codec.m, codec.dsub).transpose(1, 0, 2)
+        return np.ascontiguousarray((subvectors @ codec._centroids_t).transpose(1, 0, 2))
+    rotated = codec.rotate(q)
+    return np.ascontiguousarray(rotated[:, :, None] * codec.levels.T[None, :, :])
 
 
 def kernel_source(name: str) -> str:
@@ -75,9 +122,9 @@ def kernel_source(name: str) -> str:
 
 
 @lru_cache(maxsize=64)
-def _tq_kernel(bits: int, group: int, table: bool, dim: int):
+def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool):
     cupy = _import_cupy()
-    name = f"tq_scan<{bits},{group},{'true' if table else 'false'},{dim}>"
+    name = f"tq_scan<{bits},{group},{str(table).lower()},{dim},{str(given_table).lower()}>"
     module = cupy.RawModule(code=kernel_source("tq_scan.cu"), options=("-std=c++17",),
                             name_expressions=[name])
     return module.get_function(name)
@@ -119,13 +166,19 @@ def device_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     """Host arrays of ``DeviceCodes`` for codes (n, code_size) uint8: words (W, n_pad)
     uint32, scale (n,) float32, squared norms (n,) float32."""
     n = codes.shape[0]
-    n_words = -(-codec.index_bytes // 4)
+    index_bytes = code_format(codec).index_bytes
+    n_words = -(-index_bytes // 4)
     n_pad = -(-max(n, 1) // 32) * 32
     packed = np.zeros((n_pad, n_words * 4), dtype=np.uint8)
-    packed[:n, : codec.index_bytes] = codes[:, : codec.index_bytes]
+    packed[:n, :index_bytes] = codes[:, :index_bytes]
     words = np.ascontiguousarray(packed.view("<u4").T)
     norms = codec.norms(codes)
-    scale = norms * codec.corrections(codes) if hasattr(codec, "corrections") else norms
+    if _family(codec) == "table":
+        scale = np.ones(n, dtype=np.float32)
+    elif hasattr(codec, "corrections"):
+        scale = norms * codec.corrections(codes)
+    else:
+        scale = norms
     return words, scale.astype(np.float32), np.square(norms, dtype=np.float32)
 
 
@@ -179,29 +232,40 @@ class GpuScanner:
             for key in [k for k in self._resident if k not in keep]:
                 del self._resident[key]
 
-    def scan(self, codec, device: DeviceCodes, rotated: np.ndarray, metric: str, k: int,
+    def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
              query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
         """Keys (nq, k) float32 (smaller is better, +inf when empty) and rows (nq, k) int64
-        (-1 when empty) of the best k rows of one part for rotated queries (nq, D) float32.
+        (-1 when empty) of the best k rows of one part for queries (nq, d) float32.
 
         ``mask`` (n,) bool marks the rows that may be returned (None: all).
         """
         cp = self.cupy
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"the GPU kernels keep at most {MAX_K} results per query")
-        nq, dim = rotated.shape
+        fmt = code_format(codec)
+        given = _family(codec) == "table"
+        nq, dim, levels = queries.shape[0], fmt.values, 1 << fmt.bits
+        if given:
+            tables = cp.asarray(query_tables(codec, queries))
+            rotated = np.zeros((nq, dim), dtype=np.float32)
+            centroids = _device_levels(np.zeros(levels, dtype=np.float32).tobytes())
+        else:
+            tables = _device_levels(np.zeros(1, dtype=np.float32).tobytes())
+            rotated = codec.prepare_query(queries).rotated
+            centroids = _device_levels(codec._centroids32.tobytes())
         k = min(k, device.n)
-        group = next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
+        group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
         size = 1 << math.ceil(math.log2(k + 2 * BLOCK_THREADS))
-        levels = 1 << codec.mse_bits
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
-        table = group == 1 and 32 % codec.mse_bits == 0 and dim * levels * 4 <= TABLE_BYTES
+        table = given or (group == 1 and 32 % fmt.bits == 0
+                          and dim * levels * 4 <= TABLE_BYTES)
         shared += dim * levels * 4 if table else 0
         if shared > self.shared_limit:
-            raise InvalidArgument(f"k={k} at dimension {dim} needs {shared} bytes of shared "
-                                  f"memory per block; this GPU allows {self.shared_limit}")
-        kernel = _tq_kernel(codec.mse_bits, group, table, dim)
+            raise InvalidArgument(f"k={k} with {dim} values of {fmt.bits} bits needs {shared} "
+                                  f"bytes of shared memory per block; this GPU allows "
+                                  f"{self.shared_limit}")
+        kernel = _tq_kernel(fmt.bits, group, table, dim, given)
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks = max(1, min(-(-device.n // BLOCK_THREADS), 4 * self.multiprocessors))
@@ -216,15 +280,14 @@ class GpuScanner:
             query_bias = cp.zeros(nq, dtype=cp.float32)
         if mask is not None:
             row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
-        queries = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
-        centroids = _device_levels(codec._centroids32.tobytes())
+        query_rows = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
         out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
         grid = (row_blocks, -(-nq // group))
         kernel(grid, (BLOCK_THREADS,),
                (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
-                np.int32(device.words.shape[1]), device.scale, row_bias, queries, query_bias,
-                np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k), np.int32(size),
-                np.int32(rows_per_block), out),
+                np.int32(device.words.shape[1]), device.scale, row_bias, query_rows,
+                query_bias, np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k),
+                np.int32(size), np.int32(rows_per_block), tables, out),
                shared_mem=shared)
         candidates = out.reshape(nq, row_blocks * k)
         if candidates.size <= HOST_MERGE_MAX:
