@@ -196,6 +196,7 @@ class GpuScanner:
             budget_bytes = int(total * DEFAULT_BUDGET_FRACTION)
         self.budget_bytes = budget_bytes
         self._resident: dict[object, DeviceCodes] = {}
+        self._rotations: dict[int, tuple] = {}
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
         self.multiprocessors = int(properties["multiProcessorCount"])
@@ -232,6 +233,21 @@ class GpuScanner:
             for key in [k for k in self._resident if k not in keep]:
                 del self._resident[key]
 
+    def _rotate(self, codec, queries: np.ndarray):
+        """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
+        is uploaded once per codec), else on the host."""
+        from vecstore.codecs.rotation import DenseRotation
+
+        rotation = codec.rotation
+        if not isinstance(rotation, DenseRotation):
+            return codec.prepare_query(queries).rotated
+        key = id(rotation)
+        matrix = self._rotations.get(key)
+        if matrix is None or matrix[0] is not rotation:
+            matrix = (rotation, self.cupy.asarray(rotation.matrix.T.copy()))
+            self._rotations[key] = matrix
+        return self.cupy.asarray(queries, dtype=self.cupy.float32) @ matrix[1]
+
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
              query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None
              ) -> tuple[np.ndarray, np.ndarray]:
@@ -252,7 +268,7 @@ class GpuScanner:
             centroids = _device_levels(np.zeros(levels, dtype=np.float32).tobytes())
         else:
             tables = _device_levels(np.zeros(1, dtype=np.float32).tobytes())
-            rotated = codec.prepare_query(queries).rotated
+            rotated = self._rotate(codec, queries)
             centroids = _device_levels(codec._centroids32.tobytes())
         k = min(k, device.n)
         group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
@@ -280,7 +296,7 @@ class GpuScanner:
             query_bias = cp.zeros(nq, dtype=cp.float32)
         if mask is not None:
             row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
-        query_rows = cp.asarray(np.ascontiguousarray(rotated, dtype=np.float32))
+        query_rows = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
         out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
         grid = (row_blocks, -(-nq // group))
         kernel(grid, (BLOCK_THREADS,),
