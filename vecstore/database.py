@@ -224,7 +224,7 @@ def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # 
         The memtable is sealed into a segment file once its rows take this many bytes.
     device : {"auto", "cpu", "gpu"}
         Where searches scan codes. ``auto`` uses the GPU when CuPy sees a CUDA device and
-        the codec has a GPU kernel (TurboQuant ``tq{b}`` and ``tq{b}c`` for now), else the
+        the codec has a GPU kernel (``tq{b}``, ``tq{b}c``, PQ, asymmetric MIB), else the
         CPU; ``gpu`` raises GpuUnavailable, with the reason, when it cannot.
 
     Raises Locked if another process has the directory open, InvalidArgument for a path
