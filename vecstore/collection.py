@@ -8,10 +8,8 @@ segment and persists tombstones, ``compact`` rewrites segments without deleted r
 
 from __future__ import annotations
 
-import itertools
 import threading
 import warnings
-from dataclasses import dataclass, field
 from typing import Literal, NamedTuple
 
 import numpy as np
@@ -29,6 +27,7 @@ from vecstore.errors import (
     NotFound,
 )
 from vecstore.id_index import IdIndex
+from vecstore.parts import Memtable, Part, Segment, gather, grow, search_mask
 from vecstore.search import cpu
 from vecstore.search.rescore import rerank
 from vecstore.search.topk import EMPTY_TIE, TopK
@@ -47,7 +46,6 @@ GATHER_FRACTION = 0.25
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 MAX_RESCORE = 64
 DEVICES = ("auto", "cpu", "gpu")
-_serials = itertools.count()
 
 
 class SearchResult(NamedTuple):
@@ -67,59 +65,6 @@ class SearchResult(NamedTuple):
 def _preview(ids: np.ndarray, limit: int = 5) -> str:
     shown = ", ".join(str(int(i)) for i in ids[:limit])
     return shown + (f", … ({ids.size} in all)" if ids.size > limit else "")
-
-
-@dataclass
-class _Segment:
-    """A sealed run of rows. ``live`` is replaced (never modified) when rows are deleted;
-    ``record`` is its manifest record on disk (None in memory)."""
-
-    columns: rows.Columns
-    metadata: pa.Table | None
-    live: np.ndarray | None = None
-    record: object = None
-    tombstones_changed: bool = False
-    serial: int = field(default_factory=lambda: next(_serials))
-
-    @property
-    def rows(self) -> int:
-        return self.columns[rows.ID].shape[0]
-
-    @property
-    def dead(self) -> int:
-        return 0 if self.live is None else int(self.rows - np.count_nonzero(self.live))
-
-
-@dataclass(frozen=True)
-class _Part:
-    """Rows as one search sees them: columns, metadata batches and the live mask."""
-
-    columns: rows.Columns
-    metadata: tuple[pa.Table | None, ...]
-    sizes: tuple[int, ...]
-    live: np.ndarray | None
-    key: object = None
-
-    @property
-    def rows(self) -> int:
-        return self.columns[rows.ID].shape[0]
-
-    def metadata_table(self, schema: pa.Schema) -> pa.Table:
-        tables = [metadata.conform(t, schema, n) for t, n in zip(self.metadata, self.sizes,
-                                                                 strict=True)]
-        return pa.concat_tables(tables) if len(tables) != 1 else tables[0]
-
-
-@dataclass
-class _Memtable:
-    """Rows written since the last flush, in preallocated arrays that grow by doubling."""
-
-    columns: rows.Columns
-    metadata: list[pa.Table | None] = field(default_factory=list)
-    sizes: list[int] = field(default_factory=list)
-    count: int = 0
-    dead: int = 0
-    serial: int = field(default_factory=lambda: next(_serials))
 
 
 class Collection:
@@ -148,7 +93,7 @@ class Collection:
         self._gpu = None
         self._store = store
         self._lock = threading.RLock()
-        self._segments: list[_Segment] = []
+        self._segments: list[Segment] = []
         self._memtable = self._new_memtable()
         self._schema = metadata.EMPTY_SCHEMA
         self._next_id = 0
@@ -257,7 +202,7 @@ class Collection:
 
     # --- writes -------------------------------------------------------------------------
 
-    def _new_memtable(self, capacity: int = INITIAL_CAPACITY) -> _Memtable:
+    def _new_memtable(self, capacity: int = INITIAL_CAPACITY) -> Memtable:
         columns = {
             rows.ID: np.empty(capacity, dtype=np.int64),
             rows.CODE: np.empty((capacity, self.codec.code_size), dtype=np.uint8),
@@ -270,7 +215,7 @@ class Collection:
         if self.rescore_codec is not None:
             columns[rows.RESCORE_CODE] = np.empty(
                 (capacity, self.rescore_codec.code_size), dtype=np.uint8)
-        return _Memtable(columns)
+        return Memtable(columns)
 
     def _prepare_vectors(self, vectors, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Validated (n, d) float32, normalized for cosine, and the norms (n,) as given."""
@@ -417,7 +362,7 @@ class Collection:
         capacity = mem.columns[rows.ID].shape[0]
         if needed > capacity:
             capacity = max(needed, 2 * capacity)
-            mem.columns = {name: _grow(column, capacity, mem.count)
+            mem.columns = {name: grow(column, capacity, mem.count)
                            for name, column in mem.columns.items()}
         for name, values in batch.items():
             mem.columns[name][mem.count : needed] = values
@@ -525,12 +470,12 @@ class Collection:
         self._memtable = self._new_memtable()
         self._rebuild_index()
 
-    def _seal(self, sources) -> list[_Segment]:
+    def _seal(self, sources) -> list[Segment]:
         """New segments holding the live rows of ``sources`` (columns, live mask, metadata
         batches, batch sizes), split evenly into pieces of about ``segment_bytes``."""
         batches, tables = [], []
         for columns, live, metas, sizes in sources:
-            part = _Part(columns, metas, sizes, live)
+            part = Part(columns, metas, sizes, live)
             table = part.metadata_table(self._schema)
             if live is not None:
                 keep = np.nonzero(live)[0]
@@ -551,9 +496,9 @@ class Collection:
             piece = {n: c[start : start + per_segment] for n, c in columns.items()}
             piece_meta = table.slice(start, per_segment)
             if self._store is None:
-                sealed.append(_Segment(piece, piece_meta))
+                sealed.append(Segment(piece, piece_meta))
             else:
-                sealed.append(_Segment(*self._store.write_segment(piece, piece_meta)))
+                sealed.append(Segment(*self._store.write_segment(piece, piece_meta)))
         return sealed
 
     def _rebuild_index(self) -> None:
@@ -577,7 +522,7 @@ class Collection:
             live = None
             if loaded.deleted.size:
                 live = ~np.isin(loaded.columns[rows.ID], loaded.deleted)
-            self._segments.append(_Segment(loaded.columns, loaded.metadata, live, loaded.record))
+            self._segments.append(Segment(loaded.columns, loaded.metadata, live, loaded.record))
         self._rebuild_index()
         if self._index.has_duplicates():
             raise DataLoss(f"{self._store.directory}: an id is stored in more than one row")
@@ -605,20 +550,20 @@ class Collection:
 
     # --- reads --------------------------------------------------------------------------
 
-    def _parts(self) -> list[_Part]:
+    def _parts(self) -> list[Part]:
         """Every segment and the memtable's filled rows, as of now. Later writes never
         modify the arrays these parts hold."""
-        parts = [_Part(s.columns, (s.metadata,), (s.rows,), s.live, s.serial)
+        parts = [Part(s.columns, (s.metadata,), (s.rows,), s.live, s.serial)
                  for s in self._segments]
         mem = self._memtable
         if mem.count:
             columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
             live = mem.columns["live"][: mem.count] if mem.dead else None
-            parts.append(_Part(columns, tuple(mem.metadata), tuple(mem.sizes), live,
+            parts.append(Part(columns, tuple(mem.metadata), tuple(mem.sizes), live,
                                (mem.serial, mem.count)))
         return parts
 
-    def _snapshot(self) -> tuple[list[_Part], np.ndarray, pa.Schema]:
+    def _snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema]:
         with self._lock:
             parts = self._parts()
             schema = self._schema
@@ -645,8 +590,8 @@ class Collection:
         ids = _validate.as_ids(ids)
         parts, offsets, _, positions = self._locate(ids)
         if self.store_vectors is not None:
-            return _gather(parts, offsets, positions, rows.VECTOR).astype(np.float32)
-        return self.codec.decode(_gather(parts, offsets, positions, rows.CODE))
+            return gather(parts, offsets, positions, rows.VECTOR).astype(np.float32)
+        return self.codec.decode(gather(parts, offsets, positions, rows.CODE))
 
     def get_metadata(self, ids) -> pa.Table:
         """The metadata rows of ``ids`` (n,) as a pyarrow Table with an ``id`` column first.
@@ -686,7 +631,7 @@ class Collection:
             scan_parts = self._scan_parts_gpu
         parts, offsets, schema = self._snapshot()
         expression = metadata.as_filter(filter, schema)
-        masks = [_mask(part, expression, schema) for part in parts]
+        masks = [search_mask(part, expression, schema) for part in parts]
         # No more than the stored rows can be found: scan for those, pad the rest.
         k_scan = max(1, min(k * (rescore or 1), int(offsets[-1])))
         k_keep = min(k, k_scan)
@@ -700,7 +645,7 @@ class Collection:
                 top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
             ids = np.full(top.rows.shape, -1, dtype=np.int64)
             filled = top.rows >= 0
-            ids[filled] = _gather(parts, offsets, top.rows[filled], rows.ID)
+            ids[filled] = gather(parts, offsets, top.rows[filled], rows.ID)
             distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
@@ -773,9 +718,9 @@ class Collection:
 
     def _rescore_fetch(self, parts, offsets, column: str):
         if column == rows.VECTOR:
-            return lambda positions: _gather(parts, offsets, positions, column).astype(np.float32)
+            return lambda positions: gather(parts, offsets, positions, column).astype(np.float32)
         return lambda positions: self.rescore_codec.decode(
-            _gather(parts, offsets, positions, column))
+            gather(parts, offsets, positions, column))
 
 
 def check_device(device) -> str:
@@ -783,30 +728,3 @@ def check_device(device) -> str:
     if device not in DEVICES:
         raise InvalidArgument(f"device must be one of {DEVICES}, got {device!r}")
     return device
-
-
-def _mask(part: _Part, expression, schema: pa.Schema) -> np.ndarray | None:
-    """Rows (n,) bool of ``part`` a search may return, or None for all."""
-    if expression is None:
-        return part.live
-    match = metadata.filter_mask(expression, part.metadata_table(schema))
-    return match if part.live is None else match & part.live
-
-
-def _gather(parts: list[_Part], offsets: np.ndarray, positions: np.ndarray,
-            column: str) -> np.ndarray:
-    """Values of ``column`` at global ``positions`` (m,), across parts."""
-    which = np.searchsorted(offsets, positions, side="right") - 1
-    first = parts[0].columns[column] if parts else np.empty(0)
-    out = np.empty((positions.size, *first.shape[1:]), dtype=first.dtype)
-    for p in np.unique(which):
-        at = which == p
-        out[at] = parts[p].columns[column][positions[at] - offsets[p]]
-    return out
-
-
-def _grow(array: np.ndarray, capacity: int, used: int) -> np.ndarray:
-    """A new array of ``capacity`` rows holding the first ``used`` rows of ``array``."""
-    grown = np.zeros((capacity, *array.shape[1:]), dtype=array.dtype)
-    grown[:used] = array[:used]
-    return grown
