@@ -88,15 +88,16 @@ class DenseRotation:
         """Rotate (n, d) float32 -> (n, d) float32."""
         return x @ self._matrix_t
 
-    def forward_exact(self, x: np.ndarray) -> np.ndarray:
+    def forward_exact(self, x: np.ndarray, xp=np) -> np.ndarray:
         """Rotate in float64 and round once to float32: (n, d) float32 -> (n, d) float32.
+        ``xp`` is the array module of ``x`` (numpy, or CuPy on the GPU).
 
         Encoding uses this so that codes do not depend on the summation order of a
         float32 matrix product (which differs between BLAS builds, batch shapes and the
         GPU): any correct float64 product rounds to the same float32 values, except in
         the astronomically rare case of a value within 1e-16 of a rounding midpoint.
         """
-        return (x.astype(np.float64) @ self.matrix_t64).astype(np.float32)
+        return (x.astype(xp.float64) @ xp.asarray(self.matrix_t64)).astype(xp.float32)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Undo the rotation: (n, d) float32 -> (n, d) float32."""
@@ -119,20 +120,21 @@ def _hadamard_factors(size: int) -> tuple[np.ndarray, np.ndarray]:
     return sylvester(a), sylvester(b)
 
 
-def fwht(x: np.ndarray) -> np.ndarray:
-    """Orthonormal Walsh-Hadamard transform of each row of ``x`` (n, D) float32, D a power of two.
+def fwht(x: np.ndarray, xp=np, chunk: int = FWHT_CHUNK) -> np.ndarray:
+    """Orthonormal Walsh-Hadamard transform of each row of ``x`` (n, D), D a power of two.
 
-    Uses H_D = H_a ⊗ H_b, so the transform is two small matrix products per row block.
+    Uses H_D = H_a ⊗ H_b, so the transform is two small matrix products per block of
+    ``chunk`` rows. ``xp`` is the array module of ``x`` (numpy, or CuPy on the GPU).
     """
     n, size = x.shape
-    h_a, h_b = _hadamard_factors(size)
+    h_a, h_b = (xp.asarray(h) for h in _hadamard_factors(size))
     a, b = h_a.shape[0], h_b.shape[0]
-    out = np.empty_like(x)
-    for start in range(0, n, FWHT_CHUNK):
-        block = x[start : start + FWHT_CHUNK]
+    out = xp.empty_like(x)
+    for start in range(0, n, chunk):
+        block = x[start : start + chunk]
         m = block.shape[0]
         y = (block.reshape(m * a, b) @ h_b).reshape(m, a, b)
-        y = np.ascontiguousarray(y.transpose(0, 2, 1)).reshape(m * b, a) @ h_a
+        y = xp.ascontiguousarray(y.transpose(0, 2, 1)).reshape(m * b, a) @ h_a
         out[start : start + m] = y.reshape(m, b, a).transpose(0, 2, 1).reshape(m, size)
     return out
 
@@ -157,14 +159,16 @@ class HadamardRotation:
             y = fwht(y * signs)
         return y
 
-    def forward_exact(self, x: np.ndarray) -> np.ndarray:
+    def forward_exact(self, x: np.ndarray, xp=np) -> np.ndarray:
         """``forward`` computed in float64 and rounded once to float32 (see
-        ``DenseRotation.forward_exact``)."""
-        y = np.zeros((x.shape[0], self.out_dim), dtype=np.float64)
+        ``DenseRotation.forward_exact``); ``xp`` is the array module of ``x``."""
+        y = xp.zeros((x.shape[0], self.out_dim), dtype=xp.float64)
         y[:, : self.dim] = x
+        # The GPU transforms a whole encoding pass at once; the CPU bounds its working set.
+        chunk = FWHT_CHUNK if xp is np else max(1, y.shape[0])
         for signs in self.signs:
-            y = fwht(y * signs)
-        return y.astype(np.float32)
+            y = fwht(y * xp.asarray(signs), xp, chunk)
+        return y.astype(xp.float32)
 
     def inverse(self, y: np.ndarray) -> np.ndarray:
         """Undo the rotation: (n, D) float32 -> (n, d) float32."""

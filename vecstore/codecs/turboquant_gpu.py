@@ -10,7 +10,6 @@ from __future__ import annotations
 import numpy as np
 
 from vecstore.codecs import bitpack
-from vecstore.codecs.rotation import DenseRotation, HadamardRotation, _hadamard_factors
 from vecstore.codecs.turboquant import COUNT_QUANTIZE_MAX_BITS, TurboQuantMSE
 from vecstore.codecs.turboquant_corrected import TurboQuantCorrected, correction_bits
 
@@ -21,25 +20,6 @@ GPU_ENCODE_ROWS = 1 << 18
 def supports_gpu_encoding(codec) -> bool:
     """Whether ``encode_on_gpu`` reproduces ``codec.encode``."""
     return isinstance(codec, TurboQuantMSE)
-
-
-def _rotate(cp, rotation, unit):
-    """``rotation.forward_exact`` of device rows (n, d) float32 -> (n, D) float32."""
-    if isinstance(rotation, DenseRotation):
-        return (unit.astype(cp.float64) @ cp.asarray(rotation.matrix_t64)).astype(cp.float32)
-    if not isinstance(rotation, HadamardRotation):
-        raise TypeError(f"no GPU rotation for {type(rotation).__name__}")
-    y = cp.zeros((unit.shape[0], rotation.out_dim), dtype=cp.float64)
-    y[:, : rotation.dim] = unit
-    h_a, h_b = (cp.asarray(h) for h in _hadamard_factors(rotation.out_dim))
-    a, b = h_a.shape[0], h_b.shape[0]
-    n = y.shape[0]
-    for signs in rotation.signs:
-        y = y * cp.asarray(signs)
-        y = (y.reshape(n * a, b) @ h_b).reshape(n, a, b)
-        y = cp.ascontiguousarray(y.transpose(0, 2, 1)).reshape(n * b, a) @ h_a
-        y = cp.ascontiguousarray(y.reshape(n, b, a).transpose(0, 2, 1)).reshape(n, rotation.out_dim)
-    return y.astype(cp.float32)
 
 
 def encode_on_gpu(codec, x) -> np.ndarray:
@@ -57,7 +37,7 @@ def encode_on_gpu(codec, x) -> np.ndarray:
         x64 = chunk.astype(cp.float64)
         norms = cp.sqrt((x64 * x64).sum(axis=1)).astype(cp.float32)
         unit = chunk / cp.where(norms > 0, norms, cp.float32(1))[:, None]
-        rotated = _rotate(cp, codec.rotation, unit)
+        rotated = codec.rotation.forward_exact(unit, xp=cp)
         if codec.mse_bits > COUNT_QUANTIZE_MAX_BITS:
             indices = cp.searchsorted(boundaries, rotated).astype(cp.uint8)
         else:

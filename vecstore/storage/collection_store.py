@@ -34,6 +34,7 @@ from vecstore.storage.manifest import (
     save_manifest,
 )
 from vecstore.storage.segment import (
+    map_segment,
     read_segment,
     read_tombstones,
     write_segment,
@@ -126,8 +127,7 @@ class CollectionStore:
         metadata, no tombstones, and its manifest record; live once a ``commit`` lists it."""
         path = self._file_name("seg")
         entry = write_segment(path, columns, metadata, self.manifest.config["codec"])
-        mapped, mapped_metadata = read_segment(path, entry, columns[rows.CODE].shape[1])
-        return mapped, mapped_metadata, None, SegmentRecord(entry)
+        return (*map_segment(path), None, SegmentRecord(entry))
 
     def write_tombstones(self, record: SegmentRecord, ids: np.ndarray) -> SegmentRecord:
         """Write a segment's deleted ids (m,) int64; the new record is live once a

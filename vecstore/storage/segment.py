@@ -84,6 +84,12 @@ def write_segment(path: Path, columns: rows.Columns, metadata: pa.Table,
     return _write_table(path, table)
 
 
+def map_segment(path: Path) -> tuple[rows.Columns, pa.Table]:
+    """Memory-mapped columns and metadata of a segment file this process just wrote (its
+    checksum was computed from the bytes written, so it is not read back to verify)."""
+    return rows.from_table(pa.ipc.open_file(pa.memory_map(str(path))).read_all())
+
+
 def read_segment(path: Path, entry: FileEntry, code_size: int) -> tuple[rows.Columns, pa.Table]:
     """Verified, memory-mapped columns and metadata of a segment file."""
     table = _read_table(path, entry, "segment")
