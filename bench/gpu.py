@@ -154,13 +154,14 @@ def check() -> int:
     x = rng.standard_normal((3000, 64)).astype(np.float32)
     failures = 0
     with vecstore.open(segment_bytes=100_000) as db:
-        for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip")):
+        for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip"),
+                             ("mib-hamming", "l2"), ("pq16x4", "ip")):
             c = db.create_collection(spec, dim=64, metric=metric, codec=spec)
             c.add(x[:2000])
             c.flush()
             c.add(x[2000:])
             c.delete(np.arange(0, 3000, 5))
-            for nq, k in ((1, 10), (5, 100), (9, 7)):
+            for nq, k in ((1, 10), (5, 100), (9, 7), (gpu.BATCH_MIN_QUERIES + 3, 10)):
                 cpu = c.search(x[:nq], k, device="cpu")
                 found = c.search(x[:nq], k, device="gpu")
                 agree = float(np.mean(found.ids == cpu.ids))

@@ -9,45 +9,11 @@
 //     dot_q = sum_j q_rot[q][j] * centroids[v_j]
 //     key   = key_scale * dot_q * row_scale[row] + row_bias[row] + query_bias[q]
 // (ip/cosine: key = -dot * scale; l2: key = ||q||^2 - 2 dot * norm + norm^2). Smaller keys
-// are better. Keys and rows are packed into one 64-bit value (order-preserving float bits
-// in the high word, row in the low word), so ties go to the smaller row.
-//
-// Per block and query, a shared array holds the best K packed values so far followed by a
-// buffer of candidates that beat the current K-th best (the threshold). When a buffer may
-// overflow on the next step, the block bitonic-sorts the array and keeps the K best. No
-// score is ever written to global memory: each block writes its K best per query.
+// are better. Each block keeps its K best per query with BlockTopK (topk.cuh) and writes
+// only those.
 
 
-typedef unsigned long long u64;
-
-__device__ __forceinline__ unsigned int order_float(float f) {
-    unsigned int b = __float_as_uint(f);
-    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
-}
-
-__device__ __forceinline__ u64 pack_key(float key, unsigned int row) {
-    return ((u64)order_float(key) << 32) | (u64)row;
-}
-
-// Bitonic sort, ascending, of `count` arrays of `size` (a power of two) u64 values each.
-__device__ void bitonic_sort(u64* arrays, int count, int size) {
-    int pairs = count * (size >> 1);
-    for (int k = 2; k <= size; k <<= 1) {
-        for (int j = k >> 1; j > 0; j >>= 1) {
-            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
-                int a = p / (size >> 1);
-                int t = p % (size >> 1);
-                int i = 2 * j * (t / j) + (t % j);
-                int l = i + j;
-                u64* arr = arrays + (size_t)a * size;
-                bool up = ((i & k) == 0);
-                u64 x = arr[i], y = arr[l];
-                if ((x > y) == up) { arr[i] = y; arr[l] = x; }
-            }
-            __syncthreads();
-        }
-    }
-}
+#include "topk.cuh"
 
 #define UNROLL 16
 
@@ -72,16 +38,15 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     int* counts = reinterpret_cast<int*>(c_s + levels);          // NQ
     int* flush_flag = counts + NQ;                               // 1
     float* table = reinterpret_cast<float*>(flush_flag + 1);     // dim * levels when TABLE
+    BlockTopK top{best, counts, flush_flag, NQ, size, k};
 
     const int q0 = blockIdx.y * NQ;
-    for (int i = threadIdx.x; i < NQ * size; i += blockDim.x) best[i] = ~0ull;
+    top.init();
     for (int i = threadIdx.x; i < NQ * dim; i += blockDim.x) {
         int q = i / dim;
         q_s[i] = (q0 + q < nq) ? queries[(size_t)(q0 + q) * dim + (i % dim)] : 0.0f;
     }
     for (int i = threadIdx.x; i < levels; i += blockDim.x) c_s[i] = centroids[i];
-    if (threadIdx.x < NQ) counts[threadIdx.x] = 0;
-    if (threadIdx.x == 0) *flush_flag = 0;
     __syncthreads();
     if (TABLE) {
         for (int i = threadIdx.x; i < dim * levels; i += blockDim.x)
@@ -93,7 +58,6 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     float qbias[NQ];
 #pragma unroll
     for (int q = 0; q < NQ; ++q) qbias[q] = (q0 + q < nq) ? query_bias[q0 + q] : 0.0f;
-    const int buffer = size - k;
     const unsigned int mask = (1u << BITS) - 1u;
 
     const int row_begin = blockIdx.x * rows_per_block;
@@ -152,31 +116,13 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
             const float bias = row_bias[row];
 #pragma unroll
             for (int q = 0; q < NQ; ++q) {
-                if (q0 + q < nq) {
-                    u64 packed = pack_key(fmaf(dot[q], scale, bias + qbias[q]), (unsigned int)row);
-                    u64* arr = best + (size_t)q * size;
-                    if (packed < arr[k - 1]) {
-                        int slot = atomicAdd(&counts[q], 1);
-                        arr[k + slot] = packed;
-                    }
-                }
+                if (q0 + q < nq)
+                    top.offer(q, pack_key(fmaf(dot[q], scale, bias + qbias[q]), (unsigned int)row));
             }
         }
-        __syncthreads();
-        if (threadIdx.x < NQ && counts[threadIdx.x] > buffer - (int)blockDim.x) *flush_flag = 1;
-        __syncthreads();
-        if (*flush_flag) {
-            bitonic_sort(best, NQ, size);
-            for (int i = threadIdx.x; i < NQ * size; i += blockDim.x) {
-                if (i % size >= k) best[i] = ~0ull;
-            }
-            if (threadIdx.x < NQ) counts[threadIdx.x] = 0;
-            if (threadIdx.x == 0) *flush_flag = 0;
-            __syncthreads();
-        }
+        top.end_step();
     }
-    __syncthreads();
-    bitonic_sort(best, NQ, size);
+    top.finish();
     for (int i = threadIdx.x; i < NQ * k; i += blockDim.x) {
         int q = i / k;
         if (q0 + q < nq) out[((size_t)(q0 + q) * gridDim.x + blockIdx.x) * k + (i % k)] = best[(size_t)q * size + (i % k)];

@@ -28,6 +28,19 @@ DEFAULT_SHARED_LIMIT = 48 * 1024
 TABLE_BYTES = 32 * 1024
 # Below this many candidates the final top-k is taken on the host.
 HOST_MERGE_MAX = 1 << 20
+# TurboQuant batches of at least this many queries run on the tensor cores.
+BATCH_MIN_QUERIES = 32
+# Tensor-core path: fp16 rows dequantized per tile, fp16 scores per query chunk and tile,
+# rows per top-k slice, and the candidate buffer of one query chunk. Big tiles keep the
+# launches per search few.
+TILE_BYTES = 48 << 20
+TILE_SCORE_BYTES = 64 << 20
+SLICE_ROWS = 8192
+# Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
+DEQUANT_ROWS = 32
+CANDIDATE_BYTES = 256 << 20
+# Candidates kept per query before the float32 re-scoring: max(2k, k + margin).
+RESCORE_MARGIN = 32
 
 
 def _import_cupy():
@@ -59,7 +72,8 @@ def unavailable_reason() -> str | None:
 
 def _family(codec) -> str | None:
     """"tq" (TurboQuant MSE codes, tq{b} and tq{b}c), "table" (trained PQ, MIB with
-    asymmetric scoring: scores are sums of per-value table entries) or None."""
+    asymmetric scoring: scores are sums of per-value table entries), "hamming" (trained
+    1-bit MIB with Hamming scoring) or None."""
     from vecstore.codecs.mib import MIBCodec
     from vecstore.codecs.pq import ProductQuantizer
     from vecstore.codecs.turboquant import TurboQuantMSE
@@ -68,14 +82,14 @@ def _family(codec) -> str | None:
         return "tq"
     if isinstance(codec, ProductQuantizer) and codec.is_trained:
         return "table"
-    if isinstance(codec, MIBCodec) and codec.is_trained and codec.scoring == "asymmetric":
-        return "table"
+    if isinstance(codec, MIBCodec) and codec.is_trained:
+        return "table" if codec.scoring == "asymmetric" else "hamming"
     return None
 
 
 def supports(codec) -> bool:
     """Whether a GPU kernel scores ``codec``'s codes: TurboQuant ``tq{b}``/``tq{b}c``, PQ
-    and asymmetric MIB."""
+    and MIB (asymmetric or Hamming)."""
     return _family(codec) is not None
 
 
@@ -112,29 +126,71 @@ def query_tables(codec, q: np.ndarray) -> np.ndarray:
 
 
 def kernel_source(name: str) -> str:
-    """The text of ``cuda/<name>``: from the installed package, else the source tree."""
+    """The text of ``cuda/<name>`` with its ``#include "..."`` lines replaced by the files
+    they name (NVRTC compiles a string, not a file): from the installed package, else the
+    source tree."""
     from importlib import resources
 
     try:
-        return resources.files("vecstore._cuda").joinpath(name).read_text()
+        text = resources.files("vecstore._cuda").joinpath(name).read_text()
     except (ModuleNotFoundError, FileNotFoundError):
-        return (Path(__file__).resolve().parents[2] / "cuda" / name).read_text()
+        text = (Path(__file__).resolve().parents[2] / "cuda" / name).read_text()
+    lines = []
+    for line in text.splitlines():
+        if line.startswith('#include "'):
+            lines.append(kernel_source(line.split('"')[1]))
+        else:
+            lines.append(line)
+    return "\n".join(lines) + "\n"
 
 
-@lru_cache(maxsize=64)
-def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool):
+@lru_cache(maxsize=128)
+def _kernel(source: str, name: str):
+    """The compiled kernel ``name`` (a template instance) of ``cuda/<source>``."""
     cupy = _import_cupy()
-    name = f"tq_scan<{bits},{group},{str(table).lower()},{dim},{str(given_table).lower()}>"
-    module = cupy.RawModule(code=kernel_source("tq_scan.cu"), options=("-std=c++17",),
+    module = cupy.RawModule(code=kernel_source(source), options=("-std=c++17",),
                             name_expressions=[name])
     return module.get_function(name)
 
 
+def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool):
+    return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{str(table).lower()},{dim},"
+                                 f"{str(given_table).lower()}>")
+
+
 @lru_cache(maxsize=64)
-def _device_levels(levels: bytes):
-    """A codec's centroids (float32 bytes) on the device, uploaded once."""
+def _device_constant(data: bytes, dtype: str = "float32"):
+    """Small constant arrays (a codec's centroids) on the device, uploaded once."""
     cupy = _import_cupy()
-    return cupy.asarray(np.frombuffer(levels, dtype=np.float32))
+    return cupy.asarray(np.frombuffer(data, dtype=dtype))
+
+
+def _gemm_f16(cupy, a, a_rows: int, b, b_rows: int, depth: int, out, ld_out: int) -> None:
+    """out[j, i] = <a[i], b[j]> for fp16 row-major a (a_rows, depth) and b (b_rows, depth)
+    into fp16 out with row stride ``ld_out``: cuBLAS on the tensor cores, fp32
+    accumulation."""
+    from cupy_backends.cuda.api import runtime
+    from cupy_backends.cuda.libs import cublas
+
+    handle = cupy.cuda.device.get_cublas_handle()
+    cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, a_rows, b_rows, depth,
+                  _ONE.ctypes.data, a.data.ptr, runtime.CUDA_R_16F, depth, b.data.ptr,
+                  runtime.CUDA_R_16F, depth, _ZERO.ctypes.data, out.data.ptr,
+                  runtime.CUDA_R_16F, ld_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+
+
+_ONE = np.ones(1, dtype=np.float32)
+_ZERO = np.zeros(1, dtype=np.float32)
+# cublasComputeType_t and cublasGemmAlgo_t values (cublas_api.h).
+CUBLAS_COMPUTE_32F = 68
+CUBLAS_GEMM_DEFAULT = -1
+
+
+EMPTY_SLOT = 0xFFFFFFFFFFFFFFFF
+
+
+def _pow2_at_least(n: int) -> int:
+    return 1 << math.ceil(math.log2(max(n, 1)))
 
 
 @dataclass
@@ -173,7 +229,7 @@ def device_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.
     packed[:n, :index_bytes] = codes[:, :index_bytes]
     words = np.ascontiguousarray(packed.view("<u4").T)
     norms = codec.norms(codes)
-    if _family(codec) == "table":
+    if _family(codec) in ("table", "hamming"):
         scale = np.ones(n, dtype=np.float32)
     elif hasattr(codec, "corrections"):
         scale = norms * codec.corrections(codes)
@@ -249,45 +305,20 @@ class GpuScanner:
         return self.cupy.asarray(queries, dtype=self.cupy.float32) @ matrix[1]
 
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
-             query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None
-             ) -> tuple[np.ndarray, np.ndarray]:
+             query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None,
+             batch: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Keys (nq, k) float32 (smaller is better, +inf when empty) and rows (nq, k) int64
         (-1 when empty) of the best k rows of one part for queries (nq, d) float32.
 
-        ``mask`` (n,) bool marks the rows that may be returned (None: all).
+        ``mask`` (n,) bool marks the rows that may be returned (None: all). ``batch``
+        picks the tensor-core path for TurboQuant codes (default: from
+        ``BATCH_MIN_QUERIES`` queries on).
         """
         cp = self.cupy
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"the GPU kernels keep at most {MAX_K} results per query")
-        fmt = code_format(codec)
-        given = _family(codec) == "table"
-        nq, dim, levels = queries.shape[0], fmt.values, 1 << fmt.bits
-        if given:
-            tables = cp.asarray(query_tables(codec, queries))
-            rotated = np.zeros((nq, dim), dtype=np.float32)
-            centroids = _device_levels(np.zeros(levels, dtype=np.float32).tobytes())
-        else:
-            tables = _device_levels(np.zeros(1, dtype=np.float32).tobytes())
-            rotated = self._rotate(codec, queries)
-            centroids = _device_levels(codec._centroids32.tobytes())
         k = min(k, device.n)
-        group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
-        size = 1 << math.ceil(math.log2(k + 2 * BLOCK_THREADS))
-        shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
-        table = given or (group == 1 and 32 % fmt.bits == 0
-                          and dim * levels * 4 <= TABLE_BYTES)
-        shared += dim * levels * 4 if table else 0
-        if shared > self.shared_limit:
-            raise InvalidArgument(f"k={k} with {dim} values of {fmt.bits} bits needs {shared} "
-                                  f"bytes of shared memory per block; this GPU allows "
-                                  f"{self.shared_limit}")
-        kernel = _tq_kernel(fmt.bits, group, table, dim, given)
-        if shared > DEFAULT_SHARED_LIMIT:
-            kernel.max_dynamic_shared_size_bytes = shared
-        row_blocks = max(1, min(-(-device.n // BLOCK_THREADS), 4 * self.multiprocessors))
-        rows_per_block = -(-device.n // row_blocks)
-        rows_per_block = -(-rows_per_block // BLOCK_THREADS) * BLOCK_THREADS
-        row_blocks = -(-device.n // rows_per_block)
+        nq = queries.shape[0]
         if metric == "l2":
             key_scale, row_bias = np.float32(-2.0), device.sq_norms
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
@@ -296,21 +327,173 @@ class GpuScanner:
             query_bias = cp.zeros(nq, dtype=cp.float32)
         if mask is not None:
             row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
+        family = _family(codec)
+        if family == "hamming":
+            out = self._scan_hamming(codec, device, queries, k, key_scale, row_bias,
+                                     query_bias)
+        elif family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
+            return unpack_keys(cp.asnumpy(self._scan_batch(
+                codec, device, queries, k, key_scale, row_bias, query_bias)))
+        else:
+            out = self._scan_fused(codec, device, queries, k, key_scale, row_bias,
+                                   query_bias)
+        candidates = out.reshape(nq, -1)
+        if candidates.size <= HOST_MERGE_MAX:
+            candidates = cp.asnumpy(candidates)
+            if candidates.shape[1] > k:
+                candidates = np.partition(candidates, k - 1, axis=1)[:, :k]
+            best = np.sort(candidates, axis=1)
+        else:
+            best = cp.asnumpy(cp.sort(candidates, axis=1)[:, :k])
+        return unpack_keys(best)
+
+    def _row_blocks(self, n: int) -> tuple[int, int]:
+        """Blocks and rows per block of a one-thread-per-row scan of n rows."""
+        row_blocks = max(1, min(-(-n // BLOCK_THREADS), 4 * self.multiprocessors))
+        rows_per_block = -(-n // row_blocks)
+        rows_per_block = -(-rows_per_block // BLOCK_THREADS) * BLOCK_THREADS
+        return -(-n // rows_per_block), rows_per_block
+
+    def _check_shared(self, shared: int, what: str) -> None:
+        if shared > self.shared_limit:
+            raise InvalidArgument(f"{what} needs {shared} bytes of shared memory per block; "
+                                  f"this GPU allows {self.shared_limit}")
+
+    def _scan_fused(self, codec, device: DeviceCodes, queries: np.ndarray, k: int,
+                    key_scale, row_bias, query_bias):
+        """tq_scan: CUDA cores, one thread per row; per-block candidates (nq, blocks, k)."""
+        cp = self.cupy
+        fmt = code_format(codec)
+        given = _family(codec) == "table"
+        nq, dim, levels = queries.shape[0], fmt.values, 1 << fmt.bits
+        if given:
+            tables = cp.asarray(query_tables(codec, queries))
+            rotated = np.zeros((nq, dim), dtype=np.float32)
+            centroids = _device_constant(np.zeros(levels, dtype=np.float32).tobytes())
+        else:
+            tables = _device_constant(np.zeros(1, dtype=np.float32).tobytes())
+            rotated = self._rotate(codec, queries)
+            centroids = _device_constant(codec._centroids32.tobytes())
+        group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
+        size = _pow2_at_least(k + 2 * BLOCK_THREADS)
+        shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
+        table = given or (group == 1 and 32 % fmt.bits == 0
+                          and dim * levels * 4 <= TABLE_BYTES)
+        shared += dim * levels * 4 if table else 0
+        self._check_shared(shared, f"k={k} with {dim} values of {fmt.bits} bits")
+        kernel = _tq_kernel(fmt.bits, group, table, dim, given)
+        if shared > DEFAULT_SHARED_LIMIT:
+            kernel.max_dynamic_shared_size_bytes = shared
+        row_blocks, rows_per_block = self._row_blocks(device.n)
         query_rows = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
         out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
-        grid = (row_blocks, -(-nq // group))
-        kernel(grid, (BLOCK_THREADS,),
+        kernel((row_blocks, -(-nq // group)), (BLOCK_THREADS,),
                (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
                 np.int32(device.words.shape[1]), device.scale, row_bias, query_rows,
                 query_bias, np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k),
                 np.int32(size), np.int32(rows_per_block), tables, out),
                shared_mem=shared)
-        candidates = out.reshape(nq, row_blocks * k)
-        if candidates.size <= HOST_MERGE_MAX:
-            best = np.sort(cp.asnumpy(candidates), axis=1)[:, :k]
-        else:
-            best = cp.asnumpy(cp.sort(candidates, axis=1)[:, :k])
-        return unpack_keys(best)
+        return out
+
+    def _scan_hamming(self, codec, device: DeviceCodes, queries: np.ndarray, k: int,
+                      key_scale, row_bias, query_bias):
+        """hamming_scan: popcount over 32-bit words; per-block candidates (nq, blocks, k)."""
+        cp = self.cupy
+        state = codec.prepare_query(queries)
+        n_words = device.words.shape[0]
+        bits = np.zeros((queries.shape[0], n_words * 4), dtype=np.uint8)
+        bits[:, : state.bits.shape[1]] = state.bits
+        factor = (state.norms * np.float32(codec.rms_norm)).astype(np.float32)
+        size = _pow2_at_least(k + 2 * BLOCK_THREADS)
+        shared = size * 8 + 8
+        self._check_shared(shared, f"k={k}")
+        kernel = _kernel("hamming_scan.cu", f"hamming_scan<{n_words}>")
+        if shared > DEFAULT_SHARED_LIMIT:
+            kernel.max_dynamic_shared_size_bytes = shared
+        row_blocks, rows_per_block = self._row_blocks(device.n)
+        out = cp.empty((queries.shape[0], row_blocks, k), dtype=cp.uint64)
+        kernel((row_blocks, queries.shape[0]), (BLOCK_THREADS,),
+               (device.words, np.int32(device.n), np.int32(device.words.shape[1]),
+                device.scale, row_bias, cp.asarray(bits.view("<u4")), cp.asarray(factor),
+                query_bias, np.float32(np.pi / codec.rot_dim), key_scale, np.int32(k),
+                np.int32(size), np.int32(rows_per_block), out),
+               shared_mem=shared)
+        return out
+
+    def _scan_batch(self, codec, device: DeviceCodes, queries: np.ndarray, k: int,
+                    key_scale, row_bias, query_bias):
+        """Tensor-core path for TurboQuant codes (cuda/tq_batch.cu): the best k packed keys
+        (nq, k) uint64 on the device, re-scored in float32."""
+        cp = self.cupy
+        fmt = code_format(codec)
+        nq, dim, n = queries.shape[0], fmt.values, device.n
+        n_words, n_pad = device.words.shape
+        dim_pad = -(-dim // 8) * 8
+        kc = max(k, min(MAX_K, max(2 * k, k + RESCORE_MARGIN)))
+        size = _pow2_at_least(kc + 2 * BLOCK_THREADS)
+        exact_size = _pow2_at_least(kc)
+        levels = 1 << fmt.bits
+        finish_shared = (size + exact_size) * 8 + levels * 4 + 8
+        self._check_shared(finish_shared, f"k={k}")
+        rotated = cp.zeros((nq, dim_pad), dtype=cp.float32)
+        rotated[:, :dim] = cp.asarray(self._rotate(codec, queries), dtype=cp.float32)
+        query_norms = cp.linalg.norm(rotated, axis=1)
+        query_norms[query_norms == 0] = 1
+        halves = (rotated / query_norms[:, None]).astype(cp.float16)
+        centroids = _device_constant(codec._centroids32.tobytes())
+        centroid_halves = _device_constant(
+            codec._centroids32.astype(np.float16).tobytes(), "uint16")
+
+        slice_rows = SLICE_ROWS
+        tile_rows = max(1, TILE_BYTES // (2 * dim_pad * slice_rows)) * slice_rows
+        tile_rows = min(tile_rows, -(-n // slice_rows) * slice_rows)
+        chunk = max(1, min(nq, TILE_SCORE_BYTES // (2 * tile_rows)))
+        n_slots = -(-n // slice_rows)
+        query_block = max(1, min(nq, CANDIDATE_BYTES // (8 * n_slots * kc)))
+        tile = cp.empty((tile_rows, dim_pad), dtype=cp.float16)
+        scores = cp.empty((chunk, tile_rows), dtype=cp.float16)
+        candidates = cp.empty((query_block, n_slots, kc), dtype=cp.uint64)
+        best = cp.empty((nq, k), dtype=cp.uint64)
+        dequantize = _kernel("tq_batch.cu", f"tq_dequantize<{fmt.bits}>")
+        tile_topk = _kernel("tq_batch.cu", "tile_topk")
+        finish = _kernel("tq_batch.cu", f"tq_finish<{fmt.bits}>")
+        if finish_shared > DEFAULT_SHARED_LIMIT:
+            finish.max_dynamic_shared_size_bytes = finish_shared
+        dequant_shared = n_words * (DEQUANT_ROWS + 1) * 4 + levels * 2
+        self._check_shared(dequant_shared, f"{dim} values of {fmt.bits} bits")
+        if dequant_shared > DEFAULT_SHARED_LIMIT:
+            dequantize.max_dynamic_shared_size_bytes = dequant_shared
+        topk_shared = size * 8 + 8
+        bounds = cp.empty(query_block, dtype=cp.uint64)
+        for q_first in range(0, nq, query_block):
+            q_last = min(nq, q_first + query_block)
+            bounds.fill(np.uint64(EMPTY_SLOT))
+            for row0 in range(0, n, tile_rows):
+                rows = min(tile_rows, n - row0)
+                dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
+                           (device.words, np.int32(n_words), np.int32(n_pad), np.int32(row0),
+                            np.int32(rows), np.int32(dim), np.int32(dim_pad), centroid_halves,
+                            tile),
+                           shared_mem=dequant_shared)
+                for q0 in range(q_first, q_last, chunk):
+                    width = min(chunk, q_last - q0)
+                    _gemm_f16(cp, tile, rows, halves[q0:], width, dim_pad, scores, tile_rows)
+                    tile_topk((-(-rows // slice_rows), width), (BLOCK_THREADS,),
+                              (scores, np.int32(tile_rows), np.int32(rows), np.int32(row0),
+                               np.int32(q0 - q_first), np.int32(q_last - q_first),
+                               np.int32(slice_rows), np.int32(n_slots), device.scale,
+                               row_bias, query_norms[q_first:], query_bias[q_first:],
+                               key_scale, np.int32(kc),
+                               np.int32(size), bounds, candidates),
+                              shared_mem=topk_shared)
+            finish((q_last - q_first,), (BLOCK_THREADS,),
+                   (candidates, np.int32(n_slots * kc), np.int32(kc), np.int32(size),
+                    np.int32(exact_size), device.words, np.int32(n_words), np.int32(n_pad),
+                    device.scale, row_bias, rotated[q_first:], np.int32(dim),
+                    np.int32(dim_pad), query_bias[q_first:], centroids, key_scale,
+                    np.int32(k), best[q_first:]),
+                   shared_mem=finish_shared)
+        return best
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -321,5 +504,5 @@ def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     negative = high & np.uint32(0x80000000)
     bits = np.where(negative != 0, high ^ np.uint32(0x80000000), ~high)
     keys = bits.view(np.float32)
-    empty = (packed == np.uint64(0xFFFFFFFFFFFFFFFF)) | ~np.isfinite(keys)
+    empty = (packed == np.uint64(EMPTY_SLOT)) | ~np.isfinite(keys)
     return np.where(empty, np.float32(np.inf), keys), np.where(empty, -1, rows)

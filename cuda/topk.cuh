@@ -1,0 +1,106 @@
+// Per-block top-k of packed (key, row) values, shared by the scan kernels.
+//
+// Keys and rows are packed into one 64-bit value (order-preserving float bits in the high
+// word, row in the low word), so smaller packed values are better keys and ties go to the
+// smaller row. Per block and query, a shared array holds the best K packed values so far
+// followed by a buffer of candidates that beat the current K-th best (the threshold). When
+// a buffer may overflow on the next step, the block bitonic-sorts the array and keeps the
+// K best. No score is ever written to global memory.
+
+typedef unsigned long long u64;
+
+#define EMPTY_SLOT (~0ull)
+
+__device__ __forceinline__ unsigned int order_float(float f) {
+    unsigned int b = __float_as_uint(f);
+    return (b & 0x80000000u) ? ~b : (b | 0x80000000u);
+}
+
+__device__ __forceinline__ u64 pack_key(float key, unsigned int row) {
+    return ((u64)order_float(key) << 32) | (u64)row;
+}
+
+// Bitonic sort, ascending, of `count` arrays of `size` (a power of two) u64 values each,
+// every array starting `stride` values after the previous one.
+__device__ void bitonic_sort(u64* arrays, int count, int size, int stride) {
+    const int half = size >> 1;
+    const int half_shift = __ffs(half) - 1;
+    const int pairs = count * half;
+    for (int k = 2; k <= size; k <<= 1) {
+        for (int j = k >> 1; j > 0; j >>= 1) {
+            for (int p = threadIdx.x; p < pairs; p += blockDim.x) {
+                const int t = p & (half - 1);
+                const int i = ((t & ~(j - 1)) << 1) | (t & (j - 1));
+                const int l = i + j;
+                u64* arr = arrays + (size_t)(p >> half_shift) * stride;
+                const bool up = ((i & k) == 0);
+                const u64 x = arr[i], y = arr[l];
+                if ((x > y) == up) { arr[i] = y; arr[l] = x; }
+            }
+            __syncthreads();
+        }
+    }
+}
+
+// The running best of `groups` queries: best[groups * size], counts[groups], one flag.
+struct BlockTopK {
+    u64* best;
+    int* counts;
+    int* flush_flag;
+    int groups;
+    int size;
+    int k;
+
+    // Empties every array; the caller synchronizes before the first offer.
+    __device__ void init() {
+        for (int i = threadIdx.x; i < groups * size; i += blockDim.x) best[i] = EMPTY_SLOT;
+        if (threadIdx.x < groups) counts[threadIdx.x] = 0;
+        if (threadIdx.x == 0) *flush_flag = 0;
+    }
+
+    // Keeps `packed` for query `q` when it beats the current K-th best.
+    __device__ __forceinline__ void offer(int q, u64 packed) {
+        u64* arr = best + (size_t)q * size;
+        if (packed < arr[k - 1]) {
+            int slot = atomicAdd(&counts[q], 1);
+            arr[k + slot] = packed;
+        }
+    }
+
+    // Ends a step in which each thread offered at most one value per query; every thread
+    // of the block calls it. Sorts when the next step could overflow a buffer.
+    __device__ void end_step() {
+        __syncthreads();
+        if (threadIdx.x < groups && counts[threadIdx.x] > size - k - (int)blockDim.x)
+            *flush_flag = 1;
+        __syncthreads();
+        if (*flush_flag) {
+            bitonic_sort(best, groups, size, size);
+            for (int i = threadIdx.x; i < groups * size; i += blockDim.x) {
+                if (i % size >= k) best[i] = EMPTY_SLOT;
+            }
+            if (threadIdx.x < groups) counts[threadIdx.x] = 0;
+            if (threadIdx.x == 0) *flush_flag = 0;
+            __syncthreads();
+        }
+    }
+
+    // Sorts every array so that best[q * size + i], i < k, are query q's k best. Only the
+    // leading power of two holding the k best and the pending candidates is sorted (the
+    // rest is empty); nothing is sorted when nothing was kept since the last sort.
+    __device__ void finish() {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            int pending = 0;
+            for (int q = 0; q < groups; ++q) pending = max(pending, counts[q]);
+            *flush_flag = pending;
+        }
+        __syncthreads();
+        const int pending = *flush_flag;
+        if (pending) {
+            int length = 2;
+            while (length < k + pending) length <<= 1;
+            bitonic_sort(best, groups, length, size);
+        }
+    }
+};
