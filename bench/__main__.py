@@ -1,7 +1,7 @@
 """Benchmarks: ``python -m bench run`` (recall and speed of codecs and peer libraries),
 ``python -m bench encode`` (encoding throughput), ``python -m bench storage`` (insert
-throughput and reopen time on disk) and ``python -m bench plot`` (PNG plots of result
-files)."""
+throughput and reopen time on disk), ``python -m bench load`` (a gRPC server under
+concurrent clients) and ``python -m bench plot`` (PNG plots of result files)."""
 
 from __future__ import annotations
 
@@ -95,6 +95,25 @@ def main(argv: list[str] | None = None) -> int:
                          help="scratch directory for the databases (deleted first)")
     storage.add_argument("--repeat", type=int, default=3)
 
+    load = commands.add_parser("load", help="load-test a gRPC server: insert throughput, "
+                                            "QPS and latency percentiles per concurrency")
+    where = load.add_mutually_exclusive_group(required=True)
+    where.add_argument("--url", help="a running server, host:port")
+    where.add_argument("--serve", help="start `vecstore serve` over this directory instead")
+    load.add_argument("--device", default="auto", choices=("auto", "cpu", "gpu"),
+                      help="the started server's device (with --serve)")
+    load.add_argument("--api-key", default=None, help="API key (default: $VECSTORE_API_KEY)")
+    load.add_argument("--dataset", default="wordnet-minilm384",
+                      help="base set, tiled with noise up to --n rows")
+    load.add_argument("--n", type=int, default=100_000)
+    load.add_argument("--codec", default="tq4")
+    load.add_argument("--batch", type=int, default=10_000, help="rows per insert call")
+    load.add_argument("--concurrency", default="1,8,32",
+                      help="client processes at each level, comma-separated")
+    load.add_argument("--duration", type=float, default=30, help="seconds per level")
+    load.add_argument("--recall-queries", type=int, default=200,
+                      help="queries cycled through (exact neighbours computed for recall)")
+
     plot = commands.add_parser("plot", help="draw recall vs bytes and recall vs QPS as PNGs")
     plot.add_argument("results", nargs="+", help="JSON-lines files written by 'run'")
     plot.add_argument("--out", default=str(PLOT_DIR), help="directory for the PNG files")
@@ -106,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
         return plot_command(args)
     if args.command == "storage":
         return storage_command(args)
+    if args.command == "load":
+        return load_command(args)
     return run_command(args)
 
 
@@ -152,6 +173,23 @@ def storage_command(args: argparse.Namespace) -> int:
     for row in rows:
         row.update(dataset=dataset.name, machine=machine_info())
     print(f"results: {write_results(rows, f'storage-{dataset.name}')}")
+    return 0
+
+
+def load_command(args: argparse.Namespace) -> int:
+    import os
+    from pathlib import Path
+
+    from bench import load
+
+    levels = [int(c) for c in args.concurrency.split(",") if c.strip()]
+    rows = load.run_load(url=args.url, serve=Path(args.serve) if args.serve else None,
+                         device=args.device,
+                         api_key=args.api_key or os.environ.get("VECSTORE_API_KEY"),
+                         dataset=load_dataset(args.dataset), n=args.n, codec=args.codec,
+                         batch=args.batch, levels=levels, duration=args.duration,
+                         recall_queries=args.recall_queries)
+    print(f"results: {write_results(rows, f'load-{args.dataset}')}")
     return 0
 
 

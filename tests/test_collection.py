@@ -58,6 +58,10 @@ def test_close_is_idempotent_and_blocks_use():
 def test_bad_collection_names(db, name):
     with pytest.raises(InvalidArgument):
         db.create_collection(name, dim=4)
+    with pytest.raises(InvalidArgument):
+        db.get_collection(name)
+    with pytest.raises(InvalidArgument):
+        db.drop_collection(name)
     assert db.list_collections() == []
 
 

@@ -7,11 +7,16 @@ from vecstore.errors import (
     AlreadyExists,
     Closed,
     DataLoss,
+    DeadlineExceeded,
     GpuUnavailable,
     InvalidArgument,
     Locked,
     NotFound,
     OutOfDeviceMemory,
+    PermissionDenied,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
     VecstoreError,
 )
 
@@ -19,19 +24,35 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AlreadyExists",
+    "Client",
     "Closed",
     "Collection",
     "DataLoss",
     "Database",
+    "DeadlineExceeded",
     "GpuUnavailable",
     "InvalidArgument",
     "Locked",
     "NotFound",
     "OutOfDeviceMemory",
+    "PermissionDenied",
+    "ResourceExhausted",
     "SearchResult",
+    "Unauthenticated",
+    "Unavailable",
     "VecstoreError",
     "available_specs",
     "codec_from_config",
     "make_codec",
     "open",
 ]
+
+
+def __getattr__(name: str):
+    # The gRPC client imports grpc, an optional dependency (the server extra): load it on
+    # first use of vecstore.Client only.
+    if name == "Client":
+        from vecstore.client import Client
+
+        return Client
+    raise AttributeError(f"module 'vecstore' has no attribute {name!r}")

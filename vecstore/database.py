@@ -160,10 +160,12 @@ class Database:
         return collection
 
     def get_collection(self, name: str) -> Collection:
-        """The collection called ``name``; NotFound if there is none, DataLoss if its
-        files failed verification when the database was opened."""
+        """The collection called ``name``; InvalidArgument if it is not a valid name,
+        NotFound if there is none, DataLoss if its files failed verification when the
+        database was opened."""
         self._check_open()
-        if isinstance(name, str) and name in self._damaged:
+        check_collection_name(name)
+        if name in self._damaged:
             raise self._damaged[name]
         try:
             return self._collections[name]
@@ -176,10 +178,12 @@ class Database:
         return sorted([*self._collections, *self._damaged])
 
     def drop_collection(self, name: str) -> None:
-        """Delete the collection and its files; NotFound if there is none."""
+        """Delete the collection and its files; InvalidArgument if ``name`` is not a valid
+        name, NotFound if there is none."""
         self._check_open()
+        check_collection_name(name)
         with self._lock:
-            if not isinstance(name, str) or name not in self:
+            if name not in self:
                 raise NotFound(f"no collection named {name!r}")
             collection = self._collections.pop(name, None)
             self._damaged.pop(name, None)

@@ -43,3 +43,24 @@ class GpuUnavailable(VecstoreError, RuntimeError):
 
 class OutOfDeviceMemory(VecstoreError, MemoryError):
     """Codes do not fit the GPU memory budget."""
+
+
+class ResourceExhausted(VecstoreError, RuntimeError):
+    """A server refused a call for lack of resources: too many calls at once, or a
+    message above its size limit."""
+
+
+class Unavailable(VecstoreError, ConnectionError):
+    """A server could not be reached (the client retried with backoff), or is shutting down."""
+
+
+class DeadlineExceeded(VecstoreError, TimeoutError):
+    """A remote call ran past its timeout."""
+
+
+class Unauthenticated(VecstoreError, PermissionError):
+    """A server needs an API key and got none, or a wrong one."""
+
+
+class PermissionDenied(VecstoreError, PermissionError):
+    """A read-only API key was used for a write."""

@@ -1,0 +1,169 @@
+"""A running gRPC server: the Vecstore service, health checking and reflection.
+
+``Server`` wraps an open Database; ``serve(path, ...)`` opens one and starts a server
+that owns it, so that ``stop()`` also flushes and closes the database. ``vecstore serve``
+(``vecstore.server.cli``) runs one until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+import vecstore
+from vecstore.database import Database
+from vecstore.errors import InvalidArgument
+from vecstore.v1 import vecstore_pb2 as pb
+from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
+
+from .auth import READ_ONLY, ApiKeyInterceptor, ApiKeys
+from .servicer import VecstoreServicer
+
+log = logging.getLogger("vecstore.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Vecstore"].full_name
+DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
+# Calls beyond this many at once get RESOURCE_EXHAUSTED instead of a place in the queue.
+DEFAULT_MAX_CONCURRENT_RPCS = 256
+DEFAULT_WORKERS = 16
+DEFAULT_GRACE_S = 30.0
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names only this machine (``localhost`` or a loopback address)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+class Server:
+    """The Vecstore service on ``host:port`` (port 0 picks a free one; see ``port``).
+
+    Parameters
+    ----------
+    db : Database
+        The open database to serve; closed by ``stop()`` when ``owns_db``.
+    keys : ApiKeys, optional
+        When any key is set, every call except health checks needs one.
+    tls : (certificate_chain_path, private_key_path), optional
+        Serve TLS instead of plaintext.
+    allow_insecure_keys : bool
+        Permit API keys over plaintext on an address other than loopback, where they
+        would cross the network in clear text. Refused (InvalidArgument) otherwise.
+    max_message_bytes : int
+        Largest request or response; larger ones fail with RESOURCE_EXHAUSTED (gRPC's
+        code for a message over the limit).
+    max_concurrent_rpcs : int
+        Calls beyond this many at once fail with RESOURCE_EXHAUSTED.
+    workers : int
+        Threads running calls; the embedded Database is safe to use from all of them.
+    """
+
+    def __init__(self, db: Database, *, host: str = "127.0.0.1", port: int = 50051,
+                 keys: ApiKeys | None = None, tls: tuple[str, str] | None = None,
+                 allow_insecure_keys: bool = False,
+                 max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+                 max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
+                 workers: int = DEFAULT_WORKERS, owns_db: bool = False):
+        keys = keys or ApiKeys()
+        if keys.enabled and tls is None and not allow_insecure_keys and not is_loopback(host):
+            raise InvalidArgument(
+                f"API keys over plaintext on {host} would cross the network in clear text: "
+                "give a TLS certificate and key, or allow it explicitly "
+                "(--allow-insecure-keys)")
+        for name, value in (("max_message_bytes", max_message_bytes),
+                            ("max_concurrent_rpcs", max_concurrent_rpcs),
+                            ("workers", workers)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        self.db = db
+        self.host = host
+        self.keys = keys
+        self.owns_db = owns_db
+        self._stopped = False
+        options = [("grpc.max_send_message_length", max_message_bytes),
+                   ("grpc.max_receive_message_length", max_message_bytes)]
+        interceptors = [ApiKeyInterceptor(keys)] if keys.enabled else []
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=workers,
+                                                      thread_name_prefix="vecstore-rpc"),
+                                   interceptors=interceptors, options=options,
+                                   maximum_concurrent_rpcs=max_concurrent_rpcs)
+        servicer = VecstoreServicer(db, self._read_only_caller)
+        pb_grpc.add_VecstoreServicer_to_server(servicer, self._server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
+        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") \
+            else f"{host}:{port}"
+        if tls is None:
+            self.port = self._server.add_insecure_port(address)
+        else:
+            certificate, key = (Path(p).read_bytes() for p in tls)
+            credentials = grpc.ssl_server_credentials([(key, certificate)])
+            self.port = self._server.add_secure_port(address, credentials)
+        self.tls = tls is not None
+
+    def _read_only_caller(self, context: grpc.ServicerContext) -> bool:
+        return self.keys.enabled and self.keys.role(context.invocation_metadata()) == READ_ONLY
+
+    @property
+    def address(self) -> str:
+        """``host:port`` with the bound port, as ``vecstore.Client`` takes it."""
+        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") \
+            else self.host
+        return f"{host}:{self.port}"
+
+    def start(self) -> Server:
+        self._server.start()
+        for service in ("", SERVICE_NAME):
+            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+        log.info("vecstore %s serving %s on %s (device %s, API keys %s, TLS %s)",
+                 vecstore.__version__, self.db.path or "an in-memory database", self.address,
+                 self.db.device, "on" if self.keys.enabled else "off",
+                 "on" if self.tls else "off")
+        return self
+
+    def stop(self, grace: float = DEFAULT_GRACE_S) -> None:
+        """Stop taking calls, let those in flight finish (up to ``grace`` seconds), then
+        flush and close the database when the server owns it. Safe to call twice."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self.health.enter_graceful_shutdown()
+        self._server.stop(grace).wait()
+        if self.owns_db:
+            self.db.close()
+        log.info("vecstore stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the server stops; False if ``timeout`` passed first."""
+        return self._server.wait_for_termination(timeout)
+
+    def __enter__(self) -> Server:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def serve(path: str | os.PathLike | None = None, *, device: str = "auto",
+          durability: str = "sync", **options) -> Server:
+    """Open the database at ``path`` (in memory when None) and start a Server that owns
+    it; ``options`` are Server's. Use as a context manager, or call ``stop()``."""
+    db = vecstore.open(path, device=device, durability=durability)
+    try:
+        return Server(db, owns_db=True, **options).start()
+    except BaseException:
+        db.close()
+        raise

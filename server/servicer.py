@@ -1,0 +1,221 @@
+"""The Vecstore gRPC servicer: messages in, calls on an embedded Database, messages out.
+
+Thin by design: every check of user input is the embedded database's own (so remote and
+embedded calls fail alike), plus the wire-level checks of ``vecstore.wire``. Exceptions
+become status codes through the one table in ``vecstore.status_codes``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+
+import grpc
+import numpy as np
+
+import vecstore
+from vecstore import wire
+from vecstore.collection import Collection
+from vecstore.database import Database, check_collection_name
+from vecstore.errors import InvalidArgument
+from vecstore.status_codes import ERROR_HEADER, code_for
+from vecstore.v1 import vecstore_pb2 as pb
+from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
+
+log = logging.getLogger("vecstore.server")
+
+METRIC_NAMES = {pb.METRIC_UNSPECIFIED: "cosine", pb.METRIC_COSINE: "cosine",
+                pb.METRIC_IP: "ip", pb.METRIC_L2: "l2"}
+METRIC_ENUMS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2}
+STORED_VECTOR_NAMES = {pb.STORED_VECTORS_UNSPECIFIED: None, pb.STORED_VECTORS_NONE: None,
+                       pb.STORED_VECTORS_FLOAT16: "float16", pb.STORED_VECTORS_FLOAT32: "float32"}
+STORED_VECTOR_ENUMS = {None: pb.STORED_VECTORS_NONE, "float16": pb.STORED_VECTORS_FLOAT16,
+                       "float32": pb.STORED_VECTORS_FLOAT32}
+DEVICE_NAMES = {pb.DEVICE_UNSPECIFIED: None, pb.DEVICE_AUTO: "auto", pb.DEVICE_CPU: "cpu",
+                pb.DEVICE_GPU: "gpu"}
+DEVICE_ENUMS = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU,
+                "gpu": pb.DEVICE_GPU}
+
+
+def abort_with(context: grpc.ServicerContext, exc: BaseException, prefix: str = "") -> None:
+    """End the call with the status code of ``exc`` (raises, as ``context.abort`` does)."""
+    code = code_for(exc)
+    if code == grpc.StatusCode.INTERNAL:
+        log.exception("internal error", exc_info=exc)
+    context.set_trailing_metadata(((ERROR_HEADER, type(exc).__name__),))
+    context.abort(code, prefix + str(exc))
+
+
+def _errors_to_status(method):
+    @functools.wraps(method)
+    def call(self, request, context):
+        try:
+            return method(self, request, context)
+        except Exception as exc:  # every error reaches the caller as a status code
+            abort_with(context, exc)
+    return call
+
+
+def _enum(table: dict, value: int, field: str):
+    try:
+        return table[value]
+    except KeyError:
+        raise InvalidArgument(f"{field}: unknown enum value {value}") from None
+
+
+def collection_info(collection: Collection) -> pb.CollectionInfo:
+    """The CollectionInfo message describing ``collection``."""
+    config = collection.config()
+    return pb.CollectionInfo(
+        name=collection.name, dim=collection.dim, metric=METRIC_ENUMS[collection.metric],
+        codec=collection.codec.spec, code_size=collection.code_size,
+        bytes_per_vector=collection.bytes_per_vector,
+        store_vectors=STORED_VECTOR_ENUMS[collection.store_vectors],
+        rescore_codec=collection.rescore_codec.spec if collection.rescore_codec else "",
+        rows=len(collection), config_json=json.dumps(config))
+
+
+def search_device(collection: Collection) -> str:
+    """Where searches of ``collection`` run: "gpu" when its device setting allows the GPU,
+    CuPy sees one and the codec has a kernel, else "cpu"."""
+    if collection.device == "cpu":
+        return "cpu"
+    from vecstore.search import gpu
+
+    usable = gpu.unavailable_reason() is None and gpu.supports(collection.codec)
+    return "gpu" if usable else "cpu"
+
+
+class VecstoreServicer(pb_grpc.VecstoreServicer):
+    """Serves one open Database. ``read_only_caller(context)`` says whether the caller's
+    key allows reads only (for ServerInfo)."""
+
+    def __init__(self, db: Database, read_only_caller=lambda context: False):
+        self.db = db
+        self.read_only_caller = read_only_caller
+
+    def _collection(self, name: str) -> Collection:
+        check_collection_name(name)
+        return self.db.get_collection(name)
+
+    # --- collections ----------------------------------------------------------------
+
+    @_errors_to_status
+    def CreateCollection(self, request, context):
+        collection = self.db.create_collection(
+            check_collection_name(request.name), dim=request.dim,
+            metric=_enum(METRIC_NAMES, request.metric, "metric"),
+            codec=request.codec or "tq4", seed=request.seed,
+            rotation=request.rotation or "auto",
+            store_vectors=_enum(STORED_VECTOR_NAMES, request.store_vectors, "store_vectors"),
+            rescore_codec=request.rescore_codec or None)
+        return collection_info(collection)
+
+    @_errors_to_status
+    def GetCollection(self, request, context):
+        return collection_info(self._collection(request.name))
+
+    @_errors_to_status
+    def ListCollections(self, request, context):
+        return pb.ListCollectionsResponse(names=self.db.list_collections())
+
+    @_errors_to_status
+    def DropCollection(self, request, context):
+        check_collection_name(request.name)
+        self.db.drop_collection(request.name)
+        return pb.DropCollectionResponse()
+
+    # --- writes ---------------------------------------------------------------------
+
+    def _write(self, request, *, upsert: bool) -> pb.WriteResponse:
+        collection = self._collection(request.collection)
+        vectors = wire.unpack_vectors(request.vectors, request.dim, "vectors")
+        ids = np.array(request.ids, dtype=np.int64) if len(request.ids) else None
+        metadata = wire.unpack_table(request.metadata, "metadata")
+        if upsert:
+            written = collection.upsert(vectors, ids, metadata)
+        else:
+            written = collection.add(vectors, ids, metadata)
+        return pb.WriteResponse(ids=written.tolist())
+
+    @_errors_to_status
+    def Insert(self, request, context):
+        return self._write(request, upsert=False)
+
+    @_errors_to_status
+    def Upsert(self, request, context):
+        return self._write(request, upsert=True)
+
+    def InsertStream(self, request_iterator, context):
+        written: list[int] = []
+        index = 0
+        try:
+            for index, request in enumerate(request_iterator):  # noqa: B007
+                written.extend(self._write(request, upsert=False).ids)
+        except Exception as exc:  # reported with the failing message's index
+            abort_with(context, exc, f"message {index} (after {len(written)} rows written): ")
+        return pb.WriteResponse(ids=written)
+
+    @_errors_to_status
+    def Delete(self, request, context):
+        collection = self._collection(request.collection)
+        return pb.DeleteResponse(deleted=collection.delete(np.array(request.ids, np.int64)))
+
+    # --- reads ----------------------------------------------------------------------
+
+    @_errors_to_status
+    def Get(self, request, context):
+        collection = self._collection(request.collection)
+        ids = np.array(request.ids, dtype=np.int64)
+        response = pb.GetResponse(ids=request.ids, dim=collection.dim)
+        if request.with_vectors:
+            response.vectors = wire.pack_vectors(collection.get(ids))
+        if request.with_metadata or not request.with_vectors:
+            table = collection.get_metadata(ids)  # also the presence check
+            if request.with_metadata:
+                response.metadata = wire.pack_table(table)
+        return response
+
+    @_errors_to_status
+    def Search(self, request, context):
+        collection = self._collection(request.collection)
+        queries = wire.unpack_vectors(request.queries, request.dim, "queries")
+        result = collection.search(
+            queries, int(request.k),
+            rescore=request.rescore if request.HasField("rescore") else None,
+            filter=wire.filter_from_json(request.filter_json),
+            device=_enum(DEVICE_NAMES, request.device, "device"))
+        counts, ids, distances = wire.flatten_results(result)
+        return pb.SearchResponse(counts=counts.tolist(), ids=ids.tolist(),
+                                 distances=distances.tolist())
+
+    # --- maintenance and description ------------------------------------------------
+
+    @_errors_to_status
+    def Flush(self, request, context):
+        if request.collection:
+            self._collection(request.collection).flush()
+        else:
+            self.db.flush()
+        return pb.FlushResponse()
+
+    @_errors_to_status
+    def Compact(self, request, context):
+        self._collection(request.collection).compact()
+        return pb.CompactResponse()
+
+    @_errors_to_status
+    def Stats(self, request, context):
+        collection = self._collection(request.collection)
+        stats = collection.stats()
+        return pb.StatsResponse(rows=stats["rows"], segments=stats["segments"],
+                                memtable_rows=stats["memtable_rows"],
+                                deleted_rows=stats["deleted_rows"],
+                                code_bytes=stats["code_bytes"], codec=collection.codec.spec,
+                                device=search_device(collection))
+
+    @_errors_to_status
+    def ServerInfo(self, request, context):
+        return pb.ServerInfoResponse(version=vecstore.__version__, device=self.db.device,
+                                     read_only=self.read_only_caller(context))

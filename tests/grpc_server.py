@@ -1,0 +1,67 @@
+"""Start ``python -m vecstore serve`` in a subprocess on a free loopback port, for tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT_S = 60
+
+
+@dataclass
+class ServerProcess:
+    process: subprocess.Popen
+    address: str
+    log: Path
+
+    def stop(self, timeout: float = 30) -> int:
+        """SIGTERM the server and wait; its exit status."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+            raise
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def start_server(directory: Path, *args: str, env: dict | None = None) -> ServerProcess:
+    """Serve ``directory/data`` with extra ``args``; returns once health says SERVING."""
+    directory.mkdir(parents=True, exist_ok=True)
+    port_file, log = directory / "port", directory / "server.log"
+    port_file.unlink(missing_ok=True)
+    command = [sys.executable, "-m", "vecstore", "serve", "--data", str(directory / "data"),
+               "--port", "0", "--port-file", str(port_file), "--grace", "20", *args]
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                   env={**os.environ, **(env or {})})
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_file.exists() or not port_file.read_text().strip():
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise RuntimeError(f"server did not start:\n{log.read_text()}")
+        time.sleep(0.05)
+    address = f"127.0.0.1:{int(port_file.read_text())}"
+    with grpc.insecure_channel(address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        status = check(health_pb2.HealthCheckRequest(service=""), timeout=START_TIMEOUT_S,
+                       wait_for_ready=True).status
+    if status != health_pb2.HealthCheckResponse.SERVING:
+        process.kill()
+        raise RuntimeError(f"server health is {status}")
+    return ServerProcess(process, address, log)

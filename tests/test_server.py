@@ -1,0 +1,421 @@
+"""The gRPC service against a real server process: the client mirrors the embedded
+database exactly, bad input gets its documented status code and changes nothing, health
+and reflection answer, limits hold, and the committed stubs match the proto."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+import grpc
+import numpy as np
+import pyarrow as pa
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+import vecstore
+from tests.grpc_server import REPO_ROOT, start_server
+from vecstore import wire
+from vecstore.v1 import vecstore_pb2 as pb
+from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
+
+Code = grpc.StatusCode
+MAX_MESSAGE_MB = 4
+DIM = 8
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    process = start_server(tmp_path_factory.mktemp("server"),
+                           "--max-message-mb", str(MAX_MESSAGE_MB))
+    yield process
+    assert process.stop() == 0, process.log_text()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with vecstore.Client(server.address) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def stub(server):
+    options = [("grpc.max_send_message_length", 64 << 20),
+               ("grpc.max_receive_message_length", 64 << 20)]
+    with grpc.insecure_channel(server.address, options=options) as channel:
+        yield pb_grpc.VecstoreStub(channel)
+
+
+# --- congruence: the same calls embedded and remote -------------------------------------
+
+def _run_script(db) -> list:
+    """A fixed sequence of calls on ``db`` (a Database or a Client): every result and
+    the type of every error, in order."""
+    rng = np.random.default_rng(7)
+    out = []
+
+    def record(call):
+        try:
+            value = call()
+        except vecstore.VecstoreError as exc:
+            value = ("error", type(exc).__name__)
+        out.append(value)
+
+    texts = db.create_collection("texts", dim=24, metric="cosine", codec="tq4")
+    points = db.create_collection("points", dim=24, metric="l2", codec="tq2",
+                                  store_vectors="float16")
+    raw = db.create_collection("raw", dim=24, metric="ip", codec="flat")
+    x = rng.standard_normal((600, 24)).astype(np.float32)
+    lang = np.array(["en", "de", "fr"])[rng.integers(0, 3, 600)].tolist()
+    year = rng.integers(1990, 2030, 600)
+    for c in (texts, points, raw):
+        record(lambda c=c: c.add(x[:400], metadata={"lang": lang[:400], "year": year[:400]}))
+        record(lambda c=c: c.add(x[400:500]))                                  # auto ids
+        record(lambda c=c: c.add(x[500:550], ids=np.arange(10_000, 10_050)))
+        record(lambda c=c: c.upsert(x[550:560], ids=np.arange(5, 15),
+                                    metadata={"lang": ["xx"] * 10, "year": [0] * 10}))
+        record(lambda c=c: c.delete([1, 2, 3, 99_999]))
+        record(lambda c=c: c.search(x[:7], k=12))
+        record(lambda c=c: c.search(x[0], k=3))
+        record(lambda c=c: c.search(x[:5], k=9, filter={"lang": ["de", "xx"],
+                                                         "year": {">=": 2000}}))
+        record(lambda c=c: c.search(x[:2], k=700))                             # k > rows
+        record(lambda c=c: c.search(x[:2], k=5, filter={"lang": "none"}))      # no match
+        record(lambda c=c: c.get([0, 7, 10_049]))
+        record(lambda c=c: c.get_metadata([0, 7, 10_049]).to_pylist())
+        record(lambda c=c: c.stats())
+        record(lambda c=c: c.config())
+        record(lambda c=c: (len(c), 7 in c, 2 in c, -1 in c))
+        record(lambda c=c: c.flush())
+        record(lambda c=c: c.compact())
+        record(lambda c=c: (c.stats(), c.search(x[:3], k=4)))
+        record(lambda c=c: c.add(x[:2], ids=[0, 4]))                           # taken
+        record(lambda c=c: c.add(x[:2, :5]))                                   # wrong dim
+        record(lambda c=c: c.get([1]))                                         # deleted
+        record(lambda c=c: c.search(x[:1], k=0))
+    record(lambda: points.search(x[:4], k=5, rescore=4))
+    record(lambda: texts.search(x[:4], k=5, rescore=4))                        # nothing kept
+    record(lambda: db.create_collection("texts", dim=24))
+    record(lambda: db.get_collection("missing"))
+    record(lambda: db.list_collections())
+    record(lambda: db.drop_collection("raw"))
+    record(lambda: db.list_collections())
+    record(lambda: db.get_collection("points").search(x[:3], k=6))
+    return out
+
+
+def _assert_same(embedded, remote, where="result"):
+    if isinstance(embedded, np.ndarray):
+        assert isinstance(remote, np.ndarray), where
+        assert embedded.dtype == remote.dtype and embedded.shape == remote.shape, where
+        np.testing.assert_array_equal(embedded, remote, err_msg=where)
+    elif isinstance(embedded, tuple | list):
+        assert type(embedded) is type(remote) and len(embedded) == len(remote), where
+        for i, (a, b) in enumerate(zip(embedded, remote, strict=True)):
+            _assert_same(a, b, f"{where}[{i}]")
+    elif isinstance(embedded, dict):
+        assert embedded.keys() == remote.keys(), where
+        for key in embedded:
+            _assert_same(embedded[key], remote[key], f"{where}[{key!r}]")
+    else:
+        assert embedded == remote and type(embedded) is type(remote), where
+
+
+def test_client_and_embedded_database_agree_call_for_call(tmp_path, server):
+    with vecstore.open(tmp_path / "embedded") as db:
+        embedded = _run_script(db)
+    with vecstore.Client(server.address) as client:
+        remote = _run_script(client)
+        for name in client.list_collections():
+            client.drop_collection(name)
+    assert len(embedded) == len(remote)
+    for i, (a, b) in enumerate(zip(embedded, remote, strict=True)):
+        _assert_same(a, b, f"call {i}")
+    errors = {value[1] for value in embedded
+              if type(value) is tuple and isinstance(value[0], str) and value[0] == "error"}
+    assert errors == {"AlreadyExists", "InvalidArgument", "NotFound"}
+
+
+def test_large_insert_streams_in_batches_and_matches_one_embedded_add(server):
+    x = np.random.default_rng(3).standard_normal((3000, 32)).astype(np.float32)
+    meta = {"n": np.arange(3000)}
+    with vecstore.open() as db:
+        local = db.create_collection("bulk", dim=32, metric="ip", codec="tq3")
+        local_ids = local.add(x, metadata=meta)
+        expected = local.search(x[:20], k=10, filter={"n": {"<": 1500}})
+    with vecstore.Client(server.address, batch_bytes=20_000) as client:  # about 140 rows
+        remote = client.create_collection("bulk", dim=32, metric="ip", codec="tq3")
+        try:
+            np.testing.assert_array_equal(remote.add(x, metadata=meta), local_ids)
+            got = remote.search(x[:20], k=10, filter={"n": {"<": 1500}})
+            np.testing.assert_array_equal(got.ids, expected.ids)
+            np.testing.assert_array_equal(got.distances, expected.distances)
+            assert remote.get_metadata([2999]).column("n").to_pylist() == [2999]
+        finally:
+            client.drop_collection("bulk")
+
+
+def test_client_rejects_an_expression_filter_with_the_dict_form_named(client):
+    import pyarrow.compute as pc
+
+    c = client.create_collection("expr", dim=DIM)
+    try:
+        c.add(np.ones((2, DIM)), metadata={"a": [1, 2]})
+        with pytest.raises(vecstore.InvalidArgument, match="dict form"):
+            c.search(np.ones(DIM), k=1, filter=pc.field("a") == 1)
+    finally:
+        client.drop_collection("expr")
+
+
+# --- bad input: documented code, a message naming the field, nothing changed ------------
+
+@pytest.fixture(scope="module")
+def fixed(stub):
+    """A collection 'fixed' of 200 rows (d=8, l2, stored float32 vectors, metadata)."""
+    x = np.random.default_rng(11).standard_normal((200, DIM)).astype(np.float32)
+    stub.CreateCollection(pb.CreateCollectionRequest(
+        name="fixed", dim=DIM, metric=pb.METRIC_L2, codec="tq4",
+        store_vectors=pb.STORED_VECTORS_FLOAT32))
+    stub.Insert(pb.WriteRequest(collection="fixed", vectors=wire.pack_vectors(x), dim=DIM,
+                                ids=list(range(200)),
+                                metadata=wire.pack_table(pa.table({"tag": np.arange(200) % 5}))))
+    return x
+
+
+def _snapshot(stub, x):
+    stats = stub.Stats(pb.StatsRequest(collection="fixed"))
+    found = stub.Search(pb.SearchRequest(collection="fixed", queries=wire.pack_vectors(x[:5]),
+                                         dim=DIM, k=10))
+    got = stub.Get(pb.GetRequest(collection="fixed", ids=list(range(200)), with_vectors=True,
+                                 with_metadata=True))
+    return (stats.rows, stats.deleted_rows, list(found.ids), list(found.distances),
+            got.vectors, got.metadata, list(stub.ListCollections(
+                pb.ListCollectionsRequest()).names))
+
+
+def _vec(*rows, dim=DIM) -> bytes:
+    return np.array(rows, dtype="<f4").reshape(-1, dim).tobytes()
+
+
+ONES = np.ones(DIM).tolist()
+BAD_INPUT = {
+    "wrong dim": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec([1.0] * 5, dim=5),
+                                            dim=5, ids=[900]),
+                  Code.INVALID_ARGUMENT, "dimension 5"),
+    "nan": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec([np.nan] + ONES[1:]),
+                                      dim=DIM, ids=[900]), Code.INVALID_ARGUMENT, "NaN"),
+    "inf in queries": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                  queries=_vec([np.inf] + ONES[1:])),
+                       Code.INVALID_ARGUMENT, "queries"),
+    "empty batch": ("Insert", pb.WriteRequest(collection="fixed", vectors=b"", dim=DIM),
+                    Code.INVALID_ARGUMENT, "vectors is an empty batch"),
+    "zero dim": ("Insert", pb.WriteRequest(collection="fixed", vectors=b"", dim=0),
+                 Code.INVALID_ARGUMENT, "vectors: dim"),
+    "duplicate ids": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES, ONES),
+                                                dim=DIM, ids=[900, 900]),
+                      Code.INVALID_ARGUMENT, "duplicate ids"),
+    "ids for other rows": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES),
+                                                     dim=DIM, ids=[900, 901]),
+                           Code.INVALID_ARGUMENT, "ids"),
+    "negative id": ("Upsert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM,
+                                              ids=[-4]), Code.INVALID_ARGUMENT, "ids"),
+    "upsert without ids": ("Upsert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES),
+                                                     dim=DIM), Code.INVALID_ARGUMENT, "ids"),
+    "id taken": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM,
+                                           ids=[7]), Code.ALREADY_EXISTS, "ids already"),
+    "ragged bytes": ("Insert", pb.WriteRequest(collection="fixed", dim=DIM,
+                                               vectors=_vec(ONES) + b"\0\0\0\0"),
+                     Code.INVALID_ARGUMENT, "vectors: 36 bytes"),
+    "ragged query bytes": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                      queries=_vec(ONES)[:-1]),
+                           Code.INVALID_ARGUMENT, "queries: 31 bytes"),
+    "bad metadata": ("Insert", pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM,
+                                               ids=[900], metadata=b"not arrow"),
+                     Code.INVALID_ARGUMENT, "metadata"),
+    "k zero": ("Search", pb.SearchRequest(collection="fixed", queries=_vec(ONES), dim=DIM, k=0),
+               Code.INVALID_ARGUMENT, "k must be"),
+    "k negative": ("Search", pb.SearchRequest(collection="fixed", queries=_vec(ONES), dim=DIM,
+                                              k=-3), Code.INVALID_ARGUMENT, "k must be"),
+    "k above the cap": ("Search", pb.SearchRequest(collection="fixed", queries=_vec(ONES),
+                                                   dim=DIM, k=16_385),
+                        Code.INVALID_ARGUMENT, "k must be between 1 and 16384"),
+    "rescore above the cap": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                         queries=_vec(ONES), rescore=65),
+                              Code.INVALID_ARGUMENT, "rescore"),
+    "filter not json": ("Search", pb.SearchRequest(collection="fixed", queries=_vec(ONES),
+                                                   dim=DIM, k=3, filter_json="{tag"),
+                        Code.INVALID_ARGUMENT, "filter_json"),
+    "filter on unknown field": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                           queries=_vec(ONES),
+                                                           filter_json='{"nope": 1}'),
+                                Code.INVALID_ARGUMENT, "filter"),
+    "unknown metric": ("CreateCollection", pb.CreateCollectionRequest(name="new", dim=4,
+                                                                      metric=9),
+                       Code.INVALID_ARGUMENT, "metric"),
+    "unknown codec": ("CreateCollection", pb.CreateCollectionRequest(name="new", dim=4,
+                                                                     codec="tq99"),
+                      Code.INVALID_ARGUMENT, "tq99"),
+    "unknown collection": ("Search", pb.SearchRequest(collection="nope", queries=_vec(ONES),
+                                                      dim=DIM, k=3),
+                           Code.NOT_FOUND, "nope"),
+    "unknown collection on drop": ("DropCollection", pb.DropCollectionRequest(name="nope"),
+                                   Code.NOT_FOUND, "nope"),
+    "name taken": ("CreateCollection", pb.CreateCollectionRequest(name="fixed", dim=4),
+                   Code.ALREADY_EXISTS, "fixed"),
+    "name with slash": ("CreateCollection", pb.CreateCollectionRequest(name="a/b", dim=4),
+                        Code.INVALID_ARGUMENT, "collection name"),
+    "name dot dot": ("CreateCollection", pb.CreateCollectionRequest(name="..", dim=4),
+                     Code.INVALID_ARGUMENT, "collection name"),
+    "path in collection": ("Insert", pb.WriteRequest(collection="../fixed", dim=DIM,
+                                                     vectors=_vec(ONES), ids=[900]),
+                           Code.INVALID_ARGUMENT, "collection name"),
+    "path on drop": ("DropCollection", pb.DropCollectionRequest(name="../fixed"),
+                     Code.INVALID_ARGUMENT, "collection name"),
+    "oversized message": ("Insert", pb.WriteRequest(
+        collection="fixed", dim=DIM, vectors=bytes((MAX_MESSAGE_MB << 20) + 4 * DIM)),
+        Code.RESOURCE_EXHAUSTED, "larger than max"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_INPUT))
+def test_bad_input_gets_its_code_and_changes_nothing(stub, fixed, case):
+    method, request, code, words = BAD_INPUT[case]
+    before = _snapshot(stub, fixed)
+    with pytest.raises(grpc.RpcError) as raised:
+        getattr(stub, method)(request)
+    assert raised.value.code() == code, raised.value.details()
+    assert words in raised.value.details()
+    assert _snapshot(stub, fixed) == before
+
+
+def test_a_stream_reports_the_failing_message_and_keeps_the_ones_before(stub, fixed):
+    good = pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM, ids=[5000])
+    bad = pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM, ids=[5000])
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.InsertStream(iter([good, bad]))
+    assert raised.value.code() == Code.ALREADY_EXISTS
+    assert raised.value.details().startswith("message 1 (after 1 rows written)")
+    assert stub.Delete(pb.DeleteRequest(collection="fixed", ids=[5000])).deleted == 1
+
+
+def test_remote_errors_are_the_embedded_error_types(client, fixed):
+    c = client.get_collection("fixed")
+    with pytest.raises(vecstore.AlreadyExists):
+        c.add(np.ones(DIM), ids=[3])
+    with pytest.raises(vecstore.NotFound):
+        c.get([12345])
+    with pytest.raises(vecstore.InvalidArgument, match="rescore"):
+        c.search(np.ones(DIM), k=2, rescore=0)
+    with pytest.raises(vecstore.InvalidArgument, match="collection name"):
+        client.get_collection("../etc")
+
+
+# --- health, reflection, limits -----------------------------------------------------------
+
+def test_health_answers_serving(server):
+    with grpc.insecure_channel(server.address) as channel:
+        check = health_pb2_grpc.HealthStub(channel).Check
+        for service in ("", "vecstore.v1.Vecstore"):
+            response = check(health_pb2.HealthCheckRequest(service=service), timeout=10)
+            assert response.status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as raised:
+            check(health_pb2.HealthCheckRequest(service="no.such.Service"), timeout=10)
+        assert raised.value.code() == Code.NOT_FOUND
+
+
+def test_reflection_lists_and_describes_the_service(server):
+    with grpc.insecure_channel(server.address) as channel:
+        database = ProtoReflectionDescriptorDatabase(channel)
+        services = database.get_services()
+        assert {"vecstore.v1.Vecstore", "grpc.health.v1.Health"} <= set(services)
+        from google.protobuf.descriptor_pool import DescriptorPool
+
+        pool = DescriptorPool(database)
+        service = pool.FindServiceByName("vecstore.v1.Vecstore")
+        assert {m.name for m in service.methods} == set(
+            pb.DESCRIPTOR.services_by_name["Vecstore"].methods_by_name)
+        assert pool.FindMessageTypeByName("vecstore.v1.SearchRequest").fields_by_name["k"]
+
+
+def test_server_info_names_the_version(client):
+    assert client.server_info() == {"version": vecstore.__version__, "device": "auto",
+                                    "read_only": False}
+
+
+def test_calls_beyond_the_concurrency_cap_are_refused(tmp_path):
+    server = start_server(tmp_path, "--max-concurrent-rpcs", "1")
+    release = threading.Event()
+
+    def held_open():  # a client stream that keeps its call, the only one allowed, open
+        release.wait(30)
+        yield from ()
+
+    try:
+        with grpc.insecure_channel(server.address) as channel, \
+                vecstore.Client(server.address, retries=0) as client:
+            stub = pb_grpc.VecstoreStub(channel)
+            stream = stub.InsertStream.future(held_open())
+            with pytest.raises(vecstore.ResourceExhausted):
+                for _ in range(100):  # until the stream has surely taken the slot
+                    client.list_collections()
+                    time.sleep(0.02)
+            with pytest.raises(grpc.RpcError) as raised:
+                stub.ListCollections(pb.ListCollectionsRequest(), timeout=10)
+            assert raised.value.code() == Code.RESOURCE_EXHAUSTED
+            release.set()
+            assert list(stream.result(timeout=30).ids) == []
+            assert client.list_collections() == []
+    finally:
+        release.set()
+        assert server.stop() == 0
+
+
+# --- configuration ------------------------------------------------------------------------
+
+def test_keys_over_plaintext_off_loopback_need_an_explicit_flag():
+    from vecstore.server import ApiKeys, Server
+
+    with vecstore.open() as db:
+        with pytest.raises(vecstore.InvalidArgument, match="--allow-insecure-keys"):
+            Server(db, host="0.0.0.0", port=0, keys=ApiKeys("secret"))
+        Server(db, host="127.0.0.1", port=0, keys=ApiKeys("secret")).stop(0)
+        Server(db, host="0.0.0.0", port=0, keys=ApiKeys("secret"),
+               allow_insecure_keys=True).stop(0)
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_tls_with_an_api_key(tmp_path):
+    from vecstore.server import ApiKeys, serve
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    with serve(None, host="localhost", port=0, keys=ApiKeys("s3cret"),
+               tls=(str(cert), str(key))) as server:
+        with vecstore.Client(f"grpcs://localhost:{server.port}", api_key="s3cret",
+                             root_certificates=cert.read_bytes()) as client:
+            client.create_collection("t", dim=4).add(np.eye(4))
+            assert client.list_collections() == ["t"]
+        with vecstore.Client(f"localhost:{server.port}", api_key="s3cret",
+                             retries=0) as plain:
+            with pytest.raises(vecstore.Unavailable):
+                plain.list_collections()
+
+
+def test_committed_stubs_match_the_proto(tmp_path):
+    # The same command as `make proto`, into a temporary directory.
+    subprocess.run([sys.executable, "-m", "grpc_tools.protoc", "-Iproto",
+                    f"--python_out={tmp_path}", f"--pyi_out={tmp_path}",
+                    f"--grpc_python_out={tmp_path}", "proto/vecstore/v1/vecstore.proto"],
+                   cwd=REPO_ROOT, check=True)
+    for name in ("vecstore_pb2.py", "vecstore_pb2.pyi", "vecstore_pb2_grpc.py"):
+        fresh = (tmp_path / "vecstore" / "v1" / name).read_bytes()
+        committed = (REPO_ROOT / "vecstore" / "v1" / name).read_bytes()
+        assert fresh == committed, f"vecstore/v1/{name} is stale: run make proto"

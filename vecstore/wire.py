@@ -1,0 +1,140 @@
+"""Conversions between numpy/Arrow values and the fields of the gRPC messages.
+
+Shared by the server (``vecstore.server``) and the client (``vecstore.client``) so that
+both ends read and write the wire format of ``proto/vecstore/v1/vecstore.proto`` the same
+way:
+
+- vectors: packed little-endian float32 bytes, n * dim * 4 of them, row after row;
+- metadata: the Arrow IPC stream format of one table, so every Arrow type survives exactly;
+- filters: the dict form of ``vecstore.metadata`` as JSON;
+- search results: flat ids and distances with a count per query (padding is not sent).
+
+Every failure raises InvalidArgument naming the field.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from vecstore.collection import SearchResult
+from vecstore.errors import InvalidArgument
+
+FLOAT32_LE = np.dtype("<f4")
+
+
+def pack_vectors(x: np.ndarray) -> bytes:
+    """The bytes of ``x`` (n, d) as little-endian float32, row after row."""
+    return np.ascontiguousarray(x, dtype=FLOAT32_LE).tobytes()
+
+
+def unpack_vectors(data: bytes, dim: int, field: str = "vectors") -> np.ndarray:
+    """The (n, dim) float32 array packed in ``data`` (read-only, no copy).
+
+    Raises InvalidArgument when ``dim`` is not positive or the byte length is not a
+    multiple of 4 * dim. An empty ``data`` gives an empty (0, dim) batch, which the
+    collection rejects with its own message.
+    """
+    if dim <= 0:
+        raise InvalidArgument(f"{field}: dim must be a positive integer, got {dim}")
+    if len(data) % (FLOAT32_LE.itemsize * dim):
+        raise InvalidArgument(
+            f"{field}: {len(data)} bytes is not a whole number of float32 vectors of "
+            f"dim {dim} ({FLOAT32_LE.itemsize * dim} bytes each)"
+        )
+    return np.frombuffer(data, dtype=FLOAT32_LE).reshape(-1, dim)
+
+
+def pack_table(table: pa.Table | None) -> bytes:
+    """``table`` in the Arrow IPC stream format; empty bytes for None."""
+    if table is None:
+        return b""
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def unpack_table(data: bytes, field: str = "metadata") -> pa.Table | None:
+    """The table in the Arrow IPC stream ``data``; None for empty bytes."""
+    if not data:
+        return None
+    try:
+        with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
+            table = reader.read_all()
+        table.validate(full=True)
+    except (pa.ArrowException, ValueError, OSError) as exc:
+        raise InvalidArgument(f"{field}: not a valid Arrow IPC stream: {exc}") from exc
+    return table
+
+
+def _json_value(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, set | frozenset):
+        return sorted(value)
+    raise InvalidArgument(f"filter: value {value!r} of type {type(value).__name__} "
+                          "cannot be sent as JSON")
+
+
+def filter_to_json(filter) -> str:
+    """The dict form of a filter as JSON; empty for None.
+
+    A pyarrow Expression has no portable encoding, so remote searches take the dict form.
+    """
+    if filter is None:
+        return ""
+    if isinstance(filter, pc.Expression):
+        raise InvalidArgument("filter: a remote search takes the dict form of a filter "
+                              "(see vecstore.metadata), not a pyarrow Expression")
+    if not isinstance(filter, dict):
+        raise InvalidArgument(
+            f"filter must be a pyarrow.compute.Expression or a dict, got {type(filter).__name__}"
+        )
+    return json.dumps(filter, default=_json_value, allow_nan=False)
+
+
+def filter_from_json(text: str) -> dict | None:
+    """The dict filter in ``text``; None for an empty string."""
+    if not text:
+        return None
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise InvalidArgument(f"filter_json: not valid JSON: {exc}") from exc
+    if not isinstance(value, dict):
+        raise InvalidArgument(f"filter_json must hold a JSON object, got {type(value).__name__}")
+    return value
+
+
+def flatten_results(result: SearchResult) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query counts (nq,) uint32 and the found ids and distances, flat, best first.
+
+    Missing results (id -1) come last in each row of a SearchResult and are not sent.
+    """
+    found = result.ids >= 0
+    return (found.sum(axis=1).astype(np.uint32), result.ids[found],
+            result.distances[found].astype(np.float32))
+
+
+def expand_results(counts, ids, distances, k: int, metric: str) -> SearchResult:
+    """The (nq, k) SearchResult of flat results, padded with id -1 and -inf (ip, cosine)
+    or +inf (l2) distances as the embedded search pads."""
+    counts = np.asarray(counts, dtype=np.int64)
+    flat_ids = np.asarray(ids, dtype=np.int64)
+    flat_distances = np.asarray(distances, dtype=np.float32)
+    if counts.size and (counts.max() > k or counts.sum() != flat_ids.size
+                        or flat_ids.size != flat_distances.size):
+        raise InvalidArgument("search response: counts do not match the ids and distances")
+    pad = np.float32(np.inf if metric == "l2" else -np.inf)
+    out_ids = np.full((counts.size, k), -1, dtype=np.int64)
+    out_distances = np.full((counts.size, k), pad, dtype=np.float32)
+    filled = np.arange(k)[None, :] < counts[:, None]
+    out_ids[filled] = flat_ids
+    out_distances[filled] = flat_distances
+    return SearchResult(out_distances, out_ids)
