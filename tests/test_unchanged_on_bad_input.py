@@ -231,7 +231,8 @@ BAD_CALLS = {
     "create-duplicate-other-config": (
         lambda e: e.db.create_collection("pq", dim=8, codec="flat"), AlreadyExists),
     "drop-unknown": (lambda e: e.db.drop_collection("nope"), NotFound),
-    "drop-not-str": (lambda e: e.db.drop_collection(None), NotFound),
+    "drop-not-str": (lambda e: e.db.drop_collection(None), InvalidArgument),
+    "drop-path": (lambda e: e.db.drop_collection("../c"), InvalidArgument),
     "get-collection-unknown": (lambda e: e.db.get_collection("nope"), NotFound),
     "open-again": (lambda e: vecstore.open(e.path), Locked),
     "open-bad-durability": (lambda e: vecstore.open(e.path, durability="never"),
