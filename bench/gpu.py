@@ -148,6 +148,51 @@ def time_encoding(cp, n: int, dim: int, repeat: int) -> dict:
             "from_device_s": from_device, "from_host_s": from_host, "cpu_equal": same}
 
 
+def stage_times(n: int, dim: int, nq: int) -> dict:
+    """GPU time of each stage of the tensor-core path for one tile of rows (random tq4
+    codes): dequantize, GEMM, per-slice top-k; ``cupyx.profiler.benchmark``, 20 runs."""
+    import cupy as cp
+    from cupyx.profiler import benchmark
+
+    codec = vecstore.make_codec("tq4", dim=dim, seed=0)
+    codes = random_device_codes(cp, codec, n, seed=1)
+    n_words, n_pad = codes.words.shape
+    dim_pad = -(-dim // 8) * 8
+    rows = max(1, gpu.TILE_BYTES // (2 * dim_pad * gpu.SLICE_ROWS)) * gpu.SLICE_ROWS
+    kc, size = 42, 1024
+    tile = cp.empty((rows, dim_pad), dtype=cp.float16)
+    queries = cp.random.standard_normal((nq, dim_pad)).astype(cp.float16)
+    scores = cp.empty((nq, rows), dtype=cp.float16)
+    halves = cp.asarray(codec._centroids32.astype(np.float16).view(np.uint16))
+    n_slots = -(-n // gpu.SLICE_ROWS)
+    candidates = cp.empty((nq, n_slots, kc), dtype=cp.uint64)
+    bounds = cp.full(nq, gpu.EMPTY_SLOT, dtype=cp.uint64)
+    zeros, ones = cp.zeros(n, dtype=cp.float32), cp.ones(nq, dtype=cp.float32)
+    dequantize = gpu._kernel("tq_batch.cu", "tq_dequantize<4>")
+    tile_topk = gpu._kernel("tq_batch.cu", "tile_topk")
+    stages = {
+        "dequantize": lambda: dequantize(
+            (-(-rows // gpu.DEQUANT_ROWS),), (gpu.BLOCK_THREADS,),
+            (codes.words, np.int32(n_words), np.int32(n_pad), np.int32(0), np.int32(rows),
+             np.int32(dim), np.int32(dim_pad), halves, tile),
+            shared_mem=n_words * (gpu.DEQUANT_ROWS + 1) * 4 + 32),
+        "gemm": lambda: gpu._gemm_f16(cp, tile, rows, queries, nq, dim_pad, scores, rows),
+        "tile_topk": lambda: tile_topk(
+            (-(-rows // gpu.SLICE_ROWS), nq), (gpu.BLOCK_THREADS,),
+            (scores, np.int32(rows), np.int32(rows), np.int32(0), np.int32(0), np.int32(nq),
+             np.int32(gpu.SLICE_ROWS), np.int32(n_slots), codes.scale, zeros, ones,
+             zeros, np.float32(-1), np.int32(kc), np.int32(size), bounds, candidates),
+            shared_mem=size * 8 + 8),
+    }
+    out = {"kind": "gpu-stages", "n": n, "dim": dim, "nq": nq, "tile_rows": rows}
+    for name, stage in stages.items():
+        result = benchmark(stage, (), n_repeat=20, n_warmup=2)
+        out[f"{name}_us"] = float(result.gpu_times.mean() * 1e6)
+        print(f"d={dim} nq={nq} tile of {rows:,} rows: {name} {out[f'{name}_us']:.1f} us "
+              f"(GPU), {result.cpu_times.mean() * 1e6:.1f} us (host)", flush=True)
+    return out
+
+
 def check() -> int:
     """A small GPU search per kernel path, compared with the CPU; for compute-sanitizer."""
     rng = np.random.default_rng(0)
@@ -155,7 +200,7 @@ def check() -> int:
     failures = 0
     with vecstore.open(segment_bytes=100_000) as db:
         for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip"),
-                             ("mib-hamming", "l2"), ("pq16x4", "ip")):
+                             ("mib-hamming", "l2"), ("pq16x4", "ip"), ("tq3-prod", "ip")):
             c = db.create_collection(spec, dim=64, metric=metric, codec=spec)
             c.add(x[:2000])
             c.flush()
@@ -186,6 +231,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--out", default=None, help="write JSON lines here")
     parser.add_argument("--check", action="store_true",
                         help="only run small searches against the CPU (for compute-sanitizer)")
+    parser.add_argument("--stages", action="store_true",
+                        help="only time the stages of the tensor-core path on one tile")
     args = parser.parse_args(argv)
     reason = gpu.unavailable_reason()
     if reason is not None:
@@ -193,6 +240,11 @@ def main(argv: list[str]) -> int:
         return 2
     if args.check:
         return check()
+    if args.stages:
+        for dim in (int(d) for d in args.dims.split(",")):
+            for nq in (256, 4096):
+                stage_times(args.n, dim, nq)
+        return 0
     rows = run(args.n, [int(d) for d in args.dims.split(",")],
                [int(b) for b in args.batches.split(",")], args.big or None, args.k, args.repeat)
     if args.out:

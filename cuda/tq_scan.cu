@@ -21,13 +21,17 @@
 // memory, so each coordinate costs one lookup and one add. GIVEN_TABLE (implies TABLE and
 // NQ = 1): the table comes per query from `tables` (nq x DIM x levels), for codecs whose
 // score is a sum of per-value table entries (PQ distance tables, MIB per-dimension levels).
-template <int BITS, int NQ, bool TABLE, int DIM, bool GIVEN_TABLE>
+// PROD (TurboQuant_prod): BITS are the MSE bits, and each row also has DIM QJL sign bits
+// in `signs` (same transposed layout) and a factor residual[row] = sqrt(pi/2)/D * ||r||:
+//     dot_q += residual[row] * sum_j sketched[q][j] * (sign_j ? 1 : -1)
+template <int BITS, int NQ, bool TABLE, int DIM, bool GIVEN_TABLE, bool PROD>
 __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg, int n, int n_pad,
                         const float* __restrict__ row_scale, const float* __restrict__ row_bias,
                         const float* __restrict__ queries, const float* __restrict__ query_bias,
                         int nq, int dim_arg, const float* __restrict__ centroids, float key_scale,
                         int k, int size, int rows_per_block, const float* __restrict__ tables,
-                        u64* __restrict__ out) {
+                        const unsigned int* __restrict__ signs, const float* __restrict__ sketched,
+                        const float* __restrict__ residual, u64* __restrict__ out) {
     extern __shared__ __align__(16) unsigned char smem[];
     constexpr int dim = DIM;
     constexpr int n_words = (DIM * BITS + 31) / 32;
@@ -38,6 +42,7 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     int* counts = reinterpret_cast<int*>(c_s + levels);          // NQ
     int* flush_flag = counts + NQ;                               // 1
     float* table = reinterpret_cast<float*>(flush_flag + 1);     // dim * levels when TABLE
+    float* sq_s = table + (TABLE ? dim * levels : 0);            // NQ * dim when PROD
     BlockTopK top{best, counts, flush_flag, NQ, size, k};
 
     const int q0 = blockIdx.y * NQ;
@@ -47,6 +52,12 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
         q_s[i] = (q0 + q < nq) ? queries[(size_t)(q0 + q) * dim + (i % dim)] : 0.0f;
     }
     for (int i = threadIdx.x; i < levels; i += blockDim.x) c_s[i] = centroids[i];
+    if (PROD) {
+        for (int i = threadIdx.x; i < NQ * dim; i += blockDim.x) {
+            int q = i / dim;
+            sq_s[i] = (q0 + q < nq) ? sketched[(size_t)(q0 + q) * dim + (i % dim)] : 0.0f;
+        }
+    }
     __syncthreads();
     if (TABLE) {
         for (int i = threadIdx.x; i < dim * levels; i += blockDim.x)
@@ -111,6 +122,27 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
 #pragma unroll
                     for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
                 }
+            }
+            if (PROD) {
+                constexpr int sign_words = (DIM + 31) / 32;
+                float qjl[NQ];
+#pragma unroll
+                for (int q = 0; q < NQ; ++q) qjl[q] = 0.0f;
+                for (int w = 0; w < sign_words; ++w) {
+                    const unsigned int bits = __ldg(signs + (size_t)w * n_pad + row);
+#pragma unroll
+                    for (int b = 0; b < 32; ++b) {
+                        const int j = w * 32 + b;
+                        if (j < dim) {
+                            const float sign = ((bits >> b) & 1u) ? 1.0f : -1.0f;
+#pragma unroll
+                            for (int q = 0; q < NQ; ++q) qjl[q] = fmaf(sq_s[q * dim + j], sign, qjl[q]);
+                        }
+                    }
+                }
+                const float factor = residual[row];
+#pragma unroll
+                for (int q = 0; q < NQ; ++q) dot[q] = fmaf(factor, qjl[q], dot[q]);
             }
             const float scale = row_scale[row] * key_scale;
             const float bias = row_bias[row];

@@ -30,6 +30,7 @@ def assert_same_results(cpu, gpu_result, tolerance):
 @pytest.mark.gpu
 @needs_gpu
 @pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq8", "tq2c", "tq4c",
+                                  "tq2-prod", "tq3-prod", "tq4-prod", "tq5-prod",
                                   "pq24x8", "pq48x4", "mib", "mib2", "mib4", "mib-hamming"])
 @pytest.mark.parametrize("metric", ["ip", "l2", "cosine"])
 def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
@@ -179,7 +180,8 @@ def test_codecs_without_a_kernel_fall_back_under_auto(monkeypatch):
     assert gpu.supports(vecstore.make_codec("tq3", dim=8))
     assert not gpu.supports(vecstore.make_codec("mib-hamming", dim=8))  # untrained
     assert not gpu.supports(vecstore.make_codec("pq4x8", dim=8))  # untrained
-    assert not gpu.supports(vecstore.make_codec("tq4-prod", dim=8))
+    assert gpu.supports(vecstore.make_codec("tq4-prod", dim=8))
+    assert not gpu.supports(vecstore.make_codec("fp8-pca4", dim=8))
     with vecstore.open(device="auto") as db:
         c = db.create_collection("c", dim=8, codec="flat")
         c.add(np.eye(8))
@@ -197,6 +199,16 @@ def test_device_layout_transposes_packed_words():
     np.testing.assert_array_equal(words[:, :40].T.copy().view(np.uint8), codes[:, :8])
     np.testing.assert_allclose(scale, np.linalg.norm(x, axis=1), rtol=1e-6)
     np.testing.assert_allclose(sq_norms, scale**2, rtol=1e-6)
+
+
+def test_prod_layout_holds_the_signs_and_residual_factors():
+    codec = vecstore.make_codec("tq3-prod", dim=40, seed=0)
+    codes = codec.encode(unit_rows(9, 40, 16))
+    signs, residual = gpu.prod_layout(codec, codes)
+    assert signs.shape == (2, 32) and signs.dtype == np.uint32
+    np.testing.assert_array_equal(signs[:, :9].T.copy().view(np.uint8)[:, :5],
+                                  codes[:, codec.index_bytes : codec.norm_offset])
+    np.testing.assert_allclose(residual, codec.qjl_scale * codec.residual_norms(codes))
 
 
 def test_unpack_keys_inverts_the_kernel_packing():

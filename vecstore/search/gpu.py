@@ -71,15 +71,17 @@ def unavailable_reason() -> str | None:
 
 
 def _family(codec) -> str | None:
-    """"tq" (TurboQuant MSE codes, tq{b} and tq{b}c), "table" (trained PQ, MIB with
-    asymmetric scoring: scores are sums of per-value table entries), "hamming" (trained
-    1-bit MIB with Hamming scoring) or None."""
+    """"tq" (TurboQuant MSE codes, tq{b} and tq{b}c), "prod" (TurboQuant_prod,
+    tq{b}-prod), "table" (trained PQ, MIB with asymmetric scoring: scores are sums of
+    per-value table entries), "hamming" (trained 1-bit MIB with Hamming scoring) or None."""
     from vecstore.codecs.mib import MIBCodec
     from vecstore.codecs.pq import ProductQuantizer
-    from vecstore.codecs.turboquant import TurboQuantMSE
+    from vecstore.codecs.turboquant import TurboQuantMSE, TurboQuantProd
 
     if isinstance(codec, TurboQuantMSE):
         return "tq"
+    if isinstance(codec, TurboQuantProd):
+        return "prod"
     if isinstance(codec, ProductQuantizer) and codec.is_trained:
         return "table"
     if isinstance(codec, MIBCodec) and codec.is_trained:
@@ -88,8 +90,8 @@ def _family(codec) -> str | None:
 
 
 def supports(codec) -> bool:
-    """Whether a GPU kernel scores ``codec``'s codes: TurboQuant ``tq{b}``/``tq{b}c``, PQ
-    and MIB (asymmetric or Hamming)."""
+    """Whether a GPU kernel scores ``codec``'s codes: TurboQuant (``tq{b}``, ``tq{b}c``,
+    ``tq{b}-prod``), PQ and MIB (asymmetric or Hamming)."""
     return _family(codec) is not None
 
 
@@ -106,7 +108,7 @@ class CodeFormat:
 def code_format(codec) -> CodeFormat:
     from vecstore.codecs.pq import ProductQuantizer
 
-    if _family(codec) == "tq":
+    if _family(codec) in ("tq", "prod"):
         return CodeFormat(codec.index_bytes, codec.mse_bits, codec.rot_dim)
     if isinstance(codec, ProductQuantizer):
         return CodeFormat(codec.code_size, codec.nbits, codec.m)
@@ -153,9 +155,9 @@ def _kernel(source: str, name: str):
     return module.get_function(name)
 
 
-def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool):
-    return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{str(table).lower()},{dim},"
-                                 f"{str(given_table).lower()}>")
+def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, prod: bool):
+    flags = ",".join(str(flag).lower() for flag in (table, dim, given_table, prod))
+    return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{flags}>")
 
 
 @lru_cache(maxsize=64)
@@ -200,6 +202,8 @@ class DeviceCodes:
     words : (W, n_pad) uint32, word w of every row's packed indices, rows contiguous
     scale : (n,) float32, the factor on <q_rot, y_mse> (||x||, or ||x|| / <y, y_mse>)
     sq_norms : (n,) float32, ||x||^2 for l2 keys
+    signs : (S, n_pad) uint32, QJL sign words of tq{b}-prod codes (else None)
+    residual : (n,) float32, sqrt(pi/2)/D * ||r|| of tq{b}-prod codes (else None)
     """
 
     words: object
@@ -207,6 +211,8 @@ class DeviceCodes:
     sq_norms: object
     n: int
     zeros: object = None
+    signs: object = None
+    residual: object = None
 
     def __post_init__(self):
         if self.zeros is None:
@@ -214,23 +220,36 @@ class DeviceCodes:
 
     @property
     def nbytes(self) -> int:
+        extra = [a.nbytes for a in (self.signs, self.residual) if a is not None]
         return int(self.words.nbytes + self.scale.nbytes + self.sq_norms.nbytes
-                   + self.zeros.nbytes)
+                   + self.zeros.nbytes + sum(extra))
+
+
+def transposed_words(packed: np.ndarray) -> np.ndarray:
+    """Bytes (n, B) uint8 as the kernels' words (ceil(B / 4), n_pad) uint32: word w of
+    every row contiguous, rows padded with zeros to a multiple of 32."""
+    n, width = packed.shape
+    n_words = -(-width // 4)
+    n_pad = -(-max(n, 1) // 32) * 32
+    padded = np.zeros((n_pad, n_words * 4), dtype=np.uint8)
+    padded[:n, :width] = packed
+    return np.ascontiguousarray(padded.view("<u4").T)
+
+
+def prod_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """QJL sign words (S, n_pad) uint32 and residual factors (n,) float32 of tq{b}-prod
+    codes (n, code_size) uint8."""
+    signs = transposed_words(codes[:, codec.index_bytes : codec.norm_offset])
+    return signs, (codec.qjl_scale * codec.residual_norms(codes)).astype(np.float32)
 
 
 def device_layout(codec, codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Host arrays of ``DeviceCodes`` for codes (n, code_size) uint8: words (W, n_pad)
     uint32, scale (n,) float32, squared norms (n,) float32."""
-    n = codes.shape[0]
-    index_bytes = code_format(codec).index_bytes
-    n_words = -(-index_bytes // 4)
-    n_pad = -(-max(n, 1) // 32) * 32
-    packed = np.zeros((n_pad, n_words * 4), dtype=np.uint8)
-    packed[:n, :index_bytes] = codes[:, :index_bytes]
-    words = np.ascontiguousarray(packed.view("<u4").T)
+    words = transposed_words(codes[:, : code_format(codec).index_bytes])
     norms = codec.norms(codes)
     if _family(codec) in ("table", "hamming"):
-        scale = np.ones(n, dtype=np.float32)
+        scale = np.ones(codes.shape[0], dtype=np.float32)
     elif hasattr(codec, "corrections"):
         scale = norms * codec.corrections(codes)
     else:
@@ -269,7 +288,9 @@ class GpuScanner:
             if found is not None:
                 return found
             words, scale, sq_norms = device_layout(codec, codes)
+            extra = prod_layout(codec, codes) if _family(codec) == "prod" else (None, None)
             needed = words.nbytes + 2 * scale.nbytes + sq_norms.nbytes
+            needed += sum(a.nbytes for a in extra if a is not None)
             if self.resident_bytes + needed > self.budget_bytes:
                 raise OutOfDeviceMemory(
                     f"{codes.shape[0]:,} more codes need {needed / 2**20:,.1f} MiB of GPU "
@@ -277,8 +298,9 @@ class GpuScanner:
                     f"{self.budget_bytes / 2**20:,.1f} MiB budget are in use"
                 )
             cp = self.cupy
+            signs, residual = (None if a is None else cp.asarray(a) for a in extra)
             device = DeviceCodes(cp.asarray(words), cp.asarray(scale), cp.asarray(sq_norms),
-                                 codes.shape[0])
+                                 codes.shape[0], signs=signs, residual=residual)
             self._resident[key] = device
             return device
 
@@ -364,14 +386,22 @@ class GpuScanner:
         """tq_scan: CUDA cores, one thread per row; per-block candidates (nq, blocks, k)."""
         cp = self.cupy
         fmt = code_format(codec)
-        given = _family(codec) == "table"
+        given, prod = _family(codec) == "table", _family(codec) == "prod"
         nq, dim, levels = queries.shape[0], fmt.values, 1 << fmt.bits
+        unused = _device_constant(np.zeros(1, dtype=np.float32).tobytes())
+        signs, sketched, residual = device.words, unused, unused
         if given:
             tables = cp.asarray(query_tables(codec, queries))
             rotated = np.zeros((nq, dim), dtype=np.float32)
             centroids = _device_constant(np.zeros(levels, dtype=np.float32).tobytes())
+        elif prod:
+            tables = unused
+            state = codec.prepare_query(queries)
+            rotated, sketched = state.rotated, cp.asarray(state.sketched, dtype=cp.float32)
+            signs, residual = device.signs, device.residual
+            centroids = _device_constant(codec._centroids32.tobytes())
         else:
-            tables = _device_constant(np.zeros(1, dtype=np.float32).tobytes())
+            tables = unused
             rotated = self._rotate(codec, queries)
             centroids = _device_constant(codec._centroids32.tobytes())
         group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
@@ -380,8 +410,9 @@ class GpuScanner:
         table = given or (group == 1 and 32 % fmt.bits == 0
                           and dim * levels * 4 <= TABLE_BYTES)
         shared += dim * levels * 4 if table else 0
+        shared += group * dim * 4 if prod else 0
         self._check_shared(shared, f"k={k} with {dim} values of {fmt.bits} bits")
-        kernel = _tq_kernel(fmt.bits, group, table, dim, given)
+        kernel = _tq_kernel(fmt.bits, group, table, dim, given, prod)
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks, rows_per_block = self._row_blocks(device.n)
@@ -391,7 +422,8 @@ class GpuScanner:
                (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
                 np.int32(device.words.shape[1]), device.scale, row_bias, query_rows,
                 query_bias, np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k),
-                np.int32(size), np.int32(rows_per_block), tables, out),
+                np.int32(size), np.int32(rows_per_block), tables, signs, sketched, residual,
+                out),
                shared_mem=shared)
         return out
 
@@ -480,7 +512,7 @@ class GpuScanner:
                     _gemm_f16(cp, tile, rows, halves[q0:], width, dim_pad, scores, tile_rows)
                     tile_topk((-(-rows // slice_rows), width), (BLOCK_THREADS,),
                               (scores, np.int32(tile_rows), np.int32(rows), np.int32(row0),
-                               np.int32(q0 - q_first), np.int32(q_last - q_first),
+                               np.int32(q0 - q_first), np.int32(q0 - q_first + width),
                                np.int32(slice_rows), np.int32(n_slots), device.scale,
                                row_bias, query_norms[q_first:], query_bias[q_first:],
                                key_scale, np.int32(kc),
