@@ -690,10 +690,14 @@ class Collection:
         query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
         self._gpu.retain(part.key for part in parts)
         top = TopK(q.shape[0], k)
-        for part, offset, mask in zip(parts, offsets, masks, strict=False):
-            device = self._gpu.resident(part.key, self.codec, part.columns[rows.CODE])
-            keys, found = self._gpu.scan(self.codec, device, q, self.metric, k,
-                                         query_sq_norms, mask)
+        # Every part's kernels are launched before the first result is awaited.
+        pending = [self._gpu.submit(self.codec,
+                                    self._gpu.resident(part.key, self.codec,
+                                                       part.columns[rows.CODE]),
+                                    q, self.metric, k, query_sq_norms, mask)
+                   for part, mask in zip(parts, masks, strict=False)]
+        for part, offset, scan in zip(parts, offsets, pending, strict=False):
+            keys, found = scan.result()
             ties = np.where(found >= 0, part.columns[rows.ID][np.maximum(found, 0)], EMPTY_TIE)
             local = TopK.of(keys, found, ties)
             top.merge(local, offset=offset)

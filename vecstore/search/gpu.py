@@ -336,6 +336,14 @@ class GpuScanner:
         picks the tensor-core path for TurboQuant codes (default: from
         ``BATCH_MIN_QUERIES`` queries on).
         """
+        return self.submit(codec, device, queries, metric, k, query_sq_norms, mask,
+                           batch).result()
+
+    def submit(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
+               query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None,
+               batch: bool | None = None) -> PendingScan:
+        """Launch ``scan``'s kernels and return without waiting for them, so the scans of
+        several parts overlap with the host work of launching the next."""
         cp = self.cupy
         if not 1 <= k <= MAX_K:
             raise InvalidArgument(f"the GPU kernels keep at most {MAX_K} results per query")
@@ -354,20 +362,11 @@ class GpuScanner:
             out = self._scan_hamming(codec, device, queries, k, key_scale, row_bias,
                                      query_bias)
         elif family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
-            return unpack_keys(cp.asnumpy(self._scan_batch(
-                codec, device, queries, k, key_scale, row_bias, query_bias)))
+            out = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
         else:
             out = self._scan_fused(codec, device, queries, k, key_scale, row_bias,
                                    query_bias)
-        candidates = out.reshape(nq, -1)
-        if candidates.size <= HOST_MERGE_MAX:
-            candidates = cp.asnumpy(candidates)
-            if candidates.shape[1] > k:
-                candidates = np.partition(candidates, k - 1, axis=1)[:, :k]
-            best = np.sort(candidates, axis=1)
-        else:
-            best = cp.asnumpy(cp.sort(candidates, axis=1)[:, :k])
-        return unpack_keys(best)
+        return PendingScan(self.cupy, out.reshape(nq, -1), k)
 
     def _row_blocks(self, n: int) -> tuple[int, int]:
         """Blocks and rows per block of a one-thread-per-row scan of n rows."""
@@ -526,6 +525,25 @@ class GpuScanner:
                     np.int32(k), best[q_first:]),
                    shared_mem=finish_shared)
         return best
+
+
+@dataclass
+class PendingScan:
+    """A launched scan: ``candidates`` (nq, m) uint64 packed keys on the device, m >= k."""
+
+    cupy: object
+    candidates: object
+    k: int
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """Wait for the kernels; keys (nq, k) float32 and rows (nq, k) int64, as ``scan``."""
+        candidates, k = self.candidates, self.k
+        if candidates.size > HOST_MERGE_MAX:
+            return unpack_keys(self.cupy.asnumpy(self.cupy.sort(candidates, axis=1)[:, :k]))
+        candidates = self.cupy.asnumpy(candidates)
+        if candidates.shape[1] > k:
+            candidates = np.partition(candidates, k - 1, axis=1)[:, :k]
+        return unpack_keys(np.sort(candidates, axis=1))
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
