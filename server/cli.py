@@ -22,14 +22,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--data", required=True, help="database directory (created if absent)")
     parser.add_argument("--host", default="127.0.0.1",
-                        help="address to bind (default: loopback only)")
-    parser.add_argument("--port", type=int, default=50051, help="port; 0 picks a free one")
+                        help="address to bind (default: %(default)s, loopback only)")
+    parser.add_argument("--port", type=int, default=50051,
+                        help="port (default: %(default)s); 0 picks a free one")
     parser.add_argument("--port-file", type=Path,
                         help="write the bound port to this file once serving")
     parser.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
-                        help="where searches run (vecstore.open's device)")
+                        help="where searches run (default %(default)s)")
     parser.add_argument("--durability", choices=("sync", "batch"), default="sync",
-                        help="fsync every write (sync) or every 50 ms (batch)")
+                        help="fsync every write (sync, the default) or every 50 ms (batch)")
     parser.add_argument("--api-key-file", help="read-write API key (else $VECSTORE_API_KEY)")
     parser.add_argument("--readonly-api-key-file",
                         help="read-only API key (else $VECSTORE_READONLY_API_KEY)")
@@ -42,11 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request or response in MiB (default %(default)s)")
     parser.add_argument("--max-concurrent-rpcs", type=int,
                         default=app.DEFAULT_MAX_CONCURRENT_RPCS,
-                        help="calls beyond this many at once get RESOURCE_EXHAUSTED")
+                        help="calls beyond this many at once get RESOURCE_EXHAUSTED "
+                             "(default %(default)s)")
     parser.add_argument("--workers", type=int, default=app.DEFAULT_WORKERS,
-                        help="threads running calls")
+                        help="threads running calls (default %(default)s)")
     parser.add_argument("--grace", type=float, default=app.DEFAULT_GRACE_S,
-                        help="seconds calls in flight get to finish on shutdown")
+                        help="seconds calls in flight get to finish on shutdown "
+                             "(default %(default)s)")
 
 
 def run(args: argparse.Namespace) -> int:

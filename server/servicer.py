@@ -153,6 +153,10 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
         try:
             for index, request in enumerate(request_iterator):  # noqa: B007
                 written.extend(self._write(request, upsert=False).ids)
+        except grpc.RpcError:
+            # The stream itself failed (a message over the size limit, a cancelled call):
+            # gRPC has already ended the call with its status; nothing to report or log.
+            raise
         except Exception as exc:  # reported with the failing message's index
             abort_with(context, exc, f"message {index} (after {len(written)} rows written): ")
         return pb.WriteResponse(ids=written)

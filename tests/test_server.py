@@ -4,6 +4,7 @@ and reflection answer, limits hold, and the committed stubs match the proto."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -36,6 +37,8 @@ def server(tmp_path_factory):
                            "--max-message-mb", str(MAX_MESSAGE_MB))
     yield process
     assert process.stop() == 0, process.log_text()
+    # Every failure was the caller's and reached it as a status code: nothing crashed.
+    assert "Traceback" not in process.log_text() and "internal error" not in process.log_text()
 
 
 @pytest.fixture(scope="module")
@@ -89,6 +92,7 @@ def _run_script(db) -> list:
         record(lambda c=c: c.search(x[:2], k=5, filter={"lang": "none"}))      # no match
         record(lambda c=c: c.get([0, 7, 10_049]))
         record(lambda c=c: c.get_metadata([0, 7, 10_049]).to_pylist())
+        record(lambda c=c: (type(c.get_metadata([0, 7])), c.get_metadata([0, 7]).schema))
         record(lambda c=c: c.stats())
         record(lambda c=c: c.config())
         record(lambda c=c: (len(c), 7 in c, 2 in c, -1 in c))
@@ -281,12 +285,95 @@ BAD_INPUT = {
         collection="fixed", dim=DIM, vectors=bytes((MAX_MESSAGE_MB << 20) + 4 * DIM)),
         Code.RESOURCE_EXHAUSTED, "larger than max"),
 }
+# The same table on the other RPCs that take the input (InsertStream gets one message).
+_OVERSIZED = bytes((MAX_MESSAGE_MB << 20) + 4 * DIM)
+BAD_INPUT.update({
+    "wrong dim on upsert": ("Upsert", pb.WriteRequest(collection="fixed", dim=5, ids=[900],
+                                                      vectors=_vec([1.0] * 5, dim=5)),
+                            Code.INVALID_ARGUMENT, "vectors have dimension 5"),
+    "wrong dim in a stream": ("InsertStream", pb.WriteRequest(
+        collection="fixed", dim=5, ids=[900], vectors=_vec([1.0] * 5, dim=5)),
+        Code.INVALID_ARGUMENT, "vectors have dimension 5"),
+    "wrong dim in queries": ("Search", pb.SearchRequest(collection="fixed", dim=5, k=3,
+                                                        queries=_vec([1.0] * 5, dim=5)),
+                             Code.INVALID_ARGUMENT, "queries have dimension 5"),
+    "inf on upsert": ("Upsert", pb.WriteRequest(collection="fixed", dim=DIM, ids=[3],
+                                                vectors=_vec([-np.inf] + ONES[1:])),
+                      Code.INVALID_ARGUMENT, "vectors contain NaN or Inf"),
+    "nan in a stream": ("InsertStream", pb.WriteRequest(collection="fixed", dim=DIM, ids=[900],
+                                                        vectors=_vec(ONES[:-1] + [np.nan])),
+                        Code.INVALID_ARGUMENT, "vectors contain NaN or Inf"),
+    "nan in queries": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                  queries=_vec([np.nan] + ONES[1:])),
+                       Code.INVALID_ARGUMENT, "queries contain NaN or Inf"),
+    "empty batch on upsert": ("Upsert", pb.WriteRequest(collection="fixed", vectors=b"",
+                                                        dim=DIM, ids=[3]),
+                              Code.INVALID_ARGUMENT, "vectors is an empty batch"),
+    "empty batch in a stream": ("InsertStream", pb.WriteRequest(collection="fixed",
+                                                                vectors=b"", dim=DIM),
+                                Code.INVALID_ARGUMENT, "vectors is an empty batch"),
+    "empty queries": ("Search", pb.SearchRequest(collection="fixed", queries=b"", dim=DIM, k=3),
+                      Code.INVALID_ARGUMENT, "queries is an empty batch"),
+    "zero dim in queries": ("Search", pb.SearchRequest(collection="fixed", queries=b"", k=3),
+                            Code.INVALID_ARGUMENT, "queries: dim"),
+    "duplicate ids on upsert": ("Upsert", pb.WriteRequest(collection="fixed", dim=DIM,
+                                                          vectors=_vec(ONES, ONES), ids=[4, 4]),
+                                Code.INVALID_ARGUMENT, "duplicate ids"),
+    "duplicate ids in a stream": ("InsertStream", pb.WriteRequest(
+        collection="fixed", dim=DIM, vectors=_vec(ONES, ONES), ids=[900, 900]),
+        Code.INVALID_ARGUMENT, "duplicate ids"),
+    "ragged bytes on upsert": ("Upsert", pb.WriteRequest(collection="fixed", dim=DIM, ids=[3],
+                                                         vectors=_vec(ONES) + b"\0\0"),
+                               Code.INVALID_ARGUMENT, "vectors: 34 bytes"),
+    "ragged bytes in a stream": ("InsertStream", pb.WriteRequest(
+        collection="fixed", dim=DIM, ids=[900], vectors=_vec(ONES)[:-4]),
+        Code.INVALID_ARGUMENT, "vectors: 28 bytes"),
+    "negative id on delete": ("Delete", pb.DeleteRequest(collection="fixed", ids=[3, -1]),
+                              Code.INVALID_ARGUMENT, "ids must be non-negative"),
+    "negative id on get": ("Get", pb.GetRequest(collection="fixed", ids=[-1],
+                                                with_vectors=True),
+                           Code.INVALID_ARGUMENT, "ids must be non-negative"),
+    "unknown id on get": ("Get", pb.GetRequest(collection="fixed", ids=[3, 4321]),
+                          Code.NOT_FOUND, "4321"),
+    "unknown device": ("Search", pb.SearchRequest(collection="fixed", queries=_vec(ONES),
+                                                  dim=DIM, k=3, device=9),
+                       Code.INVALID_ARGUMENT, "device"),
+    "unknown store_vectors": ("CreateCollection", pb.CreateCollectionRequest(
+        name="new", dim=4, store_vectors=9), Code.INVALID_ARGUMENT, "store_vectors"),
+    "oversized upsert": ("Upsert", pb.WriteRequest(collection="fixed", dim=DIM,
+                                                   vectors=_OVERSIZED),
+                         Code.RESOURCE_EXHAUSTED, "larger than max"),
+    "oversized stream message": ("InsertStream", pb.WriteRequest(collection="fixed", dim=DIM,
+                                                                 vectors=_OVERSIZED),
+                                 Code.RESOURCE_EXHAUSTED, "larger than max"),
+    "oversized queries": ("Search", pb.SearchRequest(collection="fixed", dim=DIM, k=3,
+                                                     queries=_OVERSIZED),
+                          Code.RESOURCE_EXHAUSTED, "larger than max"),
+})
+for _method, _request in (
+        ("GetCollection", pb.GetCollectionRequest(name="nope")),
+        ("Insert", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM)),
+        ("Upsert", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM, ids=[1])),
+        ("InsertStream", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM)),
+        ("Delete", pb.DeleteRequest(collection="nope", ids=[1])),
+        ("Get", pb.GetRequest(collection="nope", ids=[1])),
+        ("Flush", pb.FlushRequest(collection="nope")),
+        ("Compact", pb.CompactRequest(collection="nope")),
+        ("Stats", pb.StatsRequest(collection="nope"))):
+    BAD_INPUT[f"unknown collection on {_method}"] = (_method, _request, Code.NOT_FOUND, "nope")
+    _path = type(_request)()
+    _path.CopyFrom(_request)
+    _field = "name" if _method == "GetCollection" else "collection"
+    setattr(_path, _field, "a/b" if _method in ("Get", "Delete", "Flush") else "..")
+    BAD_INPUT[f"path on {_method}"] = (_method, _path, Code.INVALID_ARGUMENT, "collection name")
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUT))
 def test_bad_input_gets_its_code_and_changes_nothing(stub, fixed, case):
     method, request, code, words = BAD_INPUT[case]
     before = _snapshot(stub, fixed)
+    if method == "InsertStream":
+        request = iter([request])
     with pytest.raises(grpc.RpcError) as raised:
         getattr(stub, method)(request)
     assert raised.value.code() == code, raised.value.details()
@@ -302,6 +389,35 @@ def test_a_stream_reports_the_failing_message_and_keeps_the_ones_before(stub, fi
     assert raised.value.code() == Code.ALREADY_EXISTS
     assert raised.value.details().startswith("message 1 (after 1 rows written)")
     assert stub.Delete(pb.DeleteRequest(collection="fixed", ids=[5000])).deleted == 1
+
+
+def test_a_stream_cancelled_or_oversized_mid_way_is_no_server_error(stub, fixed, server):
+    good = pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM, ids=[6000])
+    release = threading.Event()
+
+    def requests(last):
+        yield good
+        release.wait(30)
+        yield last
+
+    # Cancelled by the caller while the server waits for the next message.
+    stream = stub.InsertStream.future(requests(good), timeout=30)
+    deadline = time.monotonic() + 30
+    while not stub.Get(pb.GetRequest(collection="fixed", ids=[6000])).ids:
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    stream.cancel()
+    release.set()
+    assert stream.cancelled()
+    # A message over the limit after a good one.
+    stub.Delete(pb.DeleteRequest(collection="fixed", ids=[6000]))
+    with pytest.raises(grpc.RpcError) as raised:
+        stub.InsertStream(requests(pb.WriteRequest(collection="fixed", dim=DIM,
+                                                   vectors=_OVERSIZED)), timeout=30)
+    assert raised.value.code() == Code.RESOURCE_EXHAUSTED
+    assert stub.Delete(pb.DeleteRequest(collection="fixed", ids=[6000])).deleted == 1
+    time.sleep(0.5)  # the server's handler thread ends after the caller's call
+    assert "internal error" not in server.log_text()  # the caller's doing, not a crash
 
 
 def test_remote_errors_are_the_embedded_error_types(client, fixed):
@@ -389,24 +505,86 @@ def test_keys_over_plaintext_off_loopback_need_an_explicit_flag():
                allow_insecure_keys=True).stop(0)
 
 
-@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def _self_signed_certificate(directory) -> tuple:
+    """A certificate for localhost and its key, as PEM files in ``directory``: made with
+    the cryptography package when it is installed, else the openssl command, else skip."""
+    cert, key = directory / "cert.pem", directory / "key.pem"
+    try:
+        import datetime
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        if shutil.which("openssl") is None:
+            pytest.skip("needs the cryptography package or the openssl command")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
+                        "-keyout", str(key), "-out", str(cert)], check=True,
+                       capture_output=True)
+        return cert, key
+    private = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
+    now = datetime.datetime.now(datetime.UTC)
+    certificate = (
+        x509.CertificateBuilder().subject_name(name).issuer_name(name)
+        .public_key(private.public_key()).serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
+        .sign(private, hashes.SHA256()))
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    key.write_bytes(private.private_bytes(serialization.Encoding.PEM,
+                                          serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    return cert, key
+
+
 def test_tls_with_an_api_key(tmp_path):
     from vecstore.server import ApiKeys, serve
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
-                    "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
+    cert, key = _self_signed_certificate(tmp_path)
     with serve(None, host="localhost", port=0, keys=ApiKeys("s3cret"),
                tls=(str(cert), str(key))) as server:
+        assert server.tls
         with vecstore.Client(f"grpcs://localhost:{server.port}", api_key="s3cret",
                              root_certificates=cert.read_bytes()) as client:
             client.create_collection("t", dim=4).add(np.eye(4))
             assert client.list_collections() == ["t"]
+        with vecstore.Client(f"localhost:{server.port}", tls=True, api_key="wrong",
+                             root_certificates=cert.read_bytes()) as wrong:
+            with pytest.raises(vecstore.Unauthenticated):
+                wrong.list_collections()
         with vecstore.Client(f"localhost:{server.port}", api_key="s3cret",
                              retries=0) as plain:
             with pytest.raises(vecstore.Unavailable):
                 plain.list_collections()
+        with vecstore.Client(f"grpcs://localhost:{server.port}", api_key="s3cret",
+                             retries=0) as untrusted:  # the system's roots do not vouch for it
+            with pytest.raises(vecstore.Unavailable):
+                untrusted.list_collections()
+
+
+def test_serve_refuses_keys_in_clear_text_off_loopback_unless_allowed(tmp_path):
+    command = [sys.executable, "-m", "vecstore", "serve", "--data", str(tmp_path / "data"),
+               "--host", "0.0.0.0", "--port", "0"]
+    env = {**os.environ, "VECSTORE_API_KEY": "k-31337"}
+    refused = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                             timeout=60)
+    assert refused.returncode == 2
+    assert "--allow-insecure-keys" in refused.stderr and "k-31337" not in refused.stderr
+    half_tls = subprocess.run([*command, "--tls-cert", "c.pem"], cwd=REPO_ROOT, env=env,
+                              capture_output=True, text=True, timeout=60)
+    assert half_tls.returncode == 2 and "--tls-key" in half_tls.stderr
+    allowed = start_server(tmp_path, "--host", "0.0.0.0", "--allow-insecure-keys",
+                           env={"VECSTORE_API_KEY": "k-31337"})
+    try:
+        with vecstore.Client(allowed.address, api_key="k-31337") as client:
+            assert client.list_collections() == []
+    finally:
+        assert allowed.stop() == 0
+    assert "k-31337" not in allowed.log_text()
 
 
 def test_committed_stubs_match_the_proto(tmp_path):
@@ -419,3 +597,173 @@ def test_committed_stubs_match_the_proto(tmp_path):
         fresh = (tmp_path / "vecstore" / "v1" / name).read_bytes()
         committed = (REPO_ROOT / "vecstore" / "v1" / name).read_bytes()
         assert fresh == committed, f"vecstore/v1/{name} is stale: run make proto"
+
+
+def test_the_readme_grpcurl_examples_parse_and_run(stub):
+    """Each grpcurl call of the README names a real method, and its JSON body parses into
+    that method's request (proto3 JSON: lowerCamelCase names, base64 bytes) and succeeds."""
+    import json
+    import re
+
+    from google.protobuf import json_format
+
+    text = (REPO_ROOT / "README.md").read_text().split("## Serving over gRPC", 1)[1]
+    lines = " ".join(text.split("## ", 1)[0].replace("\\\n", " ").splitlines())
+    calls = re.findall(r"grpcurl [^']*?-d '([^']*)'\s+\S+ (\S+)/(\w+)", lines)
+    assert [method for _, _, method in calls] == ["ListCollections", "CreateCollection",
+                                                  "Insert", "Search"]
+    service = pb.DESCRIPTOR.services_by_name["Vecstore"]
+    try:
+        for body, service_name, method in calls:
+            assert service_name == service.full_name
+            message = service.methods_by_name[method].input_type._concrete_class()
+            json_format.Parse(body, message)  # raises on an unknown field or a bad value
+            assert set(json.loads(body)) <= {f.json_name for f in message.DESCRIPTOR.fields}
+            response = getattr(stub, method)(message, timeout=30)
+        assert list(response.ids) == [7] and list(response.distances) == [pytest.approx(1.0)]
+    finally:
+        stub.DropCollection(pb.DropCollectionRequest(name="docs"))
+
+
+# --- the client: batching, retries, closing -------------------------------------------------
+
+def test_inserts_are_split_by_bytes_under_the_server_limit():
+    from vecstore.server import serve
+
+    limit = 1 << 20
+    x = np.random.default_rng(4).standard_normal((5000, 64)).astype(np.float32)  # 1.3 MB
+    meta = {"tag": [f"row-{i}" for i in range(5000)]}
+    with serve(None, port=0, max_message_bytes=limit) as server:
+        with vecstore.Client(server.address, max_message_bytes=limit,
+                             batch_bytes=200_000) as client:
+            c = client.create_collection("split", dim=64, metric="l2", store_vectors="float32")
+            requests = list(c._batches(x, None, meta))
+            assert len(requests) >= 7 and all(r.ByteSize() < 250_000 for r in requests)
+            np.testing.assert_array_equal(c.add(x, metadata=meta), np.arange(5000))
+            assert c.get_metadata([4999]).column("tag").to_pylist() == ["row-4999"]
+            np.testing.assert_array_equal(c.upsert(x[::-1], ids=np.arange(5000)),
+                                          np.arange(5000))
+            np.testing.assert_array_equal(c.get(np.arange(2500)), x[:2499:-1])
+        with vecstore.Client(server.address) as unsplit:  # one 1.3 MB message: refused
+            with pytest.raises(vecstore.ResourceExhausted):
+                unsplit.get_collection("split").upsert(x, ids=np.arange(5000))
+            assert len(unsplit.get_collection("split")) == 5000
+
+
+class _Flaky(pb_grpc.VecstoreServicer):
+    """Fails each call with the next code of ``codes``, then answers."""
+
+    def __init__(self, codes):
+        self.codes = list(codes)
+        self.calls = 0
+        self.streamed = []
+
+    def _maybe_fail(self, context):
+        self.calls += 1
+        if self.codes:
+            context.abort(self.codes.pop(0), "injected")
+
+    def ListCollections(self, request, context):
+        self._maybe_fail(context)
+        return pb.ListCollectionsResponse(names=["x"])
+
+    def InsertStream(self, request_iterator, context):
+        received = [list(r.ids) for r in request_iterator]
+        self.streamed.append(received)
+        self._maybe_fail(context)
+        return pb.WriteResponse(ids=[i for ids in received for i in ids])
+
+
+@pytest.fixture
+def flaky(monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    monkeypatch.setattr("vecstore.client.FIRST_BACKOFF_S", 0.001)
+    servers = []
+
+    def start(codes):
+        servicer = _Flaky(codes)
+        server = grpc.server(ThreadPoolExecutor(max_workers=2))
+        pb_grpc.add_VecstoreServicer_to_server(servicer, server)
+        port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        servers.append(server)
+        return servicer, f"127.0.0.1:{port}"
+
+    yield start
+    for server in servers:
+        server.stop(0)
+
+
+def test_the_client_retries_unavailable_only_and_a_bounded_number_of_times(flaky):
+    servicer, address = flaky([Code.UNAVAILABLE] * 2)
+    with vecstore.Client(address, retries=2) as client:
+        assert client.list_collections() == ["x"]
+    assert servicer.calls == 3
+    servicer, address = flaky([Code.UNAVAILABLE] * 10)
+    with vecstore.Client(address, retries=3) as client:
+        with pytest.raises(vecstore.Unavailable, match=f"{address} unavailable after 4 attempts"):
+            client.list_collections()
+    assert servicer.calls == 4
+    for code, error in ((Code.INTERNAL, vecstore.VecstoreError),
+                        (Code.RESOURCE_EXHAUSTED, vecstore.ResourceExhausted),
+                        (Code.DEADLINE_EXCEEDED, vecstore.DeadlineExceeded),
+                        (Code.UNAUTHENTICATED, vecstore.Unauthenticated)):
+        servicer, address = flaky([code, code])
+        with vecstore.Client(address, retries=4) as client:
+            with pytest.raises(error):
+                client.list_collections()
+        assert servicer.calls == 1, code
+    with pytest.raises(vecstore.InvalidArgument, match="retries"):
+        vecstore.Client(address, retries=-1)
+
+
+def test_a_retried_stream_sends_every_batch_again(flaky):
+    servicer, address = flaky([Code.UNAVAILABLE])
+    with vecstore.Client(address, retries=1, batch_bytes=100) as client:
+        info = pb.CollectionInfo(name="s", dim=4, metric=pb.METRIC_L2)
+        collection = vecstore.client.RemoteCollection(client, info)
+        ids = collection.add(np.ones((6, 4)), ids=np.arange(6))
+    np.testing.assert_array_equal(ids, np.arange(6))
+    assert (collection.metric, collection.store_vectors) == ("l2", None)  # UNSPECIFIED: None
+    assert servicer.calls == 2 and servicer.streamed[0] == servicer.streamed[1]
+    assert servicer.streamed[0] == [[0, 1, 2, 3], [4, 5]]  # 100 bytes: 4 rows of 4*4 + 8
+
+
+def test_an_unreachable_server_is_a_clear_unavailable_error(monkeypatch):
+    import socket
+
+    monkeypatch.setattr("vecstore.client.FIRST_BACKOFF_S", 0.001)
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{s.getsockname()[1]}"
+    with vecstore.Client(address, retries=1, timeout=10) as client:
+        with pytest.raises(vecstore.Unavailable, match=f"server at {address} unavailable"):
+            client.list_collections()
+    with pytest.raises(ConnectionError):  # Unavailable is also the builtin
+        vecstore.Client(address, retries=0).list_collections()
+
+
+def test_closing_the_client_twice_is_safe_and_later_calls_raise_closed(server):
+    with vecstore.Client(server.address) as client:
+        c = client.create_collection("closing", dim=4)
+        c.add(np.eye(4))
+    client.close()
+    assert "closed" in repr(client)
+    for call in (client.list_collections, lambda: client.get_collection("closing"),
+                 lambda: c.search(np.ones(4), k=1), lambda: c.add(np.eye(4)), lambda: len(c)):
+        with pytest.raises(vecstore.Closed):
+            call()
+    with vecstore.Client(server.address) as other:
+        assert len(other.get_collection("closing")) == 4
+        other.drop_collection("closing")
+
+
+def test_serve_help_names_the_defaults():
+    shown = subprocess.run([sys.executable, "-m", "vecstore", "serve", "--help"], cwd=REPO_ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0
+    text = " ".join(shown.stdout.split())
+    for words in ("--data DATA", "default: 127.0.0.1", "default: 50051", "default 256",
+                  "default 30.0", "--allow-insecure-keys", "$VECSTORE_API_KEY"):
+        assert words in text, words

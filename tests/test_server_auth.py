@@ -21,6 +21,7 @@ READ_WRITE_KEY = "rw-4f1d0c"
 READ_ONLY_KEY = "ro-9a7e22"
 KEYS = {"none": None, "wrong": "not-the-key", "read-only": READ_ONLY_KEY,
         "read-write": READ_WRITE_KEY}
+HEADERS = ("bearer", "api-key")
 ONE = wire.pack_vectors(np.ones((1, 4), np.float32))
 
 # Each RPC with a request that succeeds (or fails for a reason other than auth) when allowed.
@@ -57,7 +58,8 @@ def server(tmp_path_factory):
     with vecstore.Client(process.address, api_key=READ_WRITE_KEY) as client:
         client.create_collection("auth", dim=4).add(np.eye(4))
         for who in KEYS:
-            client.create_collection(f"drop-{who}", dim=4)
+            for header in HEADERS:
+                client.create_collection(f"drop-{who}-{header}", dim=4)
     yield process
     assert process.stop() == 0
     log = process.log_text()
@@ -81,16 +83,18 @@ def _code(channel, method: str, request, metadata) -> grpc.StatusCode:
     try:
         getattr(pb_grpc.VecstoreStub(channel), method)(request, metadata=metadata, timeout=30)
     except grpc.RpcError as exc:
+        assert not any(key and key in exc.details() for key in KEYS.values()), exc.details()
         return exc.code()
     return Code.OK
 
 
+@pytest.mark.parametrize("header", HEADERS)
 @pytest.mark.parametrize("who", list(KEYS))
 @pytest.mark.parametrize("method", [*READS, *WRITES])
-def test_every_rpc_with_every_key(channel, method, who):
+def test_every_rpc_with_every_key(channel, method, who, header):
     writes = method in WRITES
-    request = (WRITES if writes else READS)[method](who)
-    code = _code(channel, method, request, _metadata(who, "api-key" if writes else "bearer"))
+    request = (WRITES if writes else READS)[method](f"{who}-{header}")
+    code = _code(channel, method, request, _metadata(who, header))
     if who in ("none", "wrong"):
         assert code == Code.UNAUTHENTICATED
     elif who == "read-only" and writes:
@@ -107,7 +111,7 @@ def test_a_denied_write_changes_nothing(channel):
         _code(channel, "Delete", pb.DeleteRequest(collection="auth", ids=[0, 1]), _metadata(who))
     assert stub.Stats(pb.StatsRequest(collection="auth"),
                       metadata=_metadata("read-only")).rows == rows
-    assert "drop-none" in stub.ListCollections(pb.ListCollectionsRequest(),
+    assert "drop-none-bearer" in stub.ListCollections(pb.ListCollectionsRequest(),
                                                metadata=_metadata("read-only")).names
 
 
@@ -145,3 +149,33 @@ def test_the_client_raises_typed_auth_errors(server):
             collection.add(np.ones(4))
     with vecstore.Client(server.address, api_key=READ_WRITE_KEY) as writer:
         assert writer.server_info()["read_only"] is False
+
+
+@pytest.mark.parametrize("who", list(KEYS))
+def test_reflection_with_every_key(channel, who):
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    request = reflection_pb2.ServerReflectionRequest(list_services="")
+    try:
+        responses = list(stub.ServerReflectionInfo(iter([request]), metadata=_metadata(who),
+                                                   timeout=30))
+    except grpc.RpcError as exc:
+        assert who in ("none", "wrong") and exc.code() == Code.UNAUTHENTICATED
+        assert not any(key and key in exc.details() for key in KEYS.values())
+        return
+    assert who in ("read-only", "read-write")
+    names = {s.name for s in responses[0].list_services_response.service}
+    assert "vecstore.v1.Vecstore" in names
+
+
+@pytest.mark.parametrize("who", list(KEYS))
+def test_health_check_and_watch_with_every_key(channel, who):
+    # Exempt from keys: a wrong key is ignored, not refused, so probes never flap.
+    stub = health_pb2_grpc.HealthStub(channel)
+    request = health_pb2.HealthCheckRequest(service="vecstore.v1.Vecstore")
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert stub.Check(request, metadata=_metadata(who), timeout=10).status == serving
+    watch = stub.Watch(request, metadata=_metadata(who), timeout=10)
+    assert next(watch).status == serving
+    watch.cancel()

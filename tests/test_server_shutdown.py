@@ -6,13 +6,19 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 import time
 
+import grpc
 import numpy as np
+import pytest
 
 import vecstore
 from tests.grpc_server import REPO_ROOT, start_server
 from tests.grpc_writer import BATCH, COLLECTION, DIM, batch_vectors
+from vecstore import wire
+from vecstore.v1 import vecstore_pb2 as pb
+from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
 
 ACKED_BEFORE_SIGNAL = 40
 
@@ -52,3 +58,47 @@ def test_sigterm_during_inserts_loses_no_acknowledged_write(tmp_path):
                                       np.concatenate([batch_vectors(b) for b in acked]))
         # Rows beyond the acknowledged ones are whole batches whose reply never arrived.
         assert len(collection) % BATCH == 0 and len(collection) >= ids.size
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_lets_the_call_in_flight_finish_then_flushes_and_exits_0(tmp_path, signum):
+    server = start_server(tmp_path)
+    x = np.random.default_rng(5).standard_normal((20, DIM)).astype(np.float32)
+    first_sent, release = threading.Event(), threading.Event()
+
+    def requests():  # a bulk load that is half sent when the signal arrives
+        yield pb.WriteRequest(collection=COLLECTION, vectors=wire.pack_vectors(x[:10]), dim=DIM)
+        first_sent.set()
+        release.wait(30)
+        yield pb.WriteRequest(collection=COLLECTION, vectors=wire.pack_vectors(x[10:]), dim=DIM)
+
+    try:
+        with grpc.insecure_channel(server.address) as channel:
+            stub = pb_grpc.VecstoreStub(channel)
+            stub.CreateCollection(pb.CreateCollectionRequest(
+                name=COLLECTION, dim=DIM, metric=pb.METRIC_L2,
+                store_vectors=pb.STORED_VECTORS_FLOAT32))
+            in_flight = stub.InsertStream.future(requests(), timeout=60)
+            assert first_sent.wait(30)
+            server.process.send_signal(signum)
+            deadline = time.monotonic() + 30
+            while True:  # new calls are refused once the server is shutting down
+                try:
+                    stub.ListCollections(pb.ListCollectionsRequest(), timeout=5)
+                except grpc.RpcError as exc:
+                    assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                    break
+                assert time.monotonic() < deadline, "the server ignored the signal"
+                time.sleep(0.05)
+            assert server.process.poll() is None  # still finishing the stream
+            release.set()
+            assert list(in_flight.result(timeout=30).ids) == list(range(20))
+        assert server.process.wait(60) == 0, server.log_text()
+    finally:
+        release.set()
+        server.stop()
+    assert "Traceback" not in server.log_text()
+    with vecstore.open(tmp_path / "data") as db:
+        collection = db.get_collection(COLLECTION)
+        assert collection.stats()["memtable_rows"] == 0  # flushed on the way out
+        np.testing.assert_array_equal(collection.get(np.arange(20)), x)

@@ -88,6 +88,8 @@ class Client:
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  batch_bytes: int = DEFAULT_BATCH_BYTES, retries: int = DEFAULT_RETRIES):
         target, scheme_tls = _target(url)
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise InvalidArgument(f"retries must be a non-negative integer, got {retries!r}")
         if not 0 < batch_bytes <= max_message_bytes:
             raise InvalidArgument(f"batch_bytes must be in 1..max_message_bytes "
                                   f"({max_message_bytes}), got {batch_bytes}")
@@ -134,8 +136,12 @@ class Client:
                 return getattr(self._stub, method)(sent, timeout=self.timeout,
                                                    metadata=self._metadata)
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or attempt == self.retries:
+                if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(exc) from None
+                if attempt == self.retries:  # say which server, and that it was retried
+                    error = error_from_rpc(exc)
+                    raise type(error)(f"vecstore server at {self.url} unavailable after "
+                                      f"{attempt + 1} attempts: {error}") from None
             time.sleep(backoff)
             backoff = min(2 * backoff, MAX_BACKOFF_S)
         raise AssertionError("unreachable")
@@ -201,8 +207,10 @@ class RemoteCollection:
         self._client = client
         self.name = info.name
         self.dim = info.dim
-        self.metric = _METRICS[info.metric]
-        self.store_vectors = {v: k for k, v in _STORED_VECTORS.items()}[info.store_vectors]
+        # An enum's zero value (UNSPECIFIED) means the default: cosine, codes only.
+        self.metric = _METRICS[info.metric] if info.metric else "cosine"
+        self.store_vectors = ({v: k for k, v in _STORED_VECTORS.items()}[info.store_vectors]
+                              if info.store_vectors else None)
         self.code_size = info.code_size
         self.bytes_per_vector = info.bytes_per_vector
         self._rescore_codec = info.rescore_codec or None
