@@ -104,6 +104,28 @@ def test_resident_codes_are_freed_when_segments_go():
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("spec", ["tq4", "tq3-prod", "mib-hamming"])
+def test_memtable_rows_are_uploaded_once(spec):
+    """Searching after each write uploads only the memtable's new rows; the live rows go
+    up once more as a segment at the flush, and the memtable's buffers are let go."""
+    x, q = unit_rows(3000, 64, 20), unit_rows(5, 64, 21)
+    with vecstore.open() as db:
+        c = db.create_collection("c", dim=64, metric="l2", codec=spec)
+        for start in range(0, 3000, 500):
+            c.add(x[start : start + 500])
+            if start == 1000:
+                c.delete(np.arange(0, 1000, 3))
+            cpu = c.search(q, 10, device="cpu")
+            assert_same_results(cpu, c.search(q, 10, device="gpu"),
+                                1e-4 * float(np.abs(cpu.distances).max()))
+        assert c._gpu.uploaded_rows == 3000
+        c.flush()
+        c.search(q, 10, device="gpu")
+        assert c._gpu.uploaded_rows == 3000 + len(c) and not c._gpu._growing
+
+
+@pytest.mark.gpu
+@needs_gpu
 def test_the_budget_is_enforced():
     from vecstore.search.gpu import GpuScanner
 

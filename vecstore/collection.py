@@ -560,7 +560,7 @@ class Collection:
             columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
             live = mem.columns["live"][: mem.count] if mem.dead else None
             parts.append(Part(columns, tuple(mem.metadata), tuple(mem.sizes), live,
-                               (mem.serial, mem.count)))
+                               (mem.serial, mem.count), stream=mem.serial))
         return parts
 
     def _snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema]:
@@ -688,13 +688,11 @@ class Collection:
 
             self._gpu = GpuScanner()
         query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
-        self._gpu.retain(part.key for part in parts)
+        self._gpu.retain(part.key if part.stream is None else part.stream for part in parts)
         top = TopK(q.shape[0], k)
         # Every part's kernels are launched before the first result is awaited.
-        pending = [self._gpu.submit(self.codec,
-                                    self._gpu.resident(part.key, self.codec,
-                                                       part.columns[rows.CODE]),
-                                    q, self.metric, k, query_sq_norms, mask)
+        pending = [self._gpu.submit(self.codec, self._device_codes(part), q, self.metric, k,
+                                    query_sq_norms, mask)
                    for part, mask in zip(parts, masks, strict=False)]
         for part, offset, scan in zip(parts, offsets, pending, strict=False):
             keys, found = scan.result()
@@ -702,6 +700,12 @@ class Collection:
             local = TopK.of(keys, found, ties)
             top.merge(local, offset=offset)
         return top
+
+    def _device_codes(self, part: Part):
+        """``part``'s codes on the GPU: segments once, the memtable's new rows only."""
+        if part.stream is not None:
+            return self._gpu.resident_growing(part.stream, self.codec, part.columns[rows.CODE])
+        return self._gpu.resident(part.key, self.codec, part.columns[rows.CODE])
 
     def _rescore_column(self, rescore) -> str | None:
         """The column holding finer vectors, or None when not rescoring."""

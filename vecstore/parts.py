@@ -37,13 +37,19 @@ class Segment:
 
 @dataclass(frozen=True)
 class Part:
-    """Rows as one search sees them: columns, metadata batches and the live mask."""
+    """Rows as one search sees them: columns, metadata batches and the live mask.
+
+    ``key`` names the rows for caches (a segment's serial); a ``stream`` part (the
+    memtable) holds the first rows of an append-only stream named ``stream``, whose rows
+    never change once written.
+    """
 
     columns: rows.Columns
     metadata: tuple[pa.Table | None, ...]
     sizes: tuple[int, ...]
     live: np.ndarray | None
     key: object = None
+    stream: object = None
 
     @property
     def rows(self) -> int:

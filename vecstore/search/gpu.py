@@ -218,11 +218,14 @@ class DeviceCodes:
         if self.zeros is None:
             self.zeros = self.scale * 0
 
+    def buffers(self) -> list:
+        """words, scale, sq_norms, signs, residual (the order of a host layout)."""
+        return [self.words, self.scale, self.sq_norms, self.signs, self.residual]
+
     @property
     def nbytes(self) -> int:
-        extra = [a.nbytes for a in (self.signs, self.residual) if a is not None]
-        return int(self.words.nbytes + self.scale.nbytes + self.sq_norms.nbytes
-                   + self.zeros.nbytes + sum(extra))
+        held = [a.nbytes for a in (*self.buffers(), self.zeros) if a is not None]
+        return int(sum(held))
 
 
 def transposed_words(packed: np.ndarray) -> np.ndarray:
@@ -262,6 +265,7 @@ class GpuScanner:
 
     ``budget_bytes`` caps the device memory held by resident codes (default: 80% of the
     GPU's memory when first used); uploading past it raises OutOfDeviceMemory.
+    ``uploaded_rows`` counts the rows copied to the device so far.
     """
 
     def __init__(self, budget_bytes: int | None = None):
@@ -271,7 +275,9 @@ class GpuScanner:
             budget_bytes = int(total * DEFAULT_BUDGET_FRACTION)
         self.budget_bytes = budget_bytes
         self._resident: dict[object, DeviceCodes] = {}
+        self._growing: dict[object, DeviceCodes] = {}
         self._rotations: dict[int, tuple] = {}
+        self.uploaded_rows = 0
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
         self.multiprocessors = int(properties["multiProcessorCount"])
@@ -279,7 +285,23 @@ class GpuScanner:
 
     @property
     def resident_bytes(self) -> int:
-        return sum(codes.nbytes for codes in self._resident.values())
+        held = [*self._resident.values(), *self._growing.values()]
+        return sum(codes.nbytes for codes in held)
+
+    def _check_budget(self, needed: int, rows: int) -> None:
+        if self.resident_bytes + needed > self.budget_bytes:
+            raise OutOfDeviceMemory(
+                f"{rows:,} more codes need {needed / 2**20:,.1f} MiB of GPU "
+                f"memory; {self.resident_bytes / 2**20:,.1f} of the "
+                f"{self.budget_bytes / 2**20:,.1f} MiB budget are in use"
+            )
+
+    def _host_layout(self, codec, codes: np.ndarray) -> list[np.ndarray | None]:
+        """words, scale, sq_norms, signs, residual of ``codes`` on the host (the last two
+        None unless the codec is tq{b}-prod)."""
+        words, scale, sq_norms = device_layout(codec, codes)
+        extra = prod_layout(codec, codes) if _family(codec) == "prod" else (None, None)
+        return [words, scale, sq_norms, *extra]
 
     def resident(self, key, codec, codes: np.ndarray) -> DeviceCodes:
         """The device copy of ``codes`` stored under ``key``, uploaded on first use."""
@@ -287,29 +309,73 @@ class GpuScanner:
             found = self._resident.get(key)
             if found is not None:
                 return found
-            words, scale, sq_norms = device_layout(codec, codes)
-            extra = prod_layout(codec, codes) if _family(codec) == "prod" else (None, None)
-            needed = words.nbytes + 2 * scale.nbytes + sq_norms.nbytes
-            needed += sum(a.nbytes for a in extra if a is not None)
-            if self.resident_bytes + needed > self.budget_bytes:
-                raise OutOfDeviceMemory(
-                    f"{codes.shape[0]:,} more codes need {needed / 2**20:,.1f} MiB of GPU "
-                    f"memory; {self.resident_bytes / 2**20:,.1f} of the "
-                    f"{self.budget_bytes / 2**20:,.1f} MiB budget are in use"
-                )
-            cp = self.cupy
-            signs, residual = (None if a is None else cp.asarray(a) for a in extra)
-            device = DeviceCodes(cp.asarray(words), cp.asarray(scale), cp.asarray(sq_norms),
-                                 codes.shape[0], signs=signs, residual=residual)
+            arrays = self._host_layout(codec, codes)
+            self._check_budget(sum(a.nbytes for a in arrays if a is not None)
+                               + arrays[1].nbytes, codes.shape[0])
+            words, scale, sq_norms, signs, residual = (
+                None if a is None else self.cupy.asarray(a) for a in arrays)
+            device = DeviceCodes(words, scale, sq_norms, codes.shape[0], signs=signs,
+                                 residual=residual)
             self._resident[key] = device
+            self.uploaded_rows += codes.shape[0]
             return device
 
+    def resident_growing(self, stream, codec, codes: np.ndarray) -> DeviceCodes:
+        """The device copy of ``codes`` (n, code_size), the first n rows of the append-only
+        ``stream`` (rows already uploaded never change): only rows past the stream's
+        resident prefix are uploaded, into buffers that grow by doubling."""
+        cp, n = self.cupy, codes.shape[0]
+        with self._lock:
+            held = self._growing.get(stream)
+            if held is None or n > held.n:
+                start = 0 if held is None else held.n
+                arrays = self._host_layout(codec, codes[start:])
+                capacity = 0 if held is None else held.words.shape[1]
+                if n > capacity:
+                    capacity = max(-(-n // 32) * 32, 2 * capacity)
+                    grown = self._grow(held, capacity, arrays)
+                    self._check_budget(grown.nbytes - (0 if held is None else held.nbytes),
+                                       n - start)
+                    held = grown
+                for target, values in zip(held.buffers(), arrays, strict=True):
+                    if values is None:
+                        continue
+                    if values.ndim == 2:
+                        target[:, start:n] = cp.asarray(values[:, : n - start])
+                    else:
+                        target[start:n] = cp.asarray(values)
+                held = DeviceCodes(held.words, held.scale, held.sq_norms, n, held.zeros,
+                                   held.signs, held.residual)
+                self._growing[stream] = held
+                self.uploaded_rows += n - start
+        return DeviceCodes(held.words, held.scale, held.sq_norms, n, held.zeros, held.signs,
+                           held.residual)
+
+    def _grow(self, held: DeviceCodes | None, capacity: int, arrays) -> DeviceCodes:
+        """Buffers of ``capacity`` rows shaped like ``arrays``, holding ``held``'s rows."""
+        cp = self.cupy
+        buffers = []
+        old = [None] * len(arrays) if held is None else held.buffers()
+        for values, previous in zip(arrays, old, strict=True):
+            if values is None:
+                buffers.append(None)
+                continue
+            shape = (values.shape[0], capacity) if values.ndim == 2 else (capacity,)
+            buffer = cp.zeros(shape, dtype=values.dtype)
+            if previous is not None:
+                buffer[..., : held.n] = previous[..., : held.n]
+            buffers.append(buffer)
+        words, scale, sq_norms, signs, residual = buffers
+        return DeviceCodes(words, scale, sq_norms, 0 if held is None else held.n,
+                           cp.zeros(capacity, dtype=cp.float32), signs, residual)
+
     def retain(self, keys) -> None:
-        """Free resident codes whose key is not in ``keys``."""
+        """Free resident codes and growing streams whose key is not in ``keys``."""
         keep = set(keys)
         with self._lock:
-            for key in [k for k in self._resident if k not in keep]:
-                del self._resident[key]
+            for held in (self._resident, self._growing):
+                for key in [k for k in held if k not in keep]:
+                    del held[key]
 
     def _rotate(self, codec, queries: np.ndarray):
         """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
@@ -356,7 +422,8 @@ class GpuScanner:
             key_scale, row_bias = np.float32(-1.0), device.zeros
             query_bias = cp.zeros(nq, dtype=cp.float32)
         if mask is not None:
-            row_bias = row_bias + cp.asarray(np.where(mask, 0, np.inf).astype(np.float32))
+            row_bias = row_bias[: device.n] + cp.asarray(
+                np.where(mask, 0, np.inf).astype(np.float32))
         family = _family(codec)
         if family == "hamming":
             out = self._scan_hamming(codec, device, queries, k, key_scale, row_bias,
