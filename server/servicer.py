@@ -23,6 +23,8 @@ from vecstore.status_codes import ERROR_HEADER, code_for
 from vecstore.v1 import vecstore_pb2 as pb
 from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
 
+from .batching import SearchBatcher, SearchKind
+
 log = logging.getLogger("vecstore.server")
 
 METRIC_NAMES = {pb.METRIC_UNSPECIFIED: "cosine", pb.METRIC_COSINE: "cosine",
@@ -94,6 +96,7 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
     def __init__(self, db: Database, read_only_caller=lambda context: False):
         self.db = db
         self.read_only_caller = read_only_caller
+        self.batcher = SearchBatcher()
 
     def _collection(self, name: str) -> Collection:
         check_collection_name(name)
@@ -185,11 +188,10 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
     def Search(self, request, context):
         collection = self._collection(request.collection)
         queries = wire.unpack_vectors(request.queries, request.dim, "queries")
-        result = collection.search(
-            queries, int(request.k),
-            rescore=request.rescore if request.HasField("rescore") else None,
-            filter=wire.filter_from_json(request.filter_json),
-            device=_enum(DEVICE_NAMES, request.device, "device"))
+        kind = SearchKind(collection, int(request.k),
+                          request.rescore if request.HasField("rescore") else None,
+                          request.filter_json, _enum(DEVICE_NAMES, request.device, "device"))
+        result = self.batcher.search(kind, queries, wire.filter_from_json(request.filter_json))
         counts, ids, distances = wire.flatten_results(result)
         return pb.SearchResponse(counts=counts.tolist(), ids=ids.tolist(),
                                  distances=distances.tolist())

@@ -1,0 +1,125 @@
+"""Searches that arrive together run as one batch.
+
+A scan costs about the same for one query as for dozens (the codes are read once per
+batch; on the GPU, batches take the tensor-core path), so concurrent Search calls with the
+same collection, k, rescore factor, filter and device are stacked into one
+``Collection.search`` call and each caller gets its own rows back.
+
+There is no waiting window and no thread of its own: the first caller of a kind leads and
+runs what is queued; callers that arrive meanwhile queue, and when the leader's batch is
+done the first of them is promoted to lead the next one. A lone call therefore runs at
+once, exactly as it would unbatched. When a batch fails, its calls run one by one, so
+each caller gets its own result or its own error.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vecstore.collection import Collection, SearchResult
+
+# Most queries stacked into one search (the embedded search's own query block).
+MAX_BATCH_QUERIES = 4096
+
+
+@dataclass
+class _Call:
+    queries: np.ndarray
+    done: threading.Event = field(default_factory=threading.Event)
+    lead: bool = False
+    result: SearchResult | None = None
+    error: BaseException | None = None
+
+
+@dataclass(frozen=True)
+class SearchKind:
+    """What calls must share to be batched: everything but the queries."""
+
+    collection: Collection
+    k: int
+    rescore: int | None
+    filter_json: str
+    device: str | None
+
+
+class SearchBatcher:
+    """Runs concurrent searches of one kind as one batch (see the module docstring).
+
+    ``search(kind, queries, filter)`` returns what ``kind.collection.search`` would
+    return for ``queries`` (nq, d) float32 alone, or raises what it would raise.
+    """
+
+    def __init__(self, max_queries: int = MAX_BATCH_QUERIES):
+        self.max_queries = max_queries
+        self._lock = threading.Lock()
+        self._queued: dict[SearchKind, list[_Call]] = {}
+        self._leading: set[SearchKind] = set()
+        self.batches = 0
+
+    def search(self, kind: SearchKind, queries: np.ndarray, filter) -> SearchResult:
+        call = _Call(queries)
+        with self._lock:
+            self._queued.setdefault(kind, []).append(call)
+            call.lead = kind not in self._leading
+            self._leading.add(kind)
+        if not call.lead:
+            call.done.wait()
+        if call.lead:
+            self._lead(kind, filter)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def _lead(self, kind: SearchKind, filter) -> None:
+        """Run one batch of ``kind`` (the leader's call first), then hand the lead on."""
+        with self._lock:
+            queued = self._queued[kind]
+            taken, total = 0, 0
+            while taken < len(queued) and (
+                    taken == 0 or total + len(queued[taken].queries) <= self.max_queries):
+                total += len(queued[taken].queries)
+                taken += 1
+            batch, queued[:taken] = queued[:taken], []
+            self.batches += 1
+        self._run(kind, batch, filter)
+        with self._lock:
+            queued = self._queued[kind]
+            if queued:
+                queued[0].lead = True
+                queued[0].done.set()
+            else:
+                del self._queued[kind]
+                self._leading.discard(kind)
+        for call in batch:
+            call.lead = False
+            call.done.set()
+
+    @staticmethod
+    def _run(kind: SearchKind, batch: list[_Call], filter) -> None:
+        """Fill each call's result or error."""
+
+        def search(queries):
+            return kind.collection.search(queries, kind.k, rescore=kind.rescore,
+                                          filter=filter, device=kind.device)
+
+        if len(batch) > 1:
+            try:
+                result = search(np.concatenate([call.queries for call in batch]))
+            except Exception:  # some call is bad: each gets its own answer below
+                pass
+            else:
+                start = 0
+                for call in batch:
+                    stop = start + len(call.queries)
+                    call.result = SearchResult(result.distances[start:stop],
+                                               result.ids[start:stop])
+                    start = stop
+                return
+        for call in batch:
+            try:
+                call.result = search(call.queries)
+            except Exception as exc:  # the caller's own error, raised in its thread
+                call.error = exc
