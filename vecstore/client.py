@@ -129,8 +129,8 @@ class Client:
         callable returning a fresh request iterator (client streams)."""
         if self._closed:
             raise Closed("the client is closed")
-        backoff = FIRST_BACKOFF_S
-        for attempt in range(self.retries + 1):
+        backoff, attempt = FIRST_BACKOFF_S, 0
+        while True:
             try:
                 sent = request() if callable(request) else request
                 return getattr(self._stub, method)(sent, timeout=self.timeout,
@@ -143,8 +143,7 @@ class Client:
                     raise type(error)(f"vecstore server at {self.url} unavailable after "
                                       f"{attempt + 1} attempts: {error}") from None
             time.sleep(backoff)
-            backoff = min(2 * backoff, MAX_BACKOFF_S)
-        raise AssertionError("unreachable")
+            backoff, attempt = min(2 * backoff, MAX_BACKOFF_S), attempt + 1
 
     # --- the Database methods -----------------------------------------------------------
 
