@@ -20,6 +20,12 @@ __device__ __forceinline__ u64 pack_key(float key, unsigned int row) {
     return ((u64)order_float(key) << 32) | (u64)row;
 }
 
+// The key of a packed value (not EMPTY_SLOT).
+__device__ __forceinline__ float key_of(u64 packed) {
+    const unsigned int b = (unsigned int)(packed >> 32);
+    return __uint_as_float((b & 0x80000000u) ? (b ^ 0x80000000u) : ~b);
+}
+
 // Bitonic sort, ascending, of `count` arrays of `size` (a power of two) u64 values each,
 // every array starting `stride` values after the previous one.
 __device__ void bitonic_sort(u64* arrays, int count, int size, int stride) {

@@ -67,7 +67,7 @@ __global__ void tq_dequantize(const unsigned int* __restrict__ words, int n_word
     }
 }
 
-#define TOPK_PREFETCH 4
+#define TOPK_PER_THREAD 8
 
 __device__ __forceinline__ float half_to_float(unsigned short h) {
     float f;
@@ -100,24 +100,54 @@ __global__ void tile_topk(const unsigned short* __restrict__ scores, int ld, int
     const u64 bound = bounds[q];
     const int begin = blockIdx.x * slice_rows;
     const int end = min(tile_rows, begin + slice_rows);
-    // Scores of TOPK_PREFETCH steps are loaded before any is offered, so the loads overlap.
-    for (int base = begin; base < end; base += TOPK_PREFETCH * blockDim.x) {
-        float keys[TOPK_PREFETCH];
+    // Each thread takes TOPK_PER_THREAD = 8 consecutive rows per round with 16-byte loads
+    // (scores, scales, biases). A score can enter only if its key is at most that of
+    // min(bound, the block's current k-th best): a float compare per score. Most rounds hold
+    // no such score; one barrier tells, and only rounds with one go through the
+    // one-offer-per-step protocol (where packed compares settle equal keys).
+    for (int base = begin; base < end; base += TOPK_PER_THREAD * blockDim.x) {
+        const u64 threshold = min(bound, best[k - 1]);
+        const float limit = threshold == EMPTY_SLOT ? __int_as_float(0x7f800000)
+                                                    : key_of(threshold);
+        const int first = base + threadIdx.x * TOPK_PER_THREAD;
+        float keys[TOPK_PER_THREAD];
+        int pending = 0;
+        if (first + TOPK_PER_THREAD <= end) {
+            const uint4 halves = *reinterpret_cast<const uint4*>(row_scores + first);
+            const float4* scale4 = reinterpret_cast<const float4*>(row_scale + row0 + first);
+            const float4* bias4 = reinterpret_cast<const float4*>(row_bias + row0 + first);
+            const float4 s0 = scale4[0], s1 = scale4[1], b0 = bias4[0], b1 = bias4[1];
+            const unsigned int h[4] = {halves.x, halves.y, halves.z, halves.w};
+            const float sc[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
+            const float bi[8] = {b0.x, b0.y, b0.z, b0.w, b1.x, b1.y, b1.z, b1.w};
 #pragma unroll
-        for (int u = 0; u < TOPK_PREFETCH; ++u) {
-            const int r = base + u * blockDim.x + threadIdx.x;
-            if (r < end)
-                keys[u] = fmaf(half_to_float(row_scores[r]), row_scale[row0 + r] * qscale,
-                               row_bias[row0 + r] + qbias);
-        }
-#pragma unroll
-        for (int u = 0; u < TOPK_PREFETCH; ++u) {
-            const int r = base + u * blockDim.x + threadIdx.x;
-            if (r < end) {
-                const u64 packed = pack_key(keys[u], (unsigned int)(row0 + r));
-                if (packed < bound) top.offer(0, packed);
+            for (int u = 0; u < TOPK_PER_THREAD; ++u) {
+                const float score = half_to_float((unsigned short)(h[u >> 1] >> (16 * (u & 1))));
+                keys[u] = fmaf(score, sc[u] * qscale, bi[u] + qbias);
+                pending |= keys[u] <= limit;
             }
-            top.end_step();
+        } else {
+#pragma unroll
+            for (int u = 0; u < TOPK_PER_THREAD; ++u) {
+                const int r = first + u;
+                keys[u] = 0.0f;
+                if (r < end) {
+                    keys[u] = fmaf(half_to_float(row_scores[r]), row_scale[row0 + r] * qscale,
+                                   row_bias[row0 + r] + qbias);
+                    pending |= keys[u] <= limit;
+                }
+            }
+        }
+        if (__syncthreads_or(pending)) {
+#pragma unroll
+            for (int u = 0; u < TOPK_PER_THREAD; ++u) {
+                const int r = first + u;
+                if (r < end) {
+                    const u64 packed = pack_key(keys[u], (unsigned int)(row0 + r));
+                    if (packed < bound) top.offer(0, packed);
+                }
+                top.end_step();
+            }
         }
     }
     top.finish();
