@@ -75,11 +75,14 @@ __device__ __forceinline__ float half_to_float(unsigned short h) {
     return f;
 }
 
-// Grid (slices, queries of the chunk). scores (chunk, ld) fp16 bits hold <q, y_row0 + r>
-// / query_scale[q] for r < tile_rows (queries are scaled to unit norm for fp16); block (s, q) keeps the k best keys of rows [s * slice_rows, ...) of
-// query q0 + q that beat bounds[q0 + q], writes them to
+// Grid (slices, queries of the chunk). scores (chunk, ld) fp16 bits hold
+// <q, y_row0 + r> / query_scale[q] for r < tile_rows (queries are scaled to unit norm for
+// fp16). Block (s, q) keeps the k best keys of rows [s * slice_rows, ...) of query q0 + q
+// that beat bounds[q0 + q], writes them to
 // out[((q0 + q) * n_slots + row0 / slice_rows + s) * k + i] (empty slots: EMPTY_SLOT) and
 // lowers the bound to its k-th best: no row above a slice's k-th best can be in the k best.
+// Rows are read 8 per thread (TOPK_PER_THREAD) with 16-byte loads: slice_rows, tile_rows
+// and row0 are multiples of 8, and the row arrays start 16-byte aligned.
 __global__ void tile_topk(const unsigned short* __restrict__ scores, int ld, int tile_rows,
                           int row0, int q0, int nq, int slice_rows, int n_slots,
                           const float* __restrict__ row_scale, const float* __restrict__ row_bias,
