@@ -55,16 +55,15 @@ class SearchBatcher:
     def __init__(self, max_queries: int = MAX_BATCH_QUERIES):
         self.max_queries = max_queries
         self._lock = threading.Lock()
+        # A kind is here exactly while one of its calls leads: it is added by the call that
+        # finds it absent (and so leads) and removed by a leader that finds no call queued.
         self._queued: dict[SearchKind, list[_Call]] = {}
-        self._leading: set[SearchKind] = set()
-        self.batches = 0
 
     def search(self, kind: SearchKind, queries: np.ndarray, filter) -> SearchResult:
         call = _Call(queries)
         with self._lock:
+            call.lead = kind not in self._queued
             self._queued.setdefault(kind, []).append(call)
-            call.lead = kind not in self._leading
-            self._leading.add(kind)
         if not call.lead:
             call.done.wait()
         if call.lead:
@@ -83,7 +82,6 @@ class SearchBatcher:
                 total += len(queued[taken].queries)
                 taken += 1
             batch, queued[:taken] = queued[:taken], []
-            self.batches += 1
         self._run(kind, batch, filter)
         with self._lock:
             queued = self._queued[kind]
@@ -92,9 +90,7 @@ class SearchBatcher:
                 queued[0].done.set()
             else:
                 del self._queued[kind]
-                self._leading.discard(kind)
         for call in batch:
-            call.lead = False
             call.done.set()
 
     @staticmethod

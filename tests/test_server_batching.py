@@ -97,7 +97,7 @@ def test_batches_hold_at_most_max_queries():
     results = run_calls(batcher, kind, collection, calls)
     assert collection.sizes == [1, 4, 4, 4]
     assert [r.distances[0, 0] for r in results] == [float(i) for i in range(6)]
-    assert not batcher._queued and not batcher._leading
+    assert not batcher._queued
 
 
 def test_calls_of_different_kinds_never_share_a_batch():

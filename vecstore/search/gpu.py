@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from pathlib import Path
 
@@ -344,12 +344,10 @@ class GpuScanner:
                         target[:, start:n] = cp.asarray(values[:, : n - start])
                     else:
                         target[start:n] = cp.asarray(values)
-                held = DeviceCodes(held.words, held.scale, held.sq_norms, n, held.zeros,
-                                   held.signs, held.residual)
+                held = replace(held, n=n)
                 self._growing[stream] = held
                 self.uploaded_rows += n - start
-        return DeviceCodes(held.words, held.scale, held.sq_norms, n, held.zeros, held.signs,
-                           held.residual)
+        return held if held.n == n else replace(held, n=n)
 
     def _grow(self, held: DeviceCodes | None, capacity: int, arrays) -> DeviceCodes:
         """Buffers of ``capacity`` rows shaped like ``arrays``, holding ``held``'s rows."""
