@@ -13,6 +13,8 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from vecstore.v1 import vecstore_pb2
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 START_TIMEOUT_S = 60
 
@@ -65,3 +67,18 @@ def start_server(directory: Path, *args: str, env: dict | None = None) -> Server
         process.kill()
         raise RuntimeError(f"server health is {status}")
     return ServerProcess(process, address, log)
+
+
+def wait_until_stored(stub, collection, row_id, timeout=30.0):
+    """Poll Get until `row_id` is readable; Get answers NOT_FOUND until then."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if stub.Get(vecstore_pb2.GetRequest(collection=collection, ids=[row_id])).ids:
+                return
+        except grpc.RpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"id {row_id} was not stored within {timeout} s")
+        time.sleep(0.02)

@@ -21,7 +21,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 import vecstore
-from tests.grpc_server import REPO_ROOT, start_server
+from tests.grpc_server import REPO_ROOT, start_server, wait_until_stored
 from vecstore import wire
 from vecstore.v1 import vecstore_pb2 as pb
 from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
@@ -391,21 +391,6 @@ def test_a_stream_reports_the_failing_message_and_keeps_the_ones_before(stub, fi
     assert stub.Delete(pb.DeleteRequest(collection="fixed", ids=[5000])).deleted == 1
 
 
-def _wait_until_stored(stub, collection, row_id, timeout=30.0):
-    """Poll Get until `row_id` is readable; Get answers NOT_FOUND until then."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            if stub.Get(pb.GetRequest(collection=collection, ids=[row_id])).ids:
-                return
-        except grpc.RpcError as error:
-            if error.code() != Code.NOT_FOUND:
-                raise
-        if time.monotonic() > deadline:
-            pytest.fail(f"id {row_id} was not stored within {timeout} s")
-        time.sleep(0.02)
-
-
 def test_a_stream_cancelled_or_oversized_mid_way_is_no_server_error(stub, fixed, server):
     good = pb.WriteRequest(collection="fixed", vectors=_vec(ONES), dim=DIM, ids=[6000])
     release = threading.Event()
@@ -417,7 +402,7 @@ def test_a_stream_cancelled_or_oversized_mid_way_is_no_server_error(stub, fixed,
 
     # Cancelled by the caller while the server waits for the next message.
     stream = stub.InsertStream.future(requests(good), timeout=30)
-    _wait_until_stored(stub, "fixed", 6000)
+    wait_until_stored(stub, "fixed", 6000)
     stream.cancel()
     release.set()
     assert stream.cancelled()

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import vecstore
-from tests.grpc_server import REPO_ROOT, start_server
+from tests.grpc_server import REPO_ROOT, start_server, wait_until_stored
 from tests.grpc_writer import BATCH, COLLECTION, DIM, batch_vectors
 from vecstore import wire
 from vecstore.v1 import vecstore_pb2 as pb
@@ -80,6 +80,7 @@ def test_a_signal_lets_the_call_in_flight_finish_then_flushes_and_exits_0(tmp_pa
                 store_vectors=pb.STORED_VECTORS_FLOAT32))
             in_flight = stub.InsertStream.future(requests(), timeout=60)
             assert first_sent.wait(30)
+            wait_until_stored(stub, COLLECTION, 9)  # the server is inside the call
             server.process.send_signal(signum)
             deadline = time.monotonic() + 30
             while True:  # new calls are refused once the server is shutting down
