@@ -24,7 +24,7 @@ OPEN_PREFIX = "/grpc.health.v1.Health/"
 WRITE_METHODS = frozenset(
     f"/vecstore.v1.Vecstore/{name}"
     for name in ("CreateCollection", "DropCollection", "Insert", "Upsert", "InsertStream",
-                 "Delete", "Flush", "Compact")
+                 "Delete", "Train", "Flush", "Compact")
 )
 READ_WRITE, READ_ONLY = "read-write", "read-only"
 

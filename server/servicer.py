@@ -75,7 +75,8 @@ def collection_info(collection: Collection) -> pb.CollectionInfo:
         bytes_per_vector=collection.bytes_per_vector,
         store_vectors=STORED_VECTOR_ENUMS[collection.store_vectors],
         rescore_codec=collection.rescore_codec.spec if collection.rescore_codec else "",
-        rows=len(collection), config_json=json.dumps(config))
+        rows=len(collection), config_json=json.dumps(config),
+        metadata_schema=wire.pack_schema(collection.metadata_schema))
 
 
 def search_device(collection: Collection) -> str:
@@ -163,6 +164,12 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
         except Exception as exc:  # reported with the failing message's index
             abort_with(context, exc, f"message {index} (after {len(written)} rows written): ")
         return pb.WriteResponse(ids=written)
+
+    @_errors_to_status
+    def Train(self, request, context):
+        collection = self._collection(request.collection)
+        collection.train(wire.unpack_vectors(request.vectors, request.dim, "vectors"))
+        return pb.TrainResponse()
 
     @_errors_to_status
     def Delete(self, request, context):

@@ -103,6 +103,13 @@ def _run_script(db) -> list:
         record(lambda c=c: c.add(x[:2, :5]))                                   # wrong dim
         record(lambda c=c: c.get([1]))                                         # deleted
         record(lambda c=c: c.search(x[:1], k=0))
+    coded = db.create_collection("coded", dim=24, metric="l2", codec="pq8x4")
+    record(lambda: coded.train(x[:, :5]))                                     # wrong dim
+    record(lambda: coded.train(x[:300]))
+    record(lambda: (coded.add(x[300:]), coded.search(x[:4], k=5), coded.config()))
+    record(lambda: coded.train(x[:300]))                                      # holds rows
+    for c in (texts, points, coded):
+        record(lambda c=c: c.metadata_schema)
     record(lambda: points.search(x[:4], k=5, rescore=4))
     record(lambda: texts.search(x[:4], k=5, rescore=4))                        # nothing kept
     record(lambda: db.create_collection("texts", dim=24))
@@ -350,8 +357,29 @@ BAD_INPUT.update({
                                                      queries=_OVERSIZED),
                           Code.RESOURCE_EXHAUSTED, "larger than max"),
 })
+BAD_INPUT.update({
+    "train after rows": ("Train", pb.TrainRequest(collection="fixed", vectors=_vec(ONES),
+                                                  dim=DIM),
+                         Code.INVALID_ARGUMENT, "already holds vectors"),
+    "wrong dim to train": ("Train", pb.TrainRequest(collection="fixed", dim=5,
+                                                    vectors=_vec([1.0] * 5, dim=5)),
+                           Code.INVALID_ARGUMENT, "training vectors have dimension 5"),
+    "nan to train": ("Train", pb.TrainRequest(collection="fixed", dim=DIM,
+                                              vectors=_vec([np.nan] + ONES[1:])),
+                     Code.INVALID_ARGUMENT, "training vectors contain NaN or Inf"),
+    "empty batch to train": ("Train", pb.TrainRequest(collection="fixed", vectors=b"",
+                                                      dim=DIM),
+                             Code.INVALID_ARGUMENT, "training vectors is an empty batch"),
+    "ragged bytes to train": ("Train", pb.TrainRequest(collection="fixed", dim=DIM,
+                                                       vectors=_vec(ONES) + b"\0\0"),
+                              Code.INVALID_ARGUMENT, "vectors: 34 bytes"),
+    "oversized training sample": ("Train", pb.TrainRequest(collection="fixed", dim=DIM,
+                                                           vectors=_OVERSIZED),
+                                  Code.RESOURCE_EXHAUSTED, "larger than max"),
+})
 for _method, _request in (
         ("GetCollection", pb.GetCollectionRequest(name="nope")),
+        ("Train", pb.TrainRequest(collection="nope", vectors=_vec(ONES), dim=DIM)),
         ("Insert", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM)),
         ("Upsert", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM, ids=[1])),
         ("InsertStream", pb.WriteRequest(collection="nope", vectors=_vec(ONES), dim=DIM)),
@@ -638,13 +666,21 @@ def test_inserts_are_split_by_bytes_under_the_server_limit():
             assert len(requests) >= 7 and all(r.ByteSize() < 250_000 for r in requests)
             np.testing.assert_array_equal(c.add(x, metadata=meta), np.arange(5000))
             assert c.get_metadata([4999]).column("tag").to_pylist() == ["row-4999"]
+            # Reads larger than batch_bytes come back in batches, each under the limit.
+            tags = c.get_metadata(np.arange(5000)[::-1]).column("tag").to_pylist()
+            assert tags == meta["tag"][::-1]
             np.testing.assert_array_equal(c.upsert(x[::-1], ids=np.arange(5000)),
                                           np.arange(5000))
             np.testing.assert_array_equal(c.get(np.arange(2500)), x[:2499:-1])
+            np.testing.assert_array_equal(c.get(np.arange(5000)), x[::-1])
+            with pytest.raises(vecstore.NotFound, match="99999"):
+                c.get(np.append(np.arange(5000), 99_999))
         with vecstore.Client(server.address) as unsplit:  # one 1.3 MB message: refused
             with pytest.raises(vecstore.ResourceExhausted):
                 unsplit.get_collection("split").upsert(x, ids=np.arange(5000))
             assert len(unsplit.get_collection("split")) == 5000
+            with pytest.raises(vecstore.ResourceExhausted):  # one 1.3 MB reply: refused
+                unsplit.get_collection("split").get(np.arange(5000))
 
 
 class _Flaky(pb_grpc.VecstoreServicer):
@@ -754,6 +790,29 @@ def test_closing_the_client_twice_is_safe_and_later_calls_raise_closed(server):
     with vecstore.Client(server.address) as other:
         assert len(other.get_collection("closing")) == 4
         other.drop_collection("closing")
+
+
+def test_a_closed_remote_collection_raises_closed_and_the_collection_stays(client):
+    with client.create_collection("handle", dim=4) as c:
+        c.add(np.eye(4))
+    c.close()
+    for call in (lambda: c.search(np.ones(4), k=1), lambda: c.add(np.eye(4)), lambda: len(c),
+                 lambda: c.metadata_schema, lambda: c.train(np.eye(4))):
+        with pytest.raises(vecstore.Closed, match="'handle' is closed"):
+            call()
+    assert len(client.get_collection("handle")) == 4
+    client.drop_collection("handle")
+
+
+def test_training_a_large_sample_says_to_use_a_smaller_one(server):
+    with vecstore.Client(server.address, max_message_bytes=1 << 20,
+                         batch_bytes=1 << 20) as small:
+        c = small.create_collection("big-sample", dim=64, codec="pq8x4")
+        with pytest.raises(vecstore.InvalidArgument, match="exceed the message limit"):
+            c.train(np.ones((5000, 64)))
+        c.train(np.random.default_rng(0).standard_normal((2000, 64)))
+        assert c.codec.is_trained
+        small.drop_collection("big-sample")
 
 
 def test_serve_help_names_the_defaults():

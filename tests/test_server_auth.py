@@ -40,6 +40,7 @@ WRITES = {
     "Upsert": lambda who: pb.WriteRequest(collection="auth", vectors=ONE, dim=4, ids=[0]),
     "InsertStream": lambda who: iter([pb.WriteRequest(collection="auth", vectors=ONE, dim=4)]),
     "Delete": lambda who: pb.DeleteRequest(collection="auth", ids=[10_000]),
+    "Train": lambda who: pb.TrainRequest(collection=f"train-{who}", vectors=ONE, dim=4),
     "Flush": lambda who: pb.FlushRequest(collection="auth"),
     "Compact": lambda who: pb.CompactRequest(collection="auth"),
 }
@@ -60,6 +61,7 @@ def server(tmp_path_factory):
         for who in KEYS:
             for header in HEADERS:
                 client.create_collection(f"drop-{who}-{header}", dim=4)
+                client.create_collection(f"train-{who}-{header}", dim=4)
     yield process
     assert process.stop() == 0
     log = process.log_text()

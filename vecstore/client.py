@@ -14,7 +14,11 @@ Differences from the embedded API, all from the network in between:
   exponential backoff up to ``retries`` times; no other failure is retried. A write whose
   reply was lost may already be applied, so a retried ``add`` with explicit ids can raise
   AlreadyExists.
-- ``Collection.train`` and ``Database.damaged`` have no remote twin.
+- Reads (``get``, ``get_metadata``) larger than ``batch_bytes`` are fetched in batches.
+- ``RemoteCollection.close()`` releases the handle only: the collection stays open on
+  the server, whose writes are durable when acknowledged.
+- ``Database.damaged`` and ``Collection.path`` have no remote twin: the server's
+  directories are its own.
 """
 
 from __future__ import annotations
@@ -104,6 +108,7 @@ class Client:
         self._metadata = (("authorization", f"Bearer {api_key}"),) if api_key else ()
         self.url = url
         self.timeout = timeout
+        self.max_message_bytes = max_message_bytes
         self.batch_bytes = batch_bytes
         self.retries = retries
         self._closed = False
@@ -213,12 +218,26 @@ class RemoteCollection:
         self.code_size = info.code_size
         self.bytes_per_vector = info.bytes_per_vector
         self._rescore_codec = info.rescore_codec or None
+        self._closed = False
 
     def __repr__(self) -> str:
         return (f"RemoteCollection(name={self.name!r}, dim={self.dim}, metric={self.metric!r}, "
                 f"url={self._client.url!r})")
 
+    def __enter__(self) -> RemoteCollection:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Release this handle: later calls on it raise Closed. The collection stays open
+        on the server. Safe to call more than once."""
+        self._closed = True
+
     def _call(self, method: str, request):
+        if self._closed:
+            raise Closed(f"collection {self.name!r} is closed")
         return self._client._call(method, request)
 
     # --- description --------------------------------------------------------------------
@@ -232,6 +251,12 @@ class RemoteCollection:
         """The collection's JSON-safe description, as ``Collection.config()``."""
         info = self._call("GetCollection", pb.GetCollectionRequest(name=self.name))
         return json.loads(info.config_json)
+
+    @property
+    def metadata_schema(self) -> pa.Schema:
+        """The Arrow schema of the metadata fields seen so far, read from the server."""
+        info = self._call("GetCollection", pb.GetCollectionRequest(name=self.name))
+        return wire.unpack_schema(info.metadata_schema)
 
     @property
     def codec(self):
@@ -303,6 +328,19 @@ class RemoteCollection:
                    for request in self._batches(vectors, ids, metadata)]
         return np.concatenate([np.array(w, dtype=np.int64) for w in written])
 
+    def train(self, vectors) -> None:
+        """Fit data-dependent codecs (PQ, MIB, PCA) on a sample (n, d) before adding, as
+        ``Collection.train``. The sample travels in one message, so it must fit the
+        message limit."""
+        x = _validate.as_matrix(vectors, self.dim, "training vectors")
+        if x.nbytes > self._client.max_message_bytes:
+            raise InvalidArgument(
+                f"training vectors: {x.nbytes / 2**20:,.1f} MiB exceed the message limit of "
+                f"{self._client.max_message_bytes / 2**20:,.1f} MiB; train on a sample "
+                "(the codecs use at most 65,536 rows)")
+        self._call("Train", pb.TrainRequest(collection=self.name,
+                                            vectors=wire.pack_vectors(x), dim=self.dim))
+
     def delete(self, ids) -> int:
         """Delete the vectors with these ids; absent ids are ignored. Returns how many went."""
         ids = _validate.as_ids(ids)
@@ -320,19 +358,29 @@ class RemoteCollection:
 
     # --- reads --------------------------------------------------------------------------
 
+    def _reads(self, ids, **what) -> Iterator[pb.GetResponse]:
+        """Get responses for checked ``ids``, about ``batch_bytes`` of vectors per call
+        (absent ids raise NotFound before anything is fetched: the first call checks
+        them all)."""
+        ids = _validate.as_ids(ids)
+        per_call = max(1, self._client.batch_bytes // (4 * self.dim + 8))
+        if ids.size > per_call:
+            self._call("Get", pb.GetRequest(collection=self.name, ids=ids.tolist()))
+        for start in range(0, max(ids.size, 1), per_call):
+            chunk = ids[start : start + per_call].tolist()
+            yield self._call("Get", pb.GetRequest(collection=self.name, ids=chunk, **what))
+
     def get(self, ids) -> np.ndarray:
         """The vectors (n, d) float32 of ``ids`` (n,); NotFound naming absent ids."""
-        ids = _validate.as_ids(ids)
-        response = self._call("Get", pb.GetRequest(collection=self.name, ids=ids.tolist(),
-                                                   with_vectors=True))
-        return wire.unpack_vectors(response.vectors, response.dim).copy()
+        parts = [wire.unpack_vectors(response.vectors, self.dim)
+                 for response in self._reads(ids, with_vectors=True)]
+        return np.concatenate(parts) if len(parts) > 1 else parts[0].copy()
 
     def get_metadata(self, ids) -> pa.Table:
         """The metadata rows of ``ids`` (n,) as a Table with an ``id`` column first."""
-        ids = _validate.as_ids(ids)
-        response = self._call("Get", pb.GetRequest(collection=self.name, ids=ids.tolist(),
-                                                   with_metadata=True))
-        return wire.unpack_table(response.metadata)
+        tables = [wire.unpack_table(response.metadata)
+                  for response in self._reads(ids, with_metadata=True)]
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
 
     def search(self, queries, k: int = 10, *, rescore: int | None = None,
                filter=None, device: str | None = None) -> SearchResult:

@@ -71,6 +71,16 @@ def unpack_table(data: bytes, field: str = "metadata") -> pa.Table | None:
     return table
 
 
+def pack_schema(schema: pa.Schema) -> bytes:
+    """``schema`` as Arrow IPC schema bytes."""
+    return schema.serialize().to_pybytes()
+
+
+def unpack_schema(data: bytes) -> pa.Schema:
+    """The schema in Arrow IPC schema bytes ``data``; no fields for empty bytes."""
+    return pa.ipc.read_schema(pa.py_buffer(data)) if data else pa.schema([])
+
+
 def _json_value(value):
     if isinstance(value, np.generic):
         return value.item()

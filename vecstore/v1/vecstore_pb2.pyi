@@ -61,7 +61,7 @@ class CreateCollectionRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., codec: _Optional[str] = ..., seed: _Optional[int] = ..., rotation: _Optional[str] = ..., store_vectors: _Optional[_Union[StoredVectors, str]] = ..., rescore_codec: _Optional[str] = ...) -> None: ...
 
 class CollectionInfo(_message.Message):
-    __slots__ = ("name", "dim", "metric", "codec", "code_size", "bytes_per_vector", "store_vectors", "rescore_codec", "rows", "config_json")
+    __slots__ = ("name", "dim", "metric", "codec", "code_size", "bytes_per_vector", "store_vectors", "rescore_codec", "rows", "config_json", "metadata_schema")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     METRIC_FIELD_NUMBER: _ClassVar[int]
@@ -72,6 +72,7 @@ class CollectionInfo(_message.Message):
     RESCORE_CODEC_FIELD_NUMBER: _ClassVar[int]
     ROWS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    METADATA_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     dim: int
     metric: Metric
@@ -82,7 +83,8 @@ class CollectionInfo(_message.Message):
     rescore_codec: str
     rows: int
     config_json: str
-    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., codec: _Optional[str] = ..., code_size: _Optional[int] = ..., bytes_per_vector: _Optional[int] = ..., store_vectors: _Optional[_Union[StoredVectors, str]] = ..., rescore_codec: _Optional[str] = ..., rows: _Optional[int] = ..., config_json: _Optional[str] = ...) -> None: ...
+    metadata_schema: bytes
+    def __init__(self, name: _Optional[str] = ..., dim: _Optional[int] = ..., metric: _Optional[_Union[Metric, str]] = ..., codec: _Optional[str] = ..., code_size: _Optional[int] = ..., bytes_per_vector: _Optional[int] = ..., store_vectors: _Optional[_Union[StoredVectors, str]] = ..., rescore_codec: _Optional[str] = ..., rows: _Optional[int] = ..., config_json: _Optional[str] = ..., metadata_schema: _Optional[bytes] = ...) -> None: ...
 
 class GetCollectionRequest(_message.Message):
     __slots__ = ("name",)
@@ -129,6 +131,20 @@ class WriteResponse(_message.Message):
     IDS_FIELD_NUMBER: _ClassVar[int]
     ids: _containers.RepeatedScalarFieldContainer[int]
     def __init__(self, ids: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class TrainRequest(_message.Message):
+    __slots__ = ("collection", "vectors", "dim")
+    COLLECTION_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    collection: str
+    vectors: bytes
+    dim: int
+    def __init__(self, collection: _Optional[str] = ..., vectors: _Optional[bytes] = ..., dim: _Optional[int] = ...) -> None: ...
+
+class TrainResponse(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
 
 class DeleteRequest(_message.Message):
     __slots__ = ("collection", "ids")

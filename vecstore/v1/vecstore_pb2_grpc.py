@@ -74,6 +74,11 @@ class VecstoreStub:
                 request_serializer=vecstore_dot_v1_dot_vecstore__pb2.DeleteRequest.SerializeToString,
                 response_deserializer=vecstore_dot_v1_dot_vecstore__pb2.DeleteResponse.FromString,
                 _registered_method=True)
+        self.Train = channel.unary_unary(
+                '/vecstore.v1.Vecstore/Train',
+                request_serializer=vecstore_dot_v1_dot_vecstore__pb2.TrainRequest.SerializeToString,
+                response_deserializer=vecstore_dot_v1_dot_vecstore__pb2.TrainResponse.FromString,
+                _registered_method=True)
         self.Get = channel.unary_unary(
                 '/vecstore.v1.Vecstore/Get',
                 request_serializer=vecstore_dot_v1_dot_vecstore__pb2.GetRequest.SerializeToString,
@@ -161,6 +166,14 @@ class VecstoreServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Train(self, request, context):
+        """Fit the data-dependent codecs (PQ, MIB, PCA) on a sample before the first insert;
+        INVALID_ARGUMENT once the collection holds vectors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Get(self, request, context):
         """Reads.
         """
@@ -241,6 +254,11 @@ def add_VecstoreServicer_to_server(servicer, server):
                     servicer.Delete,
                     request_deserializer=vecstore_dot_v1_dot_vecstore__pb2.DeleteRequest.FromString,
                     response_serializer=vecstore_dot_v1_dot_vecstore__pb2.DeleteResponse.SerializeToString,
+            ),
+            'Train': grpc.unary_unary_rpc_method_handler(
+                    servicer.Train,
+                    request_deserializer=vecstore_dot_v1_dot_vecstore__pb2.TrainRequest.FromString,
+                    response_serializer=vecstore_dot_v1_dot_vecstore__pb2.TrainResponse.SerializeToString,
             ),
             'Get': grpc.unary_unary_rpc_method_handler(
                     servicer.Get,
@@ -489,6 +507,33 @@ class Vecstore:
             '/vecstore.v1.Vecstore/Delete',
             vecstore_dot_v1_dot_vecstore__pb2.DeleteRequest.SerializeToString,
             vecstore_dot_v1_dot_vecstore__pb2.DeleteResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Train(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/vecstore.v1.Vecstore/Train',
+            vecstore_dot_v1_dot_vecstore__pb2.TrainRequest.SerializeToString,
+            vecstore_dot_v1_dot_vecstore__pb2.TrainResponse.FromString,
             options,
             channel_credentials,
             insecure,
