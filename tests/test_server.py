@@ -502,8 +502,9 @@ def test_calls_beyond_the_concurrency_cap_are_refused(tmp_path):
                 vecstore.Client(server.address, retries=0) as client:
             stub = pb_grpc.VecstoreStub(channel)
             stream = stub.InsertStream.future(held_open())
+            deadline = time.monotonic() + 30
             with pytest.raises(vecstore.ResourceExhausted):
-                for _ in range(100):  # until the stream has surely taken the slot
+                while time.monotonic() < deadline:  # until the stream has taken the slot
                     client.list_collections()
                     time.sleep(0.02)
             with pytest.raises(grpc.RpcError) as raised:

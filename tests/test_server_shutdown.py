@@ -85,7 +85,7 @@ def test_a_signal_lets_the_call_in_flight_finish_then_flushes_and_exits_0(tmp_pa
             deadline = time.monotonic() + 30
             while True:  # new calls are refused once the server is shutting down
                 try:
-                    stub.ListCollections(pb.ListCollectionsRequest(), timeout=5)
+                    stub.ListCollections(pb.ListCollectionsRequest(), timeout=30)
                 except grpc.RpcError as exc:
                     # UNAVAILABLE once the port is closed; a call that reaches the server
                     # in the instant it stops accepting is CANCELLED by gRPC instead.
