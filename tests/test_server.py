@@ -676,12 +676,22 @@ def test_inserts_are_split_by_bytes_under_the_server_limit():
             np.testing.assert_array_equal(c.get(np.arange(5000)), x[::-1])
             with pytest.raises(vecstore.NotFound, match="99999"):
                 c.get(np.append(np.arange(5000), 99_999))
+            # So do query batches: 5,000 queries are 1.3 MB.
+            found = c.search(x, k=3)
+            assert found.ids.shape == (5000, 3) and found.distances.dtype == np.float32
+            for rows in (slice(0, 50), slice(4950, 5000)):  # small batches score by tables
+                alone = c.search(x[rows], k=3)
+                np.testing.assert_array_equal(alone.ids, found.ids[rows])
+                np.testing.assert_allclose(alone.distances, found.distances[rows], rtol=0,
+                                           atol=1e-5 * np.abs(found.distances).max())
         with vecstore.Client(server.address) as unsplit:  # one 1.3 MB message: refused
             with pytest.raises(vecstore.ResourceExhausted):
                 unsplit.get_collection("split").upsert(x, ids=np.arange(5000))
             assert len(unsplit.get_collection("split")) == 5000
             with pytest.raises(vecstore.ResourceExhausted):  # one 1.3 MB reply: refused
                 unsplit.get_collection("split").get(np.arange(5000))
+            with pytest.raises(vecstore.ResourceExhausted):  # 1.3 MB of queries: refused
+                unsplit.get_collection("split").search(x, k=3)
 
 
 class _Flaky(pb_grpc.VecstoreServicer):

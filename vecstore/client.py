@@ -14,7 +14,9 @@ Differences from the embedded API, all from the network in between:
   exponential backoff up to ``retries`` times; no other failure is retried. A write whose
   reply was lost may already be applied, so a retried ``add`` with explicit ids can raise
   AlreadyExists.
-- Reads (``get``, ``get_metadata``) larger than ``batch_bytes`` are fetched in batches.
+- Reads (``get``, ``get_metadata``) and query batches larger than ``batch_bytes`` (the
+  queries or the largest possible results) go in several calls; a write landing between
+  two calls may be seen by some queries of a batch and not others.
 - ``RemoteCollection.close()`` releases the handle only: the collection stays open on
   the server, whose writes are durable when acknowledged.
 - ``Database.damaged`` and ``Collection.path`` have no remote twin: the server's
@@ -397,11 +399,20 @@ class RemoteCollection:
                     f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
         if device is not None:
             check_device(device)
-        request = pb.SearchRequest(collection=self.name, queries=wire.pack_vectors(q),
-                                   dim=self.dim, k=k, filter_json=wire.filter_to_json(filter),
-                                   device=_DEVICES[device])
-        if rescore is not None:
-            request.rescore = int(rescore)
-        response = self._call("Search", request)
-        return wire.expand_results(response.counts, response.ids, response.distances, k,
-                                   self.metric)
+        filter_json = wire.filter_to_json(filter)
+        # A result is at most a 10-byte id varint and a 4-byte distance.
+        per_call = max(1, self._client.batch_bytes // max(4 * self.dim, 14 * k + 10))
+        parts = []
+        for start in range(0, q.shape[0], per_call):
+            request = pb.SearchRequest(collection=self.name, dim=self.dim, k=k,
+                                       queries=wire.pack_vectors(q[start : start + per_call]),
+                                       filter_json=filter_json, device=_DEVICES[device])
+            if rescore is not None:
+                request.rescore = int(rescore)
+            response = self._call("Search", request)
+            parts.append(wire.expand_results(response.counts, response.ids,
+                                             response.distances, k, self.metric))
+        if len(parts) == 1:
+            return parts[0]
+        return SearchResult(np.concatenate([part.distances for part in parts]),
+                            np.concatenate([part.ids for part in parts]))
