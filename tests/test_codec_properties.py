@@ -265,3 +265,18 @@ def test_codes_do_not_share_memory_with_caller_arrays(spec):
     codes = codec.encode(x)
     assert not np.shares_memory(codes, x)
     assert not np.shares_memory(codec.decode(codes), codes)
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("dim", [2, 37, 64, 384])
+def test_turboquant_decoding_by_byte_items_equals_unpacking(bits, dim):
+    """The rotated reconstruction gathered a byte at a time (widths dividing 8) is the
+    centroid of every unpacked index, bit for bit, as a contiguous (n, D) float32 array."""
+    codec = make_codec(f"tq{bits}", dim=dim, seed=3)
+    x = np.random.default_rng(dim).standard_normal((300, dim)).astype(np.float32)
+    codes = codec.encode(x)
+    indices = bitpack.unpack(codes[:, : codec.index_bytes], codec.rot_dim, bits)
+    decoded = codec._dequantize(codes)
+    assert decoded.dtype == np.float32 and decoded.flags.c_contiguous
+    np.testing.assert_array_equal(decoded, codec._centroids32[indices])
+    assert codec._dequantize(codes[:0]).shape == (0, codec.rot_dim)
