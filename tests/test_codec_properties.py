@@ -280,3 +280,16 @@ def test_turboquant_decoding_by_byte_items_equals_unpacking(bits, dim):
     assert decoded.dtype == np.float32 and decoded.flags.c_contiguous
     np.testing.assert_array_equal(decoded, codec._centroids32[indices])
     assert codec._dequantize(codes[:0]).shape == (0, codec.rot_dim)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("dim", [2, 37, 384])
+def test_qjl_signs_decoded_by_byte_items_equal_unpacked_bits(bits, dim):
+    codec = make_codec(f"tq{bits}-prod", dim=dim, seed=3)
+    codes = codec.encode(np.random.default_rng(dim).standard_normal((300, dim)))
+    stored = np.unpackbits(codes[:, codec.index_bytes : codec.norm_offset], axis=1,
+                           count=codec.rot_dim, bitorder="little")
+    signs = codec._signs(codes)
+    assert signs.dtype == np.float32 and signs.flags.c_contiguous
+    np.testing.assert_array_equal(signs, np.where(stored == 1, 1.0, -1.0))
+    assert codec._signs(codes[:0]).shape == (0, codec.rot_dim)

@@ -58,6 +58,24 @@ def byte_levels(levels: np.ndarray, bits: int) -> np.ndarray:
                      for slot in range(8 // bits)], axis=1)
 
 
+def byte_items(levels: np.ndarray, bits: int) -> np.ndarray:
+    """``byte_levels`` with each byte's values as one opaque item of 32 / bits bytes,
+    (256,) void: one gather per byte decodes all of its values."""
+    table = byte_levels(levels, bits)
+    return table.view(np.dtype((np.void, table.shape[1] * 4))).ravel()
+
+
+def decode_bytes(items: np.ndarray, packed: np.ndarray, count: int) -> np.ndarray:
+    """The first ``count`` values of packed (n, P) uint8 through ``byte_items`` ``items``:
+    (n, count) float32, C-contiguous."""
+    values = np.take(items, packed).view(np.float32).reshape(
+        packed.shape[0], packed.shape[1] * items.dtype.itemsize // 4)
+    return values if values.shape[1] == count else np.ascontiguousarray(values[:, :count])
+
+
+_SIGN_ITEMS = byte_items(_SIGN_LEVELS, 1)
+
+
 def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,
                        bits: int) -> np.ndarray:
     """Sum_j q_j * levels[v_j] for b-bit values v packed per ``bitpack``, by byte tables.
@@ -115,13 +133,10 @@ class _TurboQuantBase:
         self._centroids32 = self.centroids.astype(np.float32)
         self._boundaries32 = ((self.centroids[1:] + self.centroids[:-1]) / 2).astype(np.float32)
         self.index_bytes = bitpack.packed_size(self.rot_dim, self.mse_bits)
-        # For widths dividing 8: each byte's values as one opaque item of 32 / bits bytes,
-        # so decoding is a single gather per byte instead of unpacking then a gather per
-        # value (2x faster at 4 bits, 12x at 1 bit).
-        self._byte_items = None
-        if 8 % self.mse_bits == 0:
-            table = byte_levels(self._centroids32, self.mse_bits)
-            self._byte_items = table.view(np.dtype((np.void, table.shape[1] * 4))).ravel()
+        # Widths dividing 8 decode a byte at a time (``decode_bytes``): 2x faster than
+        # unpacking then gathering each value at 4 bits, 12x at 1 bit.
+        self._byte_items = (byte_items(self._centroids32, self.mse_bits)
+                            if 8 % self.mse_bits == 0 else None)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -168,11 +183,7 @@ class _TurboQuantBase:
         """Rotated-space reconstruction of the unit vectors, (n, D) float32."""
         if self._byte_items is None:
             return np.take(self._centroids32, self._indices(codes))
-        items = np.take(self._byte_items, codes[:, : self.index_bytes])
-        width = 8 // self.mse_bits * self.index_bytes
-        values = items.view(np.float32).reshape(codes.shape[0], width)
-        return values if values.shape[1] == self.rot_dim else np.ascontiguousarray(
-            values[:, : self.rot_dim])
+        return decode_bytes(self._byte_items, codes[:, : self.index_bytes], self.rot_dim)
 
     def _mse_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """<q_rot, y_mse> for each query and code, (nq, n) float32."""
@@ -284,9 +295,8 @@ class TurboQuantProd(_TurboQuantBase):
 
     def _signs(self, codes: np.ndarray) -> np.ndarray:
         """sign(S r) as ±1.0, (n, D) float32."""
-        bits = np.unpackbits(codes[:, self.index_bytes : self.norm_offset], axis=1,
-                             count=self.rot_dim, bitorder="little")
-        return bits.astype(np.float32) * 2 - 1
+        return decode_bytes(_SIGN_ITEMS, codes[:, self.index_bytes : self.norm_offset],
+                            self.rot_dim)
 
     def residual_norms(self, codes: np.ndarray) -> np.ndarray:
         """Stored ||r|| of the unit vector's MSE residual, (n,) float32."""
