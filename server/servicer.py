@@ -27,18 +27,6 @@ from .batching import SearchBatcher, SearchKind
 
 log = logging.getLogger("vecstore.server")
 
-METRIC_NAMES = {pb.METRIC_UNSPECIFIED: "cosine", pb.METRIC_COSINE: "cosine",
-                pb.METRIC_IP: "ip", pb.METRIC_L2: "l2"}
-METRIC_ENUMS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2}
-STORED_VECTOR_NAMES = {pb.STORED_VECTORS_UNSPECIFIED: None, pb.STORED_VECTORS_NONE: None,
-                       pb.STORED_VECTORS_FLOAT16: "float16", pb.STORED_VECTORS_FLOAT32: "float32"}
-STORED_VECTOR_ENUMS = {None: pb.STORED_VECTORS_NONE, "float16": pb.STORED_VECTORS_FLOAT16,
-                       "float32": pb.STORED_VECTORS_FLOAT32}
-DEVICE_NAMES = {pb.DEVICE_UNSPECIFIED: None, pb.DEVICE_AUTO: "auto", pb.DEVICE_CPU: "cpu",
-                pb.DEVICE_GPU: "gpu"}
-DEVICE_ENUMS = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU,
-                "gpu": pb.DEVICE_GPU}
-
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, prefix: str = "") -> None:
     """End the call with the status code of ``exc`` (raises, as ``context.abort`` does)."""
@@ -70,10 +58,10 @@ def collection_info(collection: Collection) -> pb.CollectionInfo:
     """The CollectionInfo message describing ``collection``."""
     config = collection.config()
     return pb.CollectionInfo(
-        name=collection.name, dim=collection.dim, metric=METRIC_ENUMS[collection.metric],
+        name=collection.name, dim=collection.dim, metric=wire.METRIC_ENUMS[collection.metric],
         codec=collection.codec.spec, code_size=collection.code_size,
         bytes_per_vector=collection.bytes_per_vector,
-        store_vectors=STORED_VECTOR_ENUMS[collection.store_vectors],
+        store_vectors=wire.STORED_VECTOR_ENUMS[collection.store_vectors],
         rescore_codec=collection.rescore_codec.spec if collection.rescore_codec else "",
         rows=len(collection), config_json=json.dumps(config),
         metadata_schema=wire.pack_schema(collection.metadata_schema))
@@ -109,10 +97,10 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
     def CreateCollection(self, request, context):
         collection = self.db.create_collection(
             check_collection_name(request.name), dim=request.dim,
-            metric=_enum(METRIC_NAMES, request.metric, "metric"),
+            metric=_enum(wire.METRIC_NAMES, request.metric, "metric"),
             codec=request.codec or "tq4", seed=request.seed,
             rotation=request.rotation or "auto",
-            store_vectors=_enum(STORED_VECTOR_NAMES, request.store_vectors, "store_vectors"),
+            store_vectors=_enum(wire.STORED_VECTOR_NAMES, request.store_vectors, "store_vectors"),
             rescore_codec=request.rescore_codec or None)
         return collection_info(collection)
 
@@ -197,7 +185,7 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
         queries = wire.unpack_vectors(request.queries, request.dim, "queries")
         kind = SearchKind(collection, int(request.k),
                           request.rescore if request.HasField("rescore") else None,
-                          request.filter_json, _enum(DEVICE_NAMES, request.device, "device"))
+                          request.filter_json, _enum(wire.DEVICE_NAMES, request.device, "device"))
         result = self.batcher.search(kind, queries, wire.filter_from_json(request.filter_json))
         counts, ids, distances = wire.flatten_results(result)
         return pb.SearchResponse(counts=counts.tolist(), ids=ids.tolist(),

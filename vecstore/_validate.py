@@ -83,3 +83,18 @@ def as_k(k) -> int:
     if not 0 < k <= MAX_K:
         raise InvalidArgument(f"k must be between 1 and {MAX_K}, got {k}")
     return int(k)
+
+
+# The largest rescore factor: a search fetches k * rescore candidates to rerank.
+MAX_RESCORE = 64
+
+
+def as_rescore(rescore) -> int | None:
+    """Return ``rescore`` as an int in 1..MAX_RESCORE, or None when not rescoring."""
+    if rescore is None:
+        return None
+    if isinstance(rescore, bool) or not isinstance(rescore, int | np.integer):
+        raise InvalidArgument(f"rescore must be an integer, got {type(rescore).__name__}")
+    if not 1 <= rescore <= MAX_RESCORE:
+        raise InvalidArgument(f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
+    return int(rescore)

@@ -36,7 +36,8 @@ import pyarrow as pa
 from vecstore import _validate, wire
 from vecstore import metadata as metadata_module
 from vecstore.codecs.registry import codec_from_config
-from vecstore.collection import MAX_RESCORE, SearchResult, check_device
+from vecstore.collection import SearchResult, check_device
+from vecstore.database import check_collection_options
 from vecstore.errors import Closed, InvalidArgument, NotFound
 from vecstore.status_codes import error_from_rpc
 from vecstore.v1 import vecstore_pb2 as pb
@@ -48,14 +49,6 @@ DEFAULT_BATCH_BYTES = 64 << 20
 DEFAULT_RETRIES = 4
 FIRST_BACKOFF_S = 0.1
 MAX_BACKOFF_S = 2.0
-
-_METRICS = {pb.METRIC_COSINE: "cosine", pb.METRIC_IP: "ip", pb.METRIC_L2: "l2"}
-_METRIC_ENUMS = {name: value for value, name in _METRICS.items()}
-_STORED_VECTORS = {None: pb.STORED_VECTORS_NONE, "float16": pb.STORED_VECTORS_FLOAT16,
-                   "float32": pb.STORED_VECTORS_FLOAT32}
-_DEVICES = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU,
-            "gpu": pb.DEVICE_GPU}
-
 
 def _target(url: str) -> tuple[str, bool]:
     """The ``host:port`` of ``url`` and whether its scheme asks for TLS."""
@@ -159,18 +152,13 @@ class Client:
                           store_vectors: str | None = None,
                           rescore_codec: str | None = None) -> RemoteCollection:
         """Create an empty collection (see ``Database.create_collection``)."""
-        if metric not in _METRIC_ENUMS:
-            raise InvalidArgument(f"unknown metric {metric!r}; expected one of "
-                                  f"{tuple(_METRIC_ENUMS)}")
-        if store_vectors not in _STORED_VECTORS:
-            raise InvalidArgument(
-                f"store_vectors must be None, 'float16' or 'float32', got {store_vectors!r}")
+        check_collection_options(metric, store_vectors, rescore_codec)
         for field, value in (("dim", dim), ("seed", seed)):
             if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 0:
                 raise InvalidArgument(f"{field} must be a non-negative integer, got {value!r}")
         info = self._call("CreateCollection", pb.CreateCollectionRequest(
-            name=name, dim=int(dim), metric=_METRIC_ENUMS[metric], codec=codec, seed=int(seed),
-            rotation=rotation, store_vectors=_STORED_VECTORS[store_vectors],
+            name=name, dim=int(dim), metric=wire.METRIC_ENUMS[metric], codec=codec, seed=int(seed),
+            rotation=rotation, store_vectors=wire.STORED_VECTOR_ENUMS[store_vectors],
             rescore_codec=rescore_codec or ""))
         return RemoteCollection(self, info)
 
@@ -213,10 +201,8 @@ class RemoteCollection:
         self._client = client
         self.name = info.name
         self.dim = info.dim
-        # An enum's zero value (UNSPECIFIED) means the default: cosine, codes only.
-        self.metric = _METRICS[info.metric] if info.metric else "cosine"
-        self.store_vectors = ({v: k for k, v in _STORED_VECTORS.items()}[info.store_vectors]
-                              if info.store_vectors else None)
+        self.metric = wire.METRIC_NAMES[info.metric]
+        self.store_vectors = wire.STORED_VECTOR_NAMES[info.store_vectors]
         self.code_size = info.code_size
         self.bytes_per_vector = info.bytes_per_vector
         self._rescore_codec = info.rescore_codec or None
@@ -390,13 +376,7 @@ class RemoteCollection:
         (nq, k) float32 distances and int64 ids, as ``Collection.search``."""
         q = _validate.as_matrix(queries, self.dim, "queries")
         k = _validate.as_k(k)
-        if rescore is not None:
-            if isinstance(rescore, bool) or not isinstance(rescore, int | np.integer):
-                raise InvalidArgument(
-                    f"rescore must be an integer, got {type(rescore).__name__}")
-            if not 1 <= rescore <= MAX_RESCORE:
-                raise InvalidArgument(
-                    f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
+        rescore = _validate.as_rescore(rescore)
         if device is not None:
             check_device(device)
         filter_json = wire.filter_to_json(filter)
@@ -406,9 +386,9 @@ class RemoteCollection:
         for start in range(0, q.shape[0], per_call):
             request = pb.SearchRequest(collection=self.name, dim=self.dim, k=k,
                                        queries=wire.pack_vectors(q[start : start + per_call]),
-                                       filter_json=filter_json, device=_DEVICES[device])
+                                       filter_json=filter_json, device=wire.DEVICE_ENUMS[device])
             if rescore is not None:
-                request.rescore = int(rescore)
+                request.rescore = rescore
             response = self._call("Search", request)
             parts.append(wire.expand_results(response.counts, response.ids,
                                              response.distances, k, self.metric))

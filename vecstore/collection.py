@@ -44,7 +44,6 @@ COMPACT_DEAD_FRACTION = 0.5
 # Filters selecting fewer rows than this fraction of a segment scan a gathered copy.
 GATHER_FRACTION = 0.25
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
-MAX_RESCORE = 64
 DEVICES = ("auto", "cpu", "gpu")
 
 
@@ -709,12 +708,8 @@ class Collection:
 
     def _rescore_column(self, rescore) -> str | None:
         """The column holding finer vectors, or None when not rescoring."""
-        if rescore is None:
+        if _validate.as_rescore(rescore) is None:
             return None
-        if isinstance(rescore, bool) or not isinstance(rescore, int | np.integer):
-            raise InvalidArgument(f"rescore must be an integer, got {type(rescore).__name__}")
-        if not 1 <= rescore <= MAX_RESCORE:
-            raise InvalidArgument(f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
         if self.store_vectors is not None:
             return rows.VECTOR
         if self.rescore_codec is not None:

@@ -37,6 +37,21 @@ def check_collection_name(name) -> str:
     return name
 
 
+def check_collection_options(metric: str, store_vectors: str | None,
+                             rescore_codec: str | None) -> None:
+    """Raise InvalidArgument unless ``metric``, ``store_vectors`` and ``rescore_codec``
+    are a valid choice for ``Database.create_collection`` (the codecs are checked when
+    they are built)."""
+    if metric not in METRICS:
+        raise InvalidArgument(f"unknown metric {metric!r}; expected one of {METRICS}")
+    if store_vectors is not None and store_vectors not in STORED_VECTOR_DTYPES:
+        raise InvalidArgument(
+            f"store_vectors must be None, 'float16' or 'float32', got {store_vectors!r}"
+        )
+    if store_vectors is not None and rescore_codec is not None:
+        raise InvalidArgument("choose one of store_vectors and rescore_codec for rescoring")
+
+
 class Database:
     """Collections by name. Use ``vecstore.open()`` to get one; close it when done.
 
@@ -135,14 +150,7 @@ class Database:
         """
         self._check_open()
         check_collection_name(name)
-        if metric not in METRICS:
-            raise InvalidArgument(f"unknown metric {metric!r}; expected one of {METRICS}")
-        if store_vectors is not None and store_vectors not in STORED_VECTOR_DTYPES:
-            raise InvalidArgument(
-                f"store_vectors must be None, 'float16' or 'float32', got {store_vectors!r}"
-            )
-        if store_vectors is not None and rescore_codec is not None:
-            raise InvalidArgument("choose one of store_vectors and rescore_codec for rescoring")
+        check_collection_options(metric, store_vectors, rescore_codec)
         coder = make_codec(codec, dim=dim, seed=seed, rotation=rotation)
         finer = (make_codec(rescore_codec, dim=dim, seed=seed, rotation=rotation)
                  if rescore_codec is not None else None)

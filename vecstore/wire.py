@@ -7,7 +7,9 @@ way:
 - vectors: packed little-endian float32 bytes, n * dim * 4 of them, row after row;
 - metadata: the Arrow IPC stream format of one table, so every Arrow type survives exactly;
 - filters: the dict form of ``vecstore.metadata`` as JSON;
-- search results: flat ids and distances with a count per query (padding is not sent).
+- search results: flat ids and distances with a count per query (padding is not sent);
+- enums: the names of metrics, stored vectors and devices both ways, every zero value
+  (*_UNSPECIFIED) reading as the default.
 
 Every failure raises InvalidArgument naming the field.
 """
@@ -22,8 +24,20 @@ import pyarrow.compute as pc
 
 from vecstore.collection import SearchResult
 from vecstore.errors import InvalidArgument
+from vecstore.v1 import vecstore_pb2 as pb
 
 FLOAT32_LE = np.dtype("<f4")
+
+METRIC_ENUMS = {"cosine": pb.METRIC_COSINE, "ip": pb.METRIC_IP, "l2": pb.METRIC_L2}
+METRIC_NAMES = {pb.METRIC_UNSPECIFIED: "cosine",
+                **{value: name for name, value in METRIC_ENUMS.items()}}
+STORED_VECTOR_ENUMS = {None: pb.STORED_VECTORS_NONE, "float16": pb.STORED_VECTORS_FLOAT16,
+                       "float32": pb.STORED_VECTORS_FLOAT32}
+STORED_VECTOR_NAMES = {pb.STORED_VECTORS_UNSPECIFIED: None,
+                       **{value: name for name, value in STORED_VECTOR_ENUMS.items()}}
+DEVICE_ENUMS = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU,
+                "gpu": pb.DEVICE_GPU}
+DEVICE_NAMES = {value: name for name, value in DEVICE_ENUMS.items()}
 
 
 def pack_vectors(x: np.ndarray) -> bytes:
