@@ -33,24 +33,6 @@ def collection_name(dataset: str, n: int, codec: str) -> str:
     return f"load-{dataset}-{n}-{codec}"
 
 
-def start_server(directory: Path, device: str) -> tuple[subprocess.Popen, str]:
-    """``vecstore serve`` on a free loopback port over ``directory``; the process and url."""
-    directory.mkdir(parents=True, exist_ok=True)
-    port_file = directory / "port"
-    port_file.unlink(missing_ok=True)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "vecstore", "serve", "--data", str(directory / "data"),
-         "--port", "0", "--port-file", str(port_file), "--device", device],
-        cwd=REPO_ROOT)
-    deadline = time.monotonic() + SERVER_START_S
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None or time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError("the server did not start")
-        time.sleep(0.05)
-    return process, f"127.0.0.1:{int(port_file.read_text())}"
-
-
 def stop_server(process: subprocess.Popen) -> int:
     process.send_signal(signal.SIGTERM)
     return process.wait(120)
@@ -167,7 +149,9 @@ def run_load(*, url: str | None, serve: Path | None, device: str, api_key: str |
     load the collection, then search at each concurrency level. One dict per step."""
     process = None
     if serve is not None:
-        process, url = start_server(serve, device)
+        from vecstore.server.process import spawn
+
+        process, url = spawn(serve, "--device", device, cwd=REPO_ROOT, timeout=SERVER_START_S)
     try:
         with vecstore.Client(url, api_key=api_key) as client:
             insert = load_collection(client, dataset, n=n, codec=codec, batch=batch)

@@ -46,6 +46,12 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, with an IPv6 address in brackets."""
+    bracketed = f"[{host}]" if ":" in host and not host.startswith("[") else host
+    return f"{bracketed}:{port}"
+
+
 class Server:
     """The Vecstore service on ``host:port`` (port 0 picks a free one; see ``port``).
 
@@ -104,8 +110,7 @@ class Server:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server)
-        address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") \
-            else f"{host}:{port}"
+        address = host_port(host, port)
         if tls is None:
             self.port = self._server.add_insecure_port(address)
         else:
@@ -120,9 +125,7 @@ class Server:
     @property
     def address(self) -> str:
         """``host:port`` with the bound port, as ``vecstore.Client`` takes it."""
-        host = f"[{self.host}]" if ":" in self.host and not self.host.startswith("[") \
-            else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     def start(self) -> Server:
         self._server.start()

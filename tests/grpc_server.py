@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from vecstore.server.process import spawn
 
 from vecstore.v1 import vecstore_pb2
 
@@ -43,22 +42,13 @@ class ServerProcess:
 def start_server(directory: Path, *args: str, env: dict | None = None) -> ServerProcess:
     """Serve ``directory/data`` with extra ``args``; returns once health says SERVING."""
     directory.mkdir(parents=True, exist_ok=True)
-    port_file, log = directory / "port", directory / "server.log"
-    port_file.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "vecstore", "serve", "--data", str(directory / "data"),
-               "--port", "0", "--port-file", str(port_file), "--grace", "20", *args]
+    log = directory / "server.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(command, cwd=REPO_ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                   env={**os.environ, **(env or {})})
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not port_file.exists() or not port_file.read_text().strip():
-        if process.poll() is not None:
-            raise RuntimeError(f"server exited with {process.returncode}:\n{log.read_text()}")
-        if time.monotonic() > deadline:
-            process.kill()
-            raise RuntimeError(f"server did not start:\n{log.read_text()}")
-        time.sleep(0.05)
-    address = f"127.0.0.1:{int(port_file.read_text())}"
+        try:
+            process, address = spawn(directory, "--grace", "20", *args, stdout=out, env=env,
+                                     cwd=REPO_ROOT, timeout=START_TIMEOUT_S)
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}:\n{log.read_text()}") from None
     with grpc.insecure_channel(address) as channel:
         check = health_pb2_grpc.HealthStub(channel).Check
         status = check(health_pb2.HealthCheckRequest(service=""), timeout=START_TIMEOUT_S,
