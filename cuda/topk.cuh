@@ -64,30 +64,60 @@ struct BlockTopK {
         if (threadIdx.x == 0) *flush_flag = 0;
     }
 
-    // Keeps `packed` for query `q` when it beats the current K-th best.
+    // Keeps `packed` for query `q` when it beats the current K-th best. The threads of a
+    // warp that keep a value take their buffer slots with one atomic.
     __device__ __forceinline__ void offer(int q, u64 packed) {
         u64* arr = best + (size_t)q * size;
-        if (packed < arr[k - 1]) {
-            int slot = atomicAdd(&counts[q], 1);
-            arr[k + slot] = packed;
-        }
+        const bool keep = packed < arr[k - 1];
+        const unsigned int keepers = __ballot_sync(__activemask(), keep);
+        if (!keep) return;
+        const int lane = threadIdx.x & 31;
+        const int leader = __ffs(keepers) - 1;
+        int first = 0;
+        if (lane == leader) first = atomicAdd(&counts[q], __popc(keepers));
+        first = __shfl_sync(keepers, first, leader);
+        arr[k + first + __popc(keepers & ((1u << lane) - 1u))] = packed;
     }
 
     // Ends a step in which each thread offered at most one value per query; every thread
-    // of the block calls it. Sorts when the next step could overflow a buffer.
+    // of the block calls it. Sorts when the next step could overflow a buffer, and as soon
+    // as a query has K candidates but no K-th best yet (so that the threshold filters from
+    // the second step on). A sort covers only the leading power of two that holds the
+    // kept values and the pending candidates.
     __device__ void end_step() {
         __syncthreads();
-        if (threadIdx.x < groups && counts[threadIdx.x] > size - k - (int)blockDim.x)
-            *flush_flag = 1;
+        if (threadIdx.x < groups) {
+            const int pending = counts[threadIdx.x];
+            if (pending > size - k - (int)blockDim.x
+                || (pending >= k && best[(size_t)threadIdx.x * size + k - 1] == EMPTY_SLOT))
+                *flush_flag = 1;
+        }
         __syncthreads();
         if (*flush_flag) {
-            bitonic_sort(best, groups, size, size);
-            for (int i = threadIdx.x; i < groups * size; i += blockDim.x) {
-                if (i % size >= k) best[i] = EMPTY_SLOT;
+            int pending = 0;
+            for (int q = 0; q < groups; ++q) pending = max(pending, counts[q]);
+            int length = 2;
+            while (length < k + pending) length <<= 1;
+            bitonic_sort(best, groups, length, size);
+            const int shift = __ffs(length) - 1;
+            for (int i = threadIdx.x; i < groups * length; i += blockDim.x) {
+                const int at = i & (length - 1);
+                if (at >= k) best[(size_t)(i >> shift) * size + at] = EMPTY_SLOT;
             }
+            __syncthreads();
             if (threadIdx.x < groups) counts[threadIdx.x] = 0;
             if (threadIdx.x == 0) *flush_flag = 0;
             __syncthreads();
+        }
+    }
+
+    // Offers `count` packed values to query 0, blockDim.x per step; every thread of the
+    // block calls it.
+    __device__ void offer_all(const u64* __restrict__ values, int count) {
+        for (int base = 0; base < count; base += blockDim.x) {
+            const int i = base + threadIdx.x;
+            if (i < count) offer(0, values[i]);
+            end_step();
         }
     }
 

@@ -179,12 +179,7 @@ __global__ void tq_finish(const u64* __restrict__ candidates, int n_cand, int kc
     top.init();
     for (int i = threadIdx.x; i < (1 << BITS); i += blockDim.x) c_s[i] = centroids[i];
     __syncthreads();
-    const u64* mine = candidates + (size_t)q * n_cand;
-    for (int base = 0; base < n_cand; base += blockDim.x) {
-        const int i = base + threadIdx.x;
-        if (i < n_cand) top.offer(0, mine[i]);
-        top.end_step();
-    }
+    top.offer_all(candidates + (size_t)q * n_cand, n_cand);
     top.finish();
 
     const unsigned int mask = (1u << BITS) - 1u;

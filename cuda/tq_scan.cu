@@ -36,13 +36,17 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     constexpr int dim = DIM;
     constexpr int n_words = (DIM * BITS + 31) / 32;
     constexpr int levels = 1 << BITS;
-    u64* best = reinterpret_cast<u64*>(smem);                   // NQ * size
-    float* q_s = reinterpret_cast<float*>(best + NQ * size);    // NQ * dim
-    float* c_s = q_s + NQ * dim;                                 // levels
-    int* counts = reinterpret_cast<int*>(c_s + levels);          // NQ
-    int* flush_flag = counts + NQ;                               // 1
-    float* table = reinterpret_cast<float*>(flush_flag + 1);     // dim * levels when TABLE
-    float* sq_s = table + (TABLE ? dim * levels : 0);            // NQ * dim when PROD
+    // A table built here is static shared memory, which the lookups address by a uniform
+    // register plus an immediate; a given table comes first in the dynamic part.
+    constexpr bool STATIC_TABLE = TABLE && !GIVEN_TABLE;
+    __shared__ float static_table[STATIC_TABLE ? DIM * levels : 1];
+    float* table = STATIC_TABLE ? static_table : reinterpret_cast<float*>(smem);
+    u64* best = reinterpret_cast<u64*>(smem + (GIVEN_TABLE ? dim * levels * 4 : 0));  // NQ * size
+    float* q_s = reinterpret_cast<float*>(best + NQ * size);                // NQ * dim
+    float* c_s = q_s + NQ * dim;                                            // levels
+    int* counts = reinterpret_cast<int*>(c_s + levels);                     // NQ
+    int* flush_flag = counts + NQ;                                          // 1
+    float* sq_s = reinterpret_cast<float*>(flush_flag + 1);                 // NQ * dim when PROD
     BlockTopK top{best, counts, flush_flag, NQ, size, k};
 
     const int q0 = blockIdx.y * NQ;
@@ -79,6 +83,7 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
             float dot[NQ];
 #pragma unroll
             for (int q = 0; q < NQ; ++q) dot[q] = 0.0f;
+            float odd_dot = 0.0f;  // a second sum for 4-bit table lookups (two add chains)
             if (32 % BITS == 0) {
                 constexpr int per_word = 32 / BITS;
 #pragma unroll
@@ -89,6 +94,22 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
                         if (w0 + u < n_words) chunk[u] = __ldg(words + (size_t)(w0 + u) * n_pad + row);
 #pragma unroll
                     for (int u = 0; u < UNROLL; ++u) {
+                        if (TABLE && BITS == 4 && w0 + u < n_words) {
+                            // Byte offsets 4 * v of the even and odd values of the word.
+                            const unsigned int even = (chunk[u] << 2) & 0x3C3C3C3Cu;
+                            const unsigned int odd = (chunk[u] >> 2) & 0x3C3C3C3Cu;
+                            const unsigned char* row_table =
+                                reinterpret_cast<const unsigned char*>(table + (w0 + u) * 8 * levels);
+#pragma unroll
+                            for (int s = 0; s < 8; ++s) {
+                                const unsigned int offset =
+                                    __byte_perm(s & 1 ? odd : even, 0u, 0x4440u | (s >> 1));
+                                const float entry = *reinterpret_cast<const float*>(
+                                    row_table + s * levels * 4 + offset);
+                                if (s & 1) odd_dot += entry; else dot[0] += entry;
+                            }
+                            continue;
+                        }
 #pragma unroll
                         for (int s = 0; s < per_word; ++s) {
                             const int j = (w0 + u) * per_word + s;
@@ -123,6 +144,7 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
                     for (int q = 0; q < NQ; ++q) dot[q] = fmaf(q_s[q * dim + j], c, dot[q]);
                 }
             }
+            dot[0] += odd_dot;
             if (PROD) {
                 constexpr int sign_words = (DIM + 31) / 32;
                 float qjl[NQ];

@@ -26,8 +26,8 @@ DEFAULT_BUDGET_FRACTION = 0.8
 DEFAULT_SHARED_LIMIT = 48 * 1024
 # Single queries at widths dividing 32 score by a (dim x levels) table up to this size.
 TABLE_BYTES = 32 * 1024
-# Below this many candidates the final top-k is taken on the host.
-HOST_MERGE_MAX = 1 << 20
+# Threads of the kernel that merges per-block candidates into each query's k best.
+MERGE_THREADS = 512
 # TurboQuant batches of at least this many queries run on the tensor cores.
 BATCH_MIN_QUERIES = 32
 # Tensor-core path: fp16 rows dequantized per tile, fp16 scores per query chunk and tile,
@@ -277,6 +277,7 @@ class GpuScanner:
         self._resident: dict[object, DeviceCodes] = {}
         self._growing: dict[object, DeviceCodes] = {}
         self._rotations: dict[int, tuple] = {}
+        self._zero_buffer = None
         self.uploaded_rows = 0
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
@@ -418,20 +419,42 @@ class GpuScanner:
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
             key_scale, row_bias = np.float32(-1.0), device.zeros
-            query_bias = cp.zeros(nq, dtype=cp.float32)
+            query_bias = self._zeros(nq)
         if mask is not None:
             row_bias = row_bias[: device.n] + cp.asarray(
                 np.where(mask, 0, np.inf).astype(np.float32))
         family = _family(codec)
-        if family == "hamming":
-            out = self._scan_hamming(codec, device, queries, k, key_scale, row_bias,
-                                     query_bias)
-        elif family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
-            out = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
+        if family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
+            best = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
         else:
-            out = self._scan_fused(codec, device, queries, k, key_scale, row_bias,
-                                   query_bias)
-        return PendingScan(self.cupy, out.reshape(nq, -1), k)
+            scan = self._scan_hamming if family == "hamming" else self._scan_fused
+            best = self._merge(scan(codec, device, queries, k, key_scale, row_bias,
+                                    query_bias), k)
+        return PendingScan(self.cupy, best)
+
+    def _zeros(self, count: int):
+        """A device float32 array of ``count`` zeros (kept for reuse; never written)."""
+        if self._zero_buffer is None or self._zero_buffer.size < count:
+            self._zero_buffer = self.cupy.zeros(_pow2_at_least(count), dtype=self.cupy.float32)
+        return self._zero_buffer[:count]
+
+    def _merge(self, candidates, k: int):
+        """Each query's k best of per-block candidates (nq, blocks, k) uint64, sorted, as
+        (nq, k) uint64 on the device (merge_topk; a single block's are sorted already)."""
+        nq, blocks = candidates.shape[0], candidates.shape[1]
+        if blocks == 1:
+            return candidates.reshape(nq, k)
+        size = _pow2_at_least(k + 2 * MERGE_THREADS)
+        shared = size * 8 + 8
+        self._check_shared(shared, f"k={k}")
+        kernel = _kernel("merge_topk.cu", "merge_topk")
+        if shared > DEFAULT_SHARED_LIMIT:
+            kernel.max_dynamic_shared_size_bytes = shared
+        best = self.cupy.empty((nq, k), dtype=self.cupy.uint64)
+        kernel((nq,), (MERGE_THREADS,),
+               (candidates, np.int32(blocks * k), np.int32(k), np.int32(size), best),
+               shared_mem=shared)
+        return best
 
     def _row_blocks(self, n: int) -> tuple[int, int]:
         """Blocks and rows per block of a one-thread-per-row scan of n rows."""
@@ -473,11 +496,13 @@ class GpuScanner:
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
         table = given or (group == 1 and 32 % fmt.bits == 0
                           and dim * levels * 4 <= TABLE_BYTES)
-        shared += dim * levels * 4 if table else 0
+        # A given table is dynamic shared memory; a table the kernel builds is static.
+        static = dim * levels * 4 if table and not given else 0
+        shared += dim * levels * 4 if given else 0
         shared += group * dim * 4 if prod else 0
-        self._check_shared(shared, f"k={k} with {dim} values of {fmt.bits} bits")
+        self._check_shared(static + shared, f"k={k} with {dim} values of {fmt.bits} bits")
         kernel = _tq_kernel(fmt.bits, group, table, dim, given, prod)
-        if shared > DEFAULT_SHARED_LIMIT:
+        if static + shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks, rows_per_block = self._row_blocks(device.n)
         query_rows = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
@@ -594,21 +619,15 @@ class GpuScanner:
 
 @dataclass
 class PendingScan:
-    """A launched scan: ``candidates`` (nq, m) uint64 packed keys on the device, m >= k."""
+    """A launched scan: ``best`` (nq, k) uint64, each query's packed keys sorted, on the
+    device."""
 
     cupy: object
-    candidates: object
-    k: int
+    best: object
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Wait for the kernels; keys (nq, k) float32 and rows (nq, k) int64, as ``scan``."""
-        candidates, k = self.candidates, self.k
-        if candidates.size > HOST_MERGE_MAX:
-            return unpack_keys(self.cupy.asnumpy(self.cupy.sort(candidates, axis=1)[:, :k]))
-        candidates = self.cupy.asnumpy(candidates)
-        if candidates.shape[1] > k:
-            candidates = np.partition(candidates, k - 1, axis=1)[:, :k]
-        return unpack_keys(np.sort(candidates, axis=1))
+        return unpack_keys(self.cupy.asnumpy(self.best))
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
