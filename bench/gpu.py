@@ -75,10 +75,16 @@ def flat_search(torch, base, queries, k: int, chunk: int = 256):
 
 
 def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray, k: int,
-              repeat: int) -> tuple[float, float, float]:
-    """Median seconds of our scan, fp16 flat and fp32 flat (nan without a float32 base)."""
+              repeat: int, batch_kernels: list[str]) -> tuple[dict, float, float]:
+    """Median seconds of our scan (per batch kernel when the batch path runs), fp16 flat
+    and fp32 flat (nan without a float32 base)."""
     q16 = torch.from_numpy(rotated[:, : codec.dim]).to("cuda", torch.float16)
-    ours = median_seconds(lambda: scanner.scan(codec, codes, rotated, "ip", k, None), repeat)
+    batched = rotated.shape[0] >= gpu.BATCH_MIN_QUERIES
+    ours = {}
+    for kernel in batch_kernels if batched else [scanner.batch_kernel]:
+        scanner.batch_kernel = kernel
+        ours[kernel if batched else "fused"] = median_seconds(
+            lambda: scanner.scan(codec, codes, rotated, "ip", k, None), repeat)
     fp16 = median_seconds(lambda: flat_search(torch, base16, q16, k), repeat)
     fp32 = float("nan")
     if base32 is not None:
@@ -87,7 +93,7 @@ def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray,
 
 
 def run(n: int, dims: list[int], batches: list[int], big: int | None, k: int,
-        repeat: int) -> list[dict]:
+        repeat: int, batch_kernels: list[str]) -> list[dict]:
     import cupy as cp
     import torch
 
@@ -108,22 +114,24 @@ def run(n: int, dims: list[int], batches: list[int], big: int | None, k: int,
             rng = np.random.default_rng(dim)
             for nq in batch_sizes:
                 rotated = rng.standard_normal((nq, codec.rot_dim)).astype(np.float32)
-                ours, fp16, fp32 = time_case(torch, scanner, codec, codes, base16, base32,
-                                             rotated, k, repeat)
+                timed, fp16, fp32 = time_case(torch, scanner, codec, codes, base16, base32,
+                                              rotated, k, repeat, batch_kernels)
                 floor = code_bytes / bandwidth
-                row = {
-                    "kind": "gpu-search", "device": device_name, "codec": "tq4", "n": count,
-                    "dim": dim, "nq": nq, "k": k, "ours_s": ours, "fp16_flat_s": fp16,
-                    "fp32_flat_s": fp32, "ours_qps": nq / ours, "fp16_qps": nq / fp16,
-                    "fp32_qps": nq / fp32, "code_bytes": code_bytes,
-                    "copy_bandwidth_Bps": bandwidth, "byte_floor_s": floor,
-                    "ours_over_floor": ours / floor, "speedup_vs_fp16": fp16 / ours,
-                }
-                rows.append(row)
-                print(f"n={count:>10,} d={dim:>4} nq={nq:>4}: tq4 {ours * 1e3:8.3f} ms "
-                      f"({nq / ours:12,.0f} QPS, {ours / floor:5.2f}x floor {floor * 1e3:.3f} ms)"
-                      f" | fp16 flat {fp16 * 1e3:8.3f} ms ({fp16 / ours:5.2f}x ours)"
-                      f" | fp32 flat {fp32 * 1e3:8.3f} ms", flush=True)
+                for kernel, ours in timed.items():
+                    rows.append({
+                        "kind": "gpu-search", "device": device_name, "codec": "tq4",
+                        "kernel": kernel, "n": count, "dim": dim, "nq": nq, "k": k,
+                        "ours_s": ours, "fp16_flat_s": fp16, "fp32_flat_s": fp32,
+                        "ours_qps": nq / ours, "fp16_qps": nq / fp16, "fp32_qps": nq / fp32,
+                        "code_bytes": code_bytes, "copy_bandwidth_Bps": bandwidth,
+                        "byte_floor_s": floor, "ours_over_floor": ours / floor,
+                        "speedup_vs_fp16": fp16 / ours,
+                    })
+                    print(f"n={count:>10,} d={dim:>4} nq={nq:>4}: tq4 ({kernel}) "
+                          f"{ours * 1e3:8.3f} ms ({nq / ours:12,.0f} QPS, "
+                          f"{ours / floor:5.2f}x floor {floor * 1e3:.3f} ms) | fp16 flat "
+                          f"{fp16 * 1e3:8.3f} ms ({fp16 / ours:5.2f}x ours) | fp32 flat "
+                          f"{fp32 * 1e3:8.3f} ms", flush=True)
             scanner.retain(())
             torch.cuda.empty_cache()
             cp.get_default_memory_pool().free_all_blocks()
@@ -194,10 +202,13 @@ def stage_times(n: int, dim: int, nq: int) -> dict:
 
 
 def check() -> int:
-    """A small GPU search per kernel path, compared with the CPU; for compute-sanitizer."""
+    """A small GPU search per kernel path, compared with the CPU; for compute-sanitizer.
+    Tiles shrink to 1,024 rows so that 3,000 rows span several (the fused mma kernel runs
+    only past the first tile)."""
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 64)).astype(np.float32)
     failures = 0
+    gpu.SLICE_ROWS, gpu.TILE_BYTES = 1024, 1024 * 64 * 2
     with vecstore.open(segment_bytes=100_000) as db:
         for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip"),
                              ("mib-hamming", "l2"), ("pq16x4", "ip"), ("tq3-prod", "ip")):
@@ -229,6 +240,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeat", type=int, default=10)
     parser.add_argument("--out", default=None, help="write JSON lines here")
+    parser.add_argument("--batch-kernels", default="mma,gemm",
+                        help="tensor-core kernels to time on batches (GpuScanner.batch_kernel)")
     parser.add_argument("--check", action="store_true",
                         help="only run small searches against the CPU (for compute-sanitizer)")
     parser.add_argument("--stages", action="store_true",
@@ -246,7 +259,8 @@ def main(argv: list[str]) -> int:
                 stage_times(args.n, dim, nq)
         return 0
     rows = run(args.n, [int(d) for d in args.dims.split(",")],
-               [int(b) for b in args.batches.split(",")], args.big or None, args.k, args.repeat)
+               [int(b) for b in args.batches.split(",")], args.big or None, args.k, args.repeat,
+               args.batch_kernels.split(","))
     if args.out:
         with open(args.out, "w") as f:
             for row in rows:

@@ -141,20 +141,26 @@ def test_the_budget_is_enforced():
 @needs_gpu
 @pytest.mark.parametrize("spec", ["tq1", "tq3", "tq4", "tq8", "tq4c"])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
-def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric):
-    """The tensor-core path (forced on for a few queries, off for many) returns the fused
-    kernel's rows and keys, with masks and over several tiles and query chunks."""
+@pytest.mark.parametrize("batch_kernel,cap_factor", [("gemm", 4), ("mma", 4), ("mma", 0)],
+                         ids=["gemm", "mma", "mma-overflowing"])
+def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric, batch_kernel,
+                                                          cap_factor):
+    """The tensor-core paths (forced on for a few queries, off for many) return the fused
+    CUDA-core kernel's rows and keys, with masks and over several tiles and query chunks:
+    the GEMM pipeline over every tile, and for 4-bit codes the fused mma kernel, also when
+    its candidate buffers overflow (a cap factor of 0) and the pipeline rescans."""
     from unittest import mock
 
     x = unit_rows(40_000, 200, 12) * np.random.default_rng(13).uniform(0.5, 2, (40_000, 1))
     q = unit_rows(70, 200, 14)
     codec = vecstore.make_codec(spec, dim=200, seed=1)
     scanner = gpu.GpuScanner()
+    scanner.batch_kernel = batch_kernel
     device = scanner.resident("part", codec, codec.encode(x))
     sq_norms = np.einsum("ij,ij->i", q, q)
     mask = np.random.default_rng(15).random(40_000) < 0.7
     settings = {"TILE_BYTES": 3 << 20, "TILE_SCORE_BYTES": 2 << 20,
-                "CANDIDATE_BYTES": 1 << 20}
+                "CANDIDATE_BYTES": 1 << 20, "MMA_CAP_FACTOR": cap_factor}
     with mock.patch.multiple(gpu, SLICE_ROWS=4096, **settings):
         for k, rows in ((10, None), (100, mask), (1, None)):
             fused = scanner.scan(codec, device, q, metric, k, sq_norms, rows, batch=False)
@@ -172,11 +178,16 @@ def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric):
 
 @pytest.mark.gpu
 @needs_gpu
-def test_tensor_core_batches_keep_recall_on_real_data(wordnet):
+@pytest.mark.parametrize("tile_bytes", [None, 3 << 20], ids=["one-tile", "mma-tiles"])
+def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
     """fp16 candidates re-scored in float32: recall@10 of the batch path against the CPU's
-    result is at least 0.999 on real embeddings."""
+    result is at least 0.999 on real embeddings, in one tile (the GEMM pipeline) and in
+    8,192-row tiles (the fused mma kernel past the first)."""
+    from unittest import mock
+
     x, q = wordnet["base"], wordnet["queries"][:400]
-    with vecstore.open() as db:
+    with vecstore.open() as db, mock.patch.object(gpu, "TILE_BYTES",
+                                                  tile_bytes or gpu.TILE_BYTES):
         c = db.create_collection("c", dim=x.shape[1], metric="ip", codec="tq4")
         c.add(x)
         cpu = c.search(q, 10, device="cpu")
@@ -245,7 +256,8 @@ def test_unpack_keys_inverts_the_kernel_packing():
 
 def test_the_kernel_sources_ship_with_the_package():
     for name, kernel in (("tq_scan.cu", "tq_scan"), ("tq_batch.cu", "tile_topk"),
-                         ("hamming_scan.cu", "hamming_scan")):
+                         ("hamming_scan.cu", "hamming_scan"), ("merge_topk.cu", "merge_topk"),
+                         ("tq_mma.cu", "tq_mma_scan")):
         source = gpu.kernel_source(name)
-        assert f"__global__ void {kernel}" in source
+        assert "__global__" in source and f" {kernel}(" in source.replace("\n", " ")
         assert "struct BlockTopK" in source and "#include" not in source

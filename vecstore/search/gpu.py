@@ -39,6 +39,16 @@ SLICE_ROWS = 8192
 # Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
+# The fused tensor-core kernel (cuda/tq_mma.cu): rows and queries per block, coordinates
+# per step (its queries are padded to a multiple), threads; the allowance on a unit-query
+# score for the fp16 rounding of the bounds taken from the GEMM pipeline; and the
+# candidate buffer per query, as a multiple of the expected count (Kc per tile of rows).
+MMA_BM = 128
+MMA_BN = 128
+MMA_BK = 64
+MMA_THREADS = 256
+MMA_SLACK = 2e-3
+MMA_CAP_FACTOR = 4
 # Candidates kept per query before the float32 re-scoring: max(2k, k + margin).
 RESCORE_MARGIN = 32
 
@@ -278,6 +288,8 @@ class GpuScanner:
         self._growing: dict[object, DeviceCodes] = {}
         self._rotations: dict[int, tuple] = {}
         self._zero_buffer = None
+        # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline.
+        self.batch_kernel = "mma"
         self.uploaded_rows = 0
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
@@ -543,78 +555,167 @@ class GpuScanner:
 
     def _scan_batch(self, codec, device: DeviceCodes, queries: np.ndarray, k: int,
                     key_scale, row_bias, query_bias):
-        """Tensor-core path for TurboQuant codes (cuda/tq_batch.cu): the best k packed keys
-        (nq, k) uint64 on the device, re-scored in float32."""
-        cp = self.cupy
-        fmt = code_format(codec)
-        nq, dim, n = queries.shape[0], fmt.values, device.n
-        n_words, n_pad = device.words.shape
-        dim_pad = -(-dim // 8) * 8
-        kc = max(k, min(MAX_K, max(2 * k, k + RESCORE_MARGIN)))
-        size = _pow2_at_least(kc + 2 * BLOCK_THREADS)
-        exact_size = _pow2_at_least(kc)
-        levels = 1 << fmt.bits
-        finish_shared = (size + exact_size) * 8 + levels * 4 + 8
-        self._check_shared(finish_shared, f"k={k}")
-        rotated = cp.zeros((nq, dim_pad), dtype=cp.float32)
-        rotated[:, :dim] = cp.asarray(self._rotate(codec, queries), dtype=cp.float32)
+        """Tensor-core path for TurboQuant codes: the best k packed keys (nq, k) uint64 on
+        the device, re-scored in float32 (see ``BatchScan``)."""
+        return BatchScan(self, codec, device, queries, k, key_scale, row_bias,
+                         query_bias).run()
+
+
+class BatchScan:
+    """One search on the tensor-core path.
+
+    Every width can run the GEMM pipeline (cuda/tq_batch.cu) over all tiles of rows:
+    dequantize a tile to fp16, multiply by cuBLAS, keep each slice's Kc best, merge and
+    re-score in float32. When ``scanner.batch_kernel`` is "mma", 4-bit codes over more
+    than one tile run the pipeline on the first tile only, which bounds each query's Kc-th
+    best key, then the fused kernel (cuda/tq_mma.cu) scans every row against those bounds
+    and tq_finish re-scores its candidates. A query whose candidates overflow their buffer
+    is rescanned by the pipeline.
+    """
+
+    def __init__(self, scanner: GpuScanner, codec, device: DeviceCodes, queries: np.ndarray,
+                 k: int, key_scale, row_bias, query_bias, allow_fused: bool = True):
+        cp = self.cp = scanner.cupy
+        self.scanner, self.codec, self.device, self.queries = scanner, codec, device, queries
+        self.k, self.key_scale, self.row_bias, self.query_bias = k, key_scale, row_bias, query_bias
+        fmt = self.fmt = code_format(codec)
+        self.nq, self.dim, self.n = queries.shape[0], fmt.values, device.n
+        self.n_words, self.n_pad = device.words.shape
+        self.kc = max(k, min(MAX_K, max(2 * k, k + RESCORE_MARGIN)))
+        self.size = _pow2_at_least(self.kc + 2 * BLOCK_THREADS)
+        mma = allow_fused and fmt.bits == 4 and scanner.batch_kernel == "mma"
+        step = MMA_BK if mma else 8
+        self.dim_pad = -(-self.dim // step) * step
+        rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
+        self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
+        self.fused = mma and self.n > self.tile_rows
+
+        rotated = cp.zeros((self.nq, self.dim_pad), dtype=cp.float32)
+        rotated[:, : self.dim] = cp.asarray(scanner._rotate(codec, queries), dtype=cp.float32)
         query_norms = cp.linalg.norm(rotated, axis=1)
         query_norms[query_norms == 0] = 1
-        halves = (rotated / query_norms[:, None]).astype(cp.float16)
-        centroids = _device_constant(codec._centroids32.tobytes())
-        centroid_halves = _device_constant(
+        self.rotated, self.query_norms = rotated, query_norms
+        self.halves = (rotated / query_norms[:, None]).astype(cp.float16)
+        self.centroids = _device_constant(codec._centroids32.tobytes())
+        self.centroid_halves = _device_constant(
             codec._centroids32.astype(np.float16).tobytes(), "uint16")
 
-        slice_rows = SLICE_ROWS
-        tile_rows = max(1, TILE_BYTES // (2 * dim_pad * slice_rows)) * slice_rows
-        tile_rows = min(tile_rows, -(-n // slice_rows) * slice_rows)
-        chunk = max(1, min(nq, TILE_SCORE_BYTES // (2 * tile_rows)))
-        n_slots = -(-n // slice_rows)
-        query_block = max(1, min(nq, CANDIDATE_BYTES // (8 * n_slots * kc)))
-        tile = cp.empty((tile_rows, dim_pad), dtype=cp.float16)
-        scores = cp.empty((chunk, tile_rows), dtype=cp.float16)
-        candidates = cp.empty((query_block, n_slots, kc), dtype=cp.uint64)
-        best = cp.empty((nq, k), dtype=cp.uint64)
-        dequantize = _kernel("tq_batch.cu", f"tq_dequantize<{fmt.bits}>")
-        tile_topk = _kernel("tq_batch.cu", "tile_topk")
-        finish = _kernel("tq_batch.cu", f"tq_finish<{fmt.bits}>")
-        if finish_shared > DEFAULT_SHARED_LIMIT:
-            finish.max_dynamic_shared_size_bytes = finish_shared
-        dequant_shared = n_words * (DEQUANT_ROWS + 1) * 4 + levels * 2
-        self._check_shared(dequant_shared, f"{dim} values of {fmt.bits} bits")
-        if dequant_shared > DEFAULT_SHARED_LIMIT:
-            dequantize.max_dynamic_shared_size_bytes = dequant_shared
-        topk_shared = size * 8 + 8
+        levels = 1 << fmt.bits
+        self.exact_size = _pow2_at_least(self.kc)
+        self.finish_shared = (self.size + self.exact_size) * 8 + levels * 4 + 8
+        scanner._check_shared(self.finish_shared, f"k={k}")
+        self.dequant_shared = self.n_words * (DEQUANT_ROWS + 1) * 4 + levels * 2
+        scanner._check_shared(self.dequant_shared, f"{self.dim} values of {fmt.bits} bits")
+        self.dequantize = _kernel("tq_batch.cu", f"tq_dequantize<{fmt.bits}>")
+        if self.dequant_shared > DEFAULT_SHARED_LIMIT:
+            self.dequantize.max_dynamic_shared_size_bytes = self.dequant_shared
+        self.tile_topk = _kernel("tq_batch.cu", "tile_topk")
+        self.finish_kernel = _kernel("tq_batch.cu", f"tq_finish<{fmt.bits}>")
+        if self.finish_shared > DEFAULT_SHARED_LIMIT:
+            self.finish_kernel.max_dynamic_shared_size_bytes = self.finish_shared
+        self.chunk = max(1, min(self.nq, TILE_SCORE_BYTES // (2 * self.tile_rows)))
+        self.tile = cp.empty((self.tile_rows, self.dim_pad), dtype=cp.float16)
+        self.scores = cp.empty((self.chunk, self.tile_rows), dtype=cp.float16)
+        self.best = cp.empty((self.nq, k), dtype=cp.uint64)
+
+    def run(self):
+        """The best k packed keys (nq, k) uint64 on the device, sorted per query."""
+        return self._run_fused() if self.fused else self._run_pipeline()
+
+    def _run_pipeline(self):
+        cp = self.cp
+        n_slots = -(-self.n // SLICE_ROWS)
+        query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * n_slots * self.kc)))
+        candidates = cp.empty((query_block, n_slots, self.kc), dtype=cp.uint64)
         bounds = cp.empty(query_block, dtype=cp.uint64)
-        for q_first in range(0, nq, query_block):
-            q_last = min(nq, q_first + query_block)
+        for q_first in range(0, self.nq, query_block):
+            q_last = min(self.nq, q_first + query_block)
             bounds.fill(np.uint64(EMPTY_SLOT))
-            for row0 in range(0, n, tile_rows):
-                rows = min(tile_rows, n - row0)
-                dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
-                           (device.words, np.int32(n_words), np.int32(n_pad), np.int32(row0),
-                            np.int32(rows), np.int32(dim), np.int32(dim_pad), centroid_halves,
-                            tile),
-                           shared_mem=dequant_shared)
-                for q0 in range(q_first, q_last, chunk):
-                    width = min(chunk, q_last - q0)
-                    _gemm_f16(cp, tile, rows, halves[q0:], width, dim_pad, scores, tile_rows)
-                    tile_topk((-(-rows // slice_rows), width), (BLOCK_THREADS,),
-                              (scores, np.int32(tile_rows), np.int32(rows), np.int32(row0),
-                               np.int32(q0 - q_first), np.int32(q0 - q_first + width),
-                               np.int32(slice_rows), np.int32(n_slots), device.scale,
-                               row_bias, query_norms[q_first:], query_bias[q_first:],
-                               key_scale, np.int32(kc),
-                               np.int32(size), bounds, candidates),
-                              shared_mem=topk_shared)
-            finish((q_last - q_first,), (BLOCK_THREADS,),
-                   (candidates, np.int32(n_slots * kc), np.int32(kc), np.int32(size),
-                    np.int32(exact_size), device.words, np.int32(n_words), np.int32(n_pad),
-                    device.scale, row_bias, rotated[q_first:], np.int32(dim),
-                    np.int32(dim_pad), query_bias[q_first:], centroids, key_scale,
-                    np.int32(k), best[q_first:]),
-                   shared_mem=finish_shared)
-        return best
+            self._pipeline_tiles(q_first, q_last, self.n, n_slots, bounds, candidates)
+            self._finish(candidates, n_slots * self.kc, q_first, q_last)
+        return self.best
+
+    def _run_fused(self):
+        cp, n, kc = self.cp, self.n, self.kc
+        sample_slots = self.tile_rows // SLICE_ROWS
+        expected = kc * -(-n // self.tile_rows)
+        cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
+        query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
+        sample = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
+        bounds = cp.empty(query_block, dtype=cp.uint64)
+        found = cp.empty((query_block, cap), dtype=cp.uint64)
+        counts = cp.zeros(self.nq, dtype=cp.int32)
+        scale = self.device.scale[:n]
+        slack = np.float32(MMA_SLACK * float(cp.abs(scale).max()))
+        scan = _kernel("tq_mma.cu", "tq_mma_scan")
+        pairs = _device_constant(_pair_table(self.codec._centroids32), "uint32")
+        for q_first in range(0, self.nq, query_block):
+            q_last = min(self.nq, q_first + query_block)
+            width = q_last - q_first
+            bounds.fill(np.uint64(EMPTY_SLOT))
+            self._pipeline_tiles(q_first, q_last, self.tile_rows, sample_slots, bounds, sample)
+            found.fill(np.uint64(EMPTY_SLOT))
+            scan((-(-n // MMA_BM), -(-width // MMA_BN)), (MMA_THREADS,),
+                 (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
+                  pairs, self.halves[q_first:], np.int32(width), np.int32(self.dim_pad), scale,
+                  self.row_bias, self.query_norms[q_first:], self.query_bias[q_first:],
+                  self.key_scale, bounds, slack, np.int32(cap), counts[q_first:], found))
+            self._finish(found, cap, q_first, q_last)
+        overflowed = np.flatnonzero(cp.asnumpy(counts) > cap)
+        if overflowed.size:
+            rescan = BatchScan(self.scanner, self.codec, self.device,
+                               self.queries[overflowed], self.k, self.key_scale, self.row_bias,
+                               self.query_bias[cp.asarray(overflowed)], allow_fused=False)
+            self.best[cp.asarray(overflowed)] = rescan.run()
+        return self.best
+
+    def _pipeline_tiles(self, q_first: int, q_last: int, row_end: int, n_slots: int, bounds,
+                        candidates) -> None:
+        """Rows [0, row_end) through dequantize, GEMM and tile_topk for queries
+        [q_first, q_last): candidates (q_last - q_first, n_slots, Kc) and lowered bounds."""
+        cp, dim_pad, tile_rows = self.cp, self.dim_pad, self.tile_rows
+        topk_shared = self.size * 8 + 8
+        for row0 in range(0, row_end, tile_rows):
+            rows = min(tile_rows, row_end - row0)
+            self.dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
+                            (self.device.words, np.int32(self.n_words), np.int32(self.n_pad),
+                             np.int32(row0), np.int32(rows), np.int32(self.dim),
+                             np.int32(dim_pad), self.centroid_halves, self.tile),
+                            shared_mem=self.dequant_shared)
+            for q0 in range(q_first, q_last, self.chunk):
+                width = min(self.chunk, q_last - q0)
+                _gemm_f16(cp, self.tile, rows, self.halves[q0:], width, dim_pad, self.scores,
+                          tile_rows)
+                self.tile_topk((-(-rows // SLICE_ROWS), width), (BLOCK_THREADS,),
+                               (self.scores, np.int32(tile_rows), np.int32(rows),
+                                np.int32(row0), np.int32(q0 - q_first),
+                                np.int32(q0 - q_first + width), np.int32(SLICE_ROWS),
+                                np.int32(n_slots), self.device.scale, self.row_bias,
+                                self.query_norms[q_first:], self.query_bias[q_first:],
+                                self.key_scale, np.int32(self.kc), np.int32(self.size),
+                                bounds, candidates),
+                               shared_mem=topk_shared)
+
+    def _finish(self, candidates, n_cand: int, q_first: int, q_last: int) -> None:
+        """tq_finish: each query's Kc best of ``n_cand`` candidates, re-scored in float32,
+        into best[q_first:q_last]."""
+        self.finish_kernel((q_last - q_first,), (BLOCK_THREADS,),
+                           (candidates, np.int32(n_cand), np.int32(self.kc),
+                            np.int32(self.size), np.int32(self.exact_size), self.device.words,
+                            np.int32(self.n_words), np.int32(self.n_pad), self.device.scale,
+                            self.row_bias, self.rotated[q_first:], np.int32(self.dim),
+                            np.int32(self.dim_pad), self.query_bias[q_first:],
+                            self.centroids, self.key_scale, np.int32(self.k),
+                            self.best[q_first:]),
+                           shared_mem=self.finish_shared)
+
+
+def _pair_table(centroids: np.ndarray) -> bytes:
+    """The fp16 centroids of each byte's two 4-bit values, (256,) uint32 bytes: the low
+    nibble's centroid in the low half."""
+    halves = centroids.astype(np.float16).view(np.uint16).astype(np.uint32)
+    byte = np.arange(256)
+    return (halves[byte & 15] | (halves[byte >> 4] << 16)).astype(np.uint32).tobytes()
 
 
 @dataclass
