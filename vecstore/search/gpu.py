@@ -567,10 +567,11 @@ class BatchScan:
     Every width can run the GEMM pipeline (cuda/tq_batch.cu) over all tiles of rows:
     dequantize a tile to fp16, multiply by cuBLAS, keep each slice's Kc best, merge and
     re-score in float32. When ``scanner.batch_kernel`` is "mma", 4-bit codes over more
-    than one tile run the pipeline on the first tile only, which bounds each query's Kc-th
-    best key, then the fused kernel (cuda/tq_mma.cu) scans every row against those bounds
-    and tq_finish re-scores its candidates. A query whose candidates overflow their buffer
-    is rescanned by the pipeline.
+    than one tile run the pipeline on one tile's worth of rows taken at an even stride
+    (a strided sample: collections are often ordered, by source or by frequency), which
+    bounds each query's Kc-th best key; the fused kernel (cuda/tq_mma.cu) then scans every
+    row against those bounds and tq_finish re-scores its candidates. A query whose
+    candidates overflow their buffer is rescanned by the pipeline.
     """
 
     def __init__(self, scanner: GpuScanner, codec, device: DeviceCodes, queries: np.ndarray,
@@ -631,17 +632,21 @@ class BatchScan:
         for q_first in range(0, self.nq, query_block):
             q_last = min(self.nq, q_first + query_block)
             bounds.fill(np.uint64(EMPTY_SLOT))
-            self._pipeline_tiles(q_first, q_last, self.n, n_slots, bounds, candidates)
+            self._pipeline_tiles(q_first, q_last, self._all_rows(), n_slots, bounds,
+                                 candidates)
             self._finish(candidates, n_slots * self.kc, q_first, q_last)
         return self.best
 
     def _run_fused(self):
         cp, n, kc = self.cp, self.n, self.kc
         sample_slots = self.tile_rows // SLICE_ROWS
+        picked = cp.arange(self.tile_rows, dtype=cp.int64) * (n // self.tile_rows)
+        sample = _RowSource(cp.ascontiguousarray(self.device.words[:, picked]),
+                            self.device.scale[picked], self.row_bias[picked], self.tile_rows)
         expected = kc * -(-n // self.tile_rows)
         cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
         query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
-        sample = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
+        sampled = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
         bounds = cp.empty(query_block, dtype=cp.uint64)
         found = cp.empty((query_block, cap), dtype=cp.uint64)
         counts = cp.zeros(self.nq, dtype=cp.int32)
@@ -653,7 +658,7 @@ class BatchScan:
             q_last = min(self.nq, q_first + query_block)
             width = q_last - q_first
             bounds.fill(np.uint64(EMPTY_SLOT))
-            self._pipeline_tiles(q_first, q_last, self.tile_rows, sample_slots, bounds, sample)
+            self._pipeline_tiles(q_first, q_last, sample, sample_slots, bounds, sampled)
             found.fill(np.uint64(EMPTY_SLOT))
             scan((-(-n // MMA_BM), -(-width // MMA_BN)), (MMA_THREADS,),
                  (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
@@ -669,16 +674,20 @@ class BatchScan:
             self.best[cp.asarray(overflowed)] = rescan.run()
         return self.best
 
-    def _pipeline_tiles(self, q_first: int, q_last: int, row_end: int, n_slots: int, bounds,
-                        candidates) -> None:
-        """Rows [0, row_end) through dequantize, GEMM and tile_topk for queries
+    def _all_rows(self) -> _RowSource:
+        return _RowSource(self.device.words, self.device.scale, self.row_bias, self.n)
+
+    def _pipeline_tiles(self, q_first: int, q_last: int, source: _RowSource, n_slots: int,
+                        bounds, candidates) -> None:
+        """The rows of ``source`` through dequantize, GEMM and tile_topk for queries
         [q_first, q_last): candidates (q_last - q_first, n_slots, Kc) and lowered bounds."""
         cp, dim_pad, tile_rows = self.cp, self.dim_pad, self.tile_rows
         topk_shared = self.size * 8 + 8
-        for row0 in range(0, row_end, tile_rows):
-            rows = min(tile_rows, row_end - row0)
+        n_pad = source.words.shape[1]
+        for row0 in range(0, source.n, tile_rows):
+            rows = min(tile_rows, source.n - row0)
             self.dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
-                            (self.device.words, np.int32(self.n_words), np.int32(self.n_pad),
+                            (source.words, np.int32(self.n_words), np.int32(n_pad),
                              np.int32(row0), np.int32(rows), np.int32(self.dim),
                              np.int32(dim_pad), self.centroid_halves, self.tile),
                             shared_mem=self.dequant_shared)
@@ -690,7 +699,7 @@ class BatchScan:
                                (self.scores, np.int32(tile_rows), np.int32(rows),
                                 np.int32(row0), np.int32(q0 - q_first),
                                 np.int32(q0 - q_first + width), np.int32(SLICE_ROWS),
-                                np.int32(n_slots), self.device.scale, self.row_bias,
+                                np.int32(n_slots), source.scale, source.row_bias,
                                 self.query_norms[q_first:], self.query_bias[q_first:],
                                 self.key_scale, np.int32(self.kc), np.int32(self.size),
                                 bounds, candidates),
@@ -708,6 +717,17 @@ class BatchScan:
                             self.centroids, self.key_scale, np.int32(self.k),
                             self.best[q_first:]),
                            shared_mem=self.finish_shared)
+
+
+@dataclass
+class _RowSource:
+    """Rows for the GEMM pipeline: words (W, n_pad) uint32, scale and row_bias (n,)
+    float32, n rows."""
+
+    words: object
+    scale: object
+    row_bias: object
+    n: int
 
 
 def _pair_table(centroids: np.ndarray) -> bytes:
