@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vecstore.codecs.turboquant import byte_levels
 from vecstore.errors import GpuUnavailable, InvalidArgument, OutOfDeviceMemory
 
 BLOCK_THREADS = 256
@@ -653,7 +654,9 @@ class BatchScan:
         scale = self.device.scale[:n]
         slack = np.float32(MMA_SLACK * float(cp.abs(scale).max()))
         scan = _kernel("tq_mma.cu", "tq_mma_scan")
-        pairs = _device_constant(_pair_table(self.codec._centroids32), "uint32")
+        # Each byte's two 4-bit values as fp16 centroids, the low nibble's in the low half.
+        pair_halves = byte_levels(self.codec._centroids32, 4).astype(np.float16)
+        pairs = _device_constant(pair_halves.tobytes(), "uint32")
         for q_first in range(0, self.nq, query_block):
             q_last = min(self.nq, q_first + query_block)
             width = q_last - q_first
@@ -728,14 +731,6 @@ class _RowSource:
     scale: object
     row_bias: object
     n: int
-
-
-def _pair_table(centroids: np.ndarray) -> bytes:
-    """The fp16 centroids of each byte's two 4-bit values, (256,) uint32 bytes: the low
-    nibble's centroid in the low half."""
-    halves = centroids.astype(np.float16).view(np.uint16).astype(np.uint32)
-    byte = np.arange(256)
-    return (halves[byte & 15] | (halves[byte >> 4] << 16)).astype(np.uint32).tobytes()
 
 
 @dataclass
