@@ -47,15 +47,16 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned int (&a)
 // half). bounds[q] is the packed key bound of query q (EMPTY_SLOT: none). Candidates go
 // to out[q * cap + slot] for slot = atomicAdd(counts + q, 1) < cap; a count above cap
 // tells the caller that the query's buffer overflowed. The bounds come from fp16 scores
-// rounded differently from these: `slack` (at least that rounding on a score, times the
-// largest row scale) times |query_scale[q] * key_scale| is added to each bound.
+// rounded differently from these: `slack_scale[0]` (at least that rounding on a score,
+// times the largest row scale) times |query_scale[q] * key_scale| is added to each bound.
 __global__ void __launch_bounds__(MMA_THREADS, 2)
 tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
             const unsigned int* __restrict__ pair_table, const unsigned short* __restrict__ queries,
             int nq, int dim_pad, const float* __restrict__ row_scale,
             const float* __restrict__ row_bias, const float* __restrict__ query_scale,
             const float* __restrict__ query_bias, float key_scale,
-            const u64* __restrict__ bounds, float slack, int cap, int* __restrict__ counts,
+            const u64* __restrict__ bounds, const float* __restrict__ slack_scale, int cap,
+            int* __restrict__ counts,
             u64* __restrict__ out) {
     __shared__ __align__(16) unsigned short rows_s[MMA_BM * MMA_LD];
     __shared__ __align__(16) unsigned short queries_s[MMA_BN * MMA_LD];
@@ -144,6 +145,7 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
     // Accumulator i of tile (mt, nt) is row warp_m * 64 + mt * 16 + g + 8 * (i / 2) and
     // query warp_n * 32 + nt * 8 + 2 * t + (i % 2), with g = lane / 4 and t = lane % 4.
     const int g = lane >> 2, t = lane & 3;
+    const float slack = *slack_scale;
     float q_factor[4][2], q_bias[4][2], q_limit[4][2];
 #pragma unroll
     for (int nt = 0; nt < 4; ++nt)

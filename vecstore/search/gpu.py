@@ -595,7 +595,7 @@ class BatchScan:
         rotated = cp.zeros((self.nq, self.dim_pad), dtype=cp.float32)
         rotated[:, : self.dim] = cp.asarray(scanner._rotate(codec, queries), dtype=cp.float32)
         query_norms = cp.linalg.norm(rotated, axis=1)
-        query_norms[query_norms == 0] = 1
+        query_norms = cp.where(query_norms == 0, cp.float32(1), query_norms)
         self.rotated, self.query_norms = rotated, query_norms
         self.halves = (rotated / query_norms[:, None]).astype(cp.float16)
         self.centroids = _device_constant(codec._centroids32.tobytes())
@@ -652,7 +652,7 @@ class BatchScan:
         found = cp.empty((query_block, cap), dtype=cp.uint64)
         counts = cp.zeros(self.nq, dtype=cp.int32)
         scale = self.device.scale[:n]
-        slack = np.float32(MMA_SLACK * float(cp.abs(scale).max()))
+        slack = cp.abs(scale).max() * np.float32(MMA_SLACK)
         scan = _kernel("tq_mma.cu", "tq_mma_scan")
         # Each byte's two 4-bit values as fp16 centroids, the low nibble's in the low half.
         pair_halves = byte_levels(self.codec._centroids32, 4).astype(np.float16)
@@ -662,6 +662,9 @@ class BatchScan:
             width = q_last - q_first
             bounds.fill(np.uint64(EMPTY_SLOT))
             self._pipeline_tiles(q_first, q_last, sample, sample_slots, bounds, sampled)
+            # The pipeline's bound is the best slice's Kc-th key; the sample's own Kc-th
+            # best is tighter by about the number of slices.
+            bounds[:width] = self.scanner._merge(sampled[:width], kc)[:, kc - 1]
             found.fill(np.uint64(EMPTY_SLOT))
             scan((-(-n // MMA_BM), -(-width // MMA_BN)), (MMA_THREADS,),
                  (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
