@@ -1,10 +1,16 @@
 // The final merge of a scan's per-block candidates on the device: one block per query
-// keeps the k best of candidates[q * n_cand + i] (packed keys, topk.cuh) and writes them
-// sorted to out[q * k + i], so only k values per query go back to the host.
+// keeps the k best of `lists` sorted lists of k packed keys (topk.cuh),
+// candidates[(q * lists + l) * k + j], and writes them sorted to out[q * k + j], so only k
+// values per query go back to the host.
+//
+// Thread t walks list t (and t + blockDim.x, ...) from its head, offering its j-th value
+// in step j. A list whose j-th value cannot beat the current k-th best has nothing
+// better after it, so the merge ends at the first step in which no thread has a value to
+// offer: after the heads, typically a few steps.
 
 #include "topk.cuh"
 
-__global__ void merge_topk(const u64* __restrict__ candidates, int n_cand, int k, int size,
+__global__ void merge_topk(const u64* __restrict__ candidates, int lists, int k, int size,
                            u64* __restrict__ out) {
     extern __shared__ __align__(16) unsigned char smem[];
     u64* best = reinterpret_cast<u64*>(smem);          // size
@@ -12,7 +18,18 @@ __global__ void merge_topk(const u64* __restrict__ candidates, int n_cand, int k
     BlockTopK top{best, counts, counts + 1, 1, size, k};
     top.init();
     __syncthreads();
-    top.offer_all(candidates + (size_t)blockIdx.x * n_cand, n_cand);
+    for (int first = 0; first < lists; first += blockDim.x) {
+        const int list = first + threadIdx.x;
+        const u64* values = candidates + ((size_t)blockIdx.x * lists + list) * k;
+        u64 next = list < lists ? values[0] : EMPTY_SLOT;
+        for (int j = 0; j < k; ++j) {
+            const u64 value = next;
+            next = list < lists && j + 1 < k ? values[j + 1] : EMPTY_SLOT;
+            if (!__syncthreads_or(value < best[k - 1])) break;
+            top.offer(0, value);
+            top.end_step();
+        }
+    }
     top.finish();
     for (int i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.x * k + i] = best[i];
 }

@@ -112,12 +112,22 @@ struct BlockTopK {
     }
 
     // Offers `count` packed values to query 0, blockDim.x per step; every thread of the
-    // block calls it.
+    // block calls it. Four steps' values are loaded at a time, so that their loads
+    // overlap.
     __device__ void offer_all(const u64* __restrict__ values, int count) {
-        for (int base = 0; base < count; base += blockDim.x) {
-            const int i = base + threadIdx.x;
-            if (i < count) offer(0, values[i]);
-            end_step();
+        for (int base = 0; base < count; base += 4 * blockDim.x) {
+            u64 loaded[4];
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                const int i = base + s * blockDim.x + threadIdx.x;
+                loaded[s] = i < count ? values[i] : EMPTY_SLOT;
+            }
+#pragma unroll
+            for (int s = 0; s < 4; ++s) {
+                if (base + s * (int)blockDim.x >= count) break;
+                offer(0, loaded[s]);
+                end_step();
+            }
         }
     }
 

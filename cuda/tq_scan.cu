@@ -15,7 +15,10 @@
 
 #include "topk.cuh"
 
+// Words of a row loaded before the first is used; 4-bit table lookups load up to 48 (a
+// whole row at d = 384), which scanned 1M x 384 codes in 98.6 us against 107.8 us with 16.
 #define UNROLL 16
+#define TABLE4_UNROLL 48
 
 // TABLE (one query, few levels): table[j * levels + v] = q[j] * centroids[v] in shared
 // memory, so each coordinate costs one lookup and one add. GIVEN_TABLE (implies TABLE and
@@ -86,14 +89,15 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
             float odd_dot = 0.0f;  // a second sum for 4-bit table lookups (two add chains)
             if (32 % BITS == 0) {
                 constexpr int per_word = 32 / BITS;
+                constexpr int unroll = TABLE && BITS == 4 ? TABLE4_UNROLL : UNROLL;
 #pragma unroll
-                for (int w0 = 0; w0 < n_words; w0 += UNROLL) {
-                    unsigned int chunk[UNROLL];
+                for (int w0 = 0; w0 < n_words; w0 += unroll) {
+                    unsigned int chunk[unroll];
 #pragma unroll
-                    for (int u = 0; u < UNROLL; ++u)
+                    for (int u = 0; u < unroll; ++u)
                         if (w0 + u < n_words) chunk[u] = __ldg(words + (size_t)(w0 + u) * n_pad + row);
 #pragma unroll
-                    for (int u = 0; u < UNROLL; ++u) {
+                    for (int u = 0; u < unroll; ++u) {
                         if (TABLE && BITS == 4 && w0 + u < n_words) {
                             // Byte offsets 4 * v of the even and odd values of the word.
                             const unsigned int even = (chunk[u] << 2) & 0x3C3C3C3Cu;

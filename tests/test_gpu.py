@@ -191,8 +191,8 @@ def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
     from unittest import mock
 
     x, q = wordnet["base"], wordnet["queries"][:400]
-    with vecstore.open() as db, mock.patch.object(gpu, "TILE_BYTES",
-                                                  tile_bytes or gpu.TILE_BYTES):
+    with vecstore.open() as db, mock.patch.multiple(
+            gpu, TILE_BYTES=tile_bytes or gpu.TILE_BYTES, MMA_MAX_QUERIES=len(q)):
         c = db.create_collection("c", dim=x.shape[1], metric="ip", codec="tq4")
         c.add(x)
         cpu = c.search(q, 10, device="cpu")
@@ -266,3 +266,55 @@ def test_the_kernel_sources_ship_with_the_package():
         source = gpu.kernel_source(name)
         assert "__global__" in source and f" {kernel}(" in source.replace("\n", " ")
         assert "struct BlockTopK" in source and "#include" not in source
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("rotation", ["dense", "hadamard"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_single_queries_replay_a_plan_with_the_general_kernels_results(rotation, metric):
+    """One-query searches of a part run as a captured plan (pinned buffers, rotation on
+    the device for dense rotations, on the host for Hadamard ones): they return the
+    general path's rows and keys, reuse the plan, rebuild it when a growing part gains
+    rows, and a plan held by a pending search sends the next search down the general
+    path."""
+    from vecstore.search.gpu_query import PendingQuery
+
+    x = unit_rows(6000, 100, 30) * np.random.default_rng(31).uniform(0.5, 2, (6000, 1))
+    codec = vecstore.make_codec("tq4", dim=100, seed=1, rotation=rotation)
+    codes = codec.encode(x)
+    scanner = gpu.GpuScanner()
+    everything = np.ones(6000, dtype=bool)
+
+    def search(device, q, mask=None):
+        sq_norms = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
+        return scanner.submit(codec, device, q, metric, 10, sq_norms, mask)
+
+    def assert_same(found, reference):
+        scale = float(np.abs(reference[0]).max())
+        np.testing.assert_allclose(found[0], reference[0], rtol=0, atol=1e-5 * scale)
+        np.testing.assert_array_equal(found[1], reference[1])
+
+    device = scanner.resident("part", codec, codes)
+    for seed in range(3):
+        q = unit_rows(1, 100, 40 + seed)
+        pending = search(device, q)
+        assert isinstance(pending, PendingQuery)
+        assert_same(pending.result(), search(device, q, everything).result())
+    assert len(scanner._plans) == 1
+
+    q, other = unit_rows(1, 100, 50), unit_rows(1, 100, 51)
+    held = search(device, q)
+    bypass = search(device, other)
+    assert isinstance(held, PendingQuery) and not isinstance(bypass, PendingQuery)
+    assert_same(bypass.result(), search(device, other, everything).result())
+    assert_same(held.result(), search(device, q, everything).result())
+
+    for rows in (3000, 6000):
+        growing = scanner.resident_growing("memtable", codec, codes[:rows])
+        found = search(growing, q)
+        assert isinstance(found, PendingQuery)
+        assert_same(found.result(), search(growing, q, everything[:rows]).result())
+    assert len(scanner._plans) == 3
+    scanner.retain(["part"])
+    assert len(scanner._plans) == 1

@@ -37,6 +37,8 @@ BATCH_MIN_QUERIES = 32
 TILE_BYTES = 48 << 20
 TILE_SCORE_BYTES = 64 << 20
 SLICE_ROWS = 8192
+# Single-query plans kept (one per part, codec, metric and k; gpu_query.py).
+MAX_PLANS = 64
 # Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
@@ -50,6 +52,8 @@ MMA_BK = 64
 MMA_THREADS = 256
 MMA_SLACK = 2e-3
 MMA_CAP_FACTOR = 4
+# Above this many queries the GEMM pipeline beats the fused kernel (bench/GPU_NOTES.md).
+MMA_MAX_QUERIES = 256
 # Candidates kept per query before the float32 re-scoring: max(2k, k + margin).
 RESCORE_MARGIN = 32
 
@@ -288,9 +292,12 @@ class GpuScanner:
         self._resident: dict[object, DeviceCodes] = {}
         self._growing: dict[object, DeviceCodes] = {}
         self._rotations: dict[int, tuple] = {}
+        self._rotation_rows: dict[int, tuple] = {}
+        self._plans: dict[tuple, object] = {}
         self._zero_buffer = None
-        # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline.
-        self.batch_kernel = "mma"
+        # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline;
+        # "auto": the fused kernel up to MMA_MAX_QUERIES queries, where it is faster.
+        self.batch_kernel = "auto"
         self.uploaded_rows = 0
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
@@ -388,6 +395,10 @@ class GpuScanner:
             for held in (self._resident, self._growing):
                 for key in [k for k in held if k not in keep]:
                     del held[key]
+            live = {id(codes) for held in (self._resident, self._growing)
+                    for codes in held.values()}
+            self._plans = {key: plan for key, plan in self._plans.items()
+                           if id(plan.device) in live}
 
     def _rotate(self, codec, queries: np.ndarray):
         """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
@@ -427,16 +438,20 @@ class GpuScanner:
             raise InvalidArgument(f"the GPU kernels keep at most {MAX_K} results per query")
         k = min(k, device.n)
         nq = queries.shape[0]
+        family = _family(codec)
+        if nq == 1 and mask is None and family == "tq" and not batch:
+            pending = self._plan(codec, device, metric, k).submit(
+                queries[0], None if query_sq_norms is None else float(query_sq_norms[0]))
+            if pending is not None:
+                return pending
+        key_scale, row_bias = self.metric_terms(metric, device)
         if metric == "l2":
-            key_scale, row_bias = np.float32(-2.0), device.sq_norms
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
-            key_scale, row_bias = np.float32(-1.0), device.zeros
             query_bias = self._zeros(nq)
         if mask is not None:
             row_bias = row_bias[: device.n] + cp.asarray(
                 np.where(mask, 0, np.inf).astype(np.float32))
-        family = _family(codec)
         if family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
             best = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
         else:
@@ -444,6 +459,36 @@ class GpuScanner:
             best = self._merge(scan(codec, device, queries, k, key_scale, row_bias,
                                     query_bias), k)
         return PendingScan(self.cupy, best)
+
+    @staticmethod
+    def metric_terms(metric: str, device: DeviceCodes) -> tuple[np.float32, object]:
+        """The key's factor on the dot product and its per-row bias (n,) float32: keys are
+        -dot * scale (ip, cosine) or ||q||^2 - 2 dot * norm + norm^2 (l2)."""
+        if metric == "l2":
+            return np.float32(-2.0), device.sq_norms
+        return np.float32(-1.0), device.zeros
+
+    def _plan(self, codec, device: DeviceCodes, metric: str, k: int):
+        """The ``SingleQueryPlan`` of (device, codec, metric, k), built on first use."""
+        from vecstore.search.gpu_query import SingleQueryPlan
+
+        key = (id(device), id(codec), metric, k)
+        with self._lock:
+            plan = self._plans.get(key)
+            if plan is None or not plan.serves(device) or plan.codec is not codec:
+                while len(self._plans) >= MAX_PLANS:
+                    del self._plans[next(iter(self._plans))]
+                plan = self._plans[key] = SingleQueryPlan(self, codec, device, metric, k)
+        return plan
+
+    def rotation_rows(self, codec):
+        """A dense rotation's matrix (D, d) float32 on the device, uploaded once."""
+        rotation = codec.rotation
+        held = self._rotation_rows.get(id(rotation))
+        if held is None or held[0] is not rotation:
+            held = (rotation, self.cupy.asarray(rotation.matrix, dtype=self.cupy.float32))
+            self._rotation_rows[id(rotation)] = held
+        return held[1]
 
     def _zeros(self, count: int):
         """A device float32 array of ``count`` zeros (kept for reuse; never written)."""
@@ -454,9 +499,16 @@ class GpuScanner:
     def _merge(self, candidates, k: int):
         """Each query's k best of per-block candidates (nq, blocks, k) uint64, sorted, as
         (nq, k) uint64 on the device (merge_topk; a single block's are sorted already)."""
+        launch, best = self._merge_launch(candidates, k)
+        launch()
+        return best
+
+    def _merge_launch(self, candidates, k: int):
+        """``_merge`` as a callable that launches it on the current stream, and its
+        output."""
         nq, blocks = candidates.shape[0], candidates.shape[1]
         if blocks == 1:
-            return candidates.reshape(nq, k)
+            return lambda: None, candidates.reshape(nq, k)
         size = _pow2_at_least(k + 2 * MERGE_THREADS)
         shared = size * 8 + 8
         self._check_shared(shared, f"k={k}")
@@ -464,16 +516,20 @@ class GpuScanner:
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         best = self.cupy.empty((nq, k), dtype=self.cupy.uint64)
-        kernel((nq,), (MERGE_THREADS,),
-               (candidates, np.int32(blocks * k), np.int32(k), np.int32(size), best),
-               shared_mem=shared)
-        return best
+        args = (candidates, np.int32(blocks), np.int32(k), np.int32(size), best)
+
+        def launch():
+            kernel((nq,), (MERGE_THREADS,), args, shared_mem=shared)
+
+        return launch, best
 
     def _row_blocks(self, n: int) -> tuple[int, int]:
-        """Blocks and rows per block of a one-thread-per-row scan of n rows."""
+        """Blocks and rows per block of a one-thread-per-row scan of n rows: four blocks
+        per multiprocessor, rows per block a multiple of a warp (so that the blocks share
+        the rows evenly)."""
         row_blocks = max(1, min(-(-n // BLOCK_THREADS), 4 * self.multiprocessors))
         rows_per_block = -(-n // row_blocks)
-        rows_per_block = -(-rows_per_block // BLOCK_THREADS) * BLOCK_THREADS
+        rows_per_block = -(-rows_per_block // 32) * 32
         return -(-n // rows_per_block), rows_per_block
 
     def _check_shared(self, shared: int, what: str) -> None:
@@ -485,25 +541,36 @@ class GpuScanner:
                     key_scale, row_bias, query_bias):
         """tq_scan: CUDA cores, one thread per row; per-block candidates (nq, blocks, k)."""
         cp = self.cupy
-        fmt = code_format(codec)
-        given, prod = _family(codec) == "table", _family(codec) == "prod"
-        nq, dim, levels = queries.shape[0], fmt.values, 1 << fmt.bits
+        family = _family(codec)
         unused = _device_constant(np.zeros(1, dtype=np.float32).tobytes())
-        signs, sketched, residual = device.words, unused, unused
-        if given:
+        tables = sketched = unused
+        if family == "table":
             tables = cp.asarray(query_tables(codec, queries))
-            rotated = np.zeros((nq, dim), dtype=np.float32)
-            centroids = _device_constant(np.zeros(levels, dtype=np.float32).tobytes())
-        elif prod:
-            tables = unused
+            rotated = cp.zeros((queries.shape[0], code_format(codec).values), dtype=cp.float32)
+        elif family == "prod":
             state = codec.prepare_query(queries)
             rotated, sketched = state.rotated, cp.asarray(state.sketched, dtype=cp.float32)
-            signs, residual = device.signs, device.residual
-            centroids = _device_constant(codec._centroids32.tobytes())
         else:
-            tables = unused
             rotated = self._rotate(codec, queries)
-            centroids = _device_constant(codec._centroids32.tobytes())
+        query_rows = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
+        launch, out = self._fused_launch(codec, device, query_rows, k, key_scale, row_bias,
+                                         query_bias, tables, sketched)
+        launch()
+        return out
+
+    def _fused_launch(self, codec, device: DeviceCodes, query_rows, k: int, key_scale,
+                      row_bias, query_bias, tables, sketched):
+        """tq_scan's launch for rotated queries (nq, D) float32 on the device (zeros for
+        "table" codecs, whose ``tables`` (nq, D, levels) hold the scores); ``sketched``
+        (nq, D) are tq{b}-prod's sketched queries. Returns a callable that launches it on
+        the current stream and its output, per-block candidates (nq, blocks, k) uint64."""
+        cp = self.cupy
+        fmt = code_format(codec)
+        given, prod = _family(codec) == "table", _family(codec) == "prod"
+        nq, dim, levels = query_rows.shape[0], fmt.values, 1 << fmt.bits
+        signs, residual = (device.signs, device.residual) if prod else (device.words, sketched)
+        centroids = _device_constant(
+            (np.zeros(levels, dtype=np.float32) if given else codec._centroids32).tobytes())
         group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
         size = _pow2_at_least(k + 2 * BLOCK_THREADS)
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
@@ -518,16 +585,18 @@ class GpuScanner:
         if static + shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks, rows_per_block = self._row_blocks(device.n)
-        query_rows = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
         out = cp.empty((nq, row_blocks, k), dtype=cp.uint64)
-        kernel((row_blocks, -(-nq // group)), (BLOCK_THREADS,),
-               (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
+        args = (device.words, np.int32(device.words.shape[0]), np.int32(device.n),
                 np.int32(device.words.shape[1]), device.scale, row_bias, query_rows,
                 query_bias, np.int32(nq), np.int32(dim), centroids, key_scale, np.int32(k),
                 np.int32(size), np.int32(rows_per_block), tables, signs, sketched, residual,
-                out),
-               shared_mem=shared)
-        return out
+                out)
+        grid = (row_blocks, -(-nq // group))
+
+        def launch():
+            kernel(grid, (BLOCK_THREADS,), args, shared_mem=shared)
+
+        return launch, out
 
     def _scan_hamming(self, codec, device: DeviceCodes, queries: np.ndarray, k: int,
                       key_scale, row_bias, query_bias):
@@ -567,7 +636,7 @@ class BatchScan:
 
     Every width can run the GEMM pipeline (cuda/tq_batch.cu) over all tiles of rows:
     dequantize a tile to fp16, multiply by cuBLAS, keep each slice's Kc best, merge and
-    re-score in float32. When ``scanner.batch_kernel`` is "mma", 4-bit codes over more
+    re-score in float32. When ``scanner.batch_kernel`` picks "mma", 4-bit codes over more
     than one tile run the pipeline on one tile's worth of rows taken at an even stride
     (a strided sample: collections are often ordered, by source or by frequency), which
     bounds each query's Kc-th best key; the fused kernel (cuda/tq_mma.cu) then scans every
@@ -585,7 +654,10 @@ class BatchScan:
         self.n_words, self.n_pad = device.words.shape
         self.kc = max(k, min(MAX_K, max(2 * k, k + RESCORE_MARGIN)))
         self.size = _pow2_at_least(self.kc + 2 * BLOCK_THREADS)
-        mma = allow_fused and fmt.bits == 4 and scanner.batch_kernel == "mma"
+        kernel = scanner.batch_kernel
+        if kernel == "auto":
+            kernel = "mma" if self.nq <= MMA_MAX_QUERIES else "gemm"
+        mma = allow_fused and fmt.bits == 4 and kernel == "mma"
         step = MMA_BK if mma else 8
         self.dim_pad = -(-self.dim // step) * step
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
