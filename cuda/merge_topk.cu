@@ -10,8 +10,13 @@
 
 #include "topk.cuh"
 
+//
+// `keys` and `rows` (both null, or both set): the k best also as float32 keys and int64
+// rows, +inf and -1 for an empty slot or a masked row (as vecstore.search.gpu.unpack_keys),
+// so a caller can read them straight from mapped host memory.
 __global__ void merge_topk(const u64* __restrict__ candidates, int lists, int k, int size,
-                           u64* __restrict__ out) {
+                           u64* __restrict__ out, float* __restrict__ keys,
+                           long long* __restrict__ rows) {
     extern __shared__ __align__(16) unsigned char smem[];
     u64* best = reinterpret_cast<u64*>(smem);          // size
     int* counts = reinterpret_cast<int*>(best + size);  // 1 + flag
@@ -31,5 +36,15 @@ __global__ void merge_topk(const u64* __restrict__ candidates, int lists, int k,
         }
     }
     top.finish();
-    for (int i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)blockIdx.x * k + i] = best[i];
+    for (int i = threadIdx.x; i < k; i += blockDim.x) {
+        const u64 value = best[i];
+        const size_t at = (size_t)blockIdx.x * k + i;
+        out[at] = value;
+        if (keys != nullptr) {
+            const float key = value == EMPTY_SLOT ? __int_as_float(0x7f800000) : key_of(value);
+            const bool empty = !isfinite(key);
+            keys[at] = empty ? __int_as_float(0x7f800000) : key;
+            rows[at] = empty ? -1ll : (long long)(unsigned int)value;
+        }
+    }
 }

@@ -28,7 +28,7 @@ DEFAULT_SHARED_LIMIT = 48 * 1024
 # Single queries at widths dividing 32 score by a (dim x levels) table up to this size.
 TABLE_BYTES = 32 * 1024
 # Threads of the kernel that merges per-block candidates into each query's k best.
-MERGE_THREADS = 512
+MERGE_THREADS = 256
 # TurboQuant batches of at least this many queries run on the tensor cores.
 BATCH_MIN_QUERIES = 32
 # Tensor-core path: fp16 rows dequantized per tile, fp16 scores per query chunk and tile,
@@ -298,6 +298,7 @@ class GpuScanner:
         # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline;
         # "auto": the fused kernel up to MMA_MAX_QUERIES queries, where it is faster.
         self.batch_kernel = "auto"
+        self.scan_blocks_per_multiprocessor = 4
         self.uploaded_rows = 0
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
@@ -503,11 +504,12 @@ class GpuScanner:
         launch()
         return best
 
-    def _merge_launch(self, candidates, k: int):
+    def _merge_launch(self, candidates, k: int, unpacked: tuple[int, int] | None = None):
         """``_merge`` as a callable that launches it on the current stream, and its
-        output."""
+        output. ``unpacked``: addresses of (nq, k) float32 keys and int64 rows (as
+        ``unpack_keys``) that the kernel writes too, even for a single block."""
         nq, blocks = candidates.shape[0], candidates.shape[1]
-        if blocks == 1:
+        if blocks == 1 and unpacked is None:
             return lambda: None, candidates.reshape(nq, k)
         size = _pow2_at_least(k + 2 * MERGE_THREADS)
         shared = size * 8 + 8
@@ -516,7 +518,8 @@ class GpuScanner:
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         best = self.cupy.empty((nq, k), dtype=self.cupy.uint64)
-        args = (candidates, np.int32(blocks), np.int32(k), np.int32(size), best)
+        keys, rows = (np.uint64(address) for address in unpacked or (0, 0))
+        args = (candidates, np.int32(blocks), np.int32(k), np.int32(size), best, keys, rows)
 
         def launch():
             kernel((nq,), (MERGE_THREADS,), args, shared_mem=shared)
@@ -524,10 +527,11 @@ class GpuScanner:
         return launch, best
 
     def _row_blocks(self, n: int) -> tuple[int, int]:
-        """Blocks and rows per block of a one-thread-per-row scan of n rows: four blocks
-        per multiprocessor, rows per block a multiple of a warp (so that the blocks share
-        the rows evenly)."""
-        row_blocks = max(1, min(-(-n // BLOCK_THREADS), 4 * self.multiprocessors))
+        """Blocks and rows per block of a one-thread-per-row scan of n rows:
+        ``scan_blocks_per_multiprocessor`` blocks per multiprocessor, rows per block a
+        multiple of a warp (so that the blocks share the rows evenly)."""
+        row_blocks = max(1, min(-(-n // BLOCK_THREADS),
+                                self.scan_blocks_per_multiprocessor * self.multiprocessors))
         rows_per_block = -(-n // row_blocks)
         rows_per_block = -(-rows_per_block // 32) * 32
         return -(-n // rows_per_block), rows_per_block

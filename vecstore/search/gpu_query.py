@@ -3,10 +3,10 @@
 A ``SingleQueryPlan`` holds, for one part's resident TurboQuant codes, codec, metric and
 k, every buffer and kernel argument of a one-query search. Per search the query is written
 to pinned host memory and copied up once, rotated on the device (``rotate_query.cu``;
-rotations other than a dense matrix rotate on the host before the copy), scanned
-(``tq_scan.cu``) and merged (``merge_topk.cu``), and its k packed keys come back with one
-copy into pinned memory. The copies and launches are captured once as a CUDA graph, so a
-search is one graph launch.
+rotations other than a dense matrix rotate on the host before the copy) and scanned
+(``tq_scan.cu``), and the blocks' candidates are merged (``merge_topk.cu``) by a kernel
+that writes the k keys and rows straight into pinned host memory. The copy and launches
+are captured once as a CUDA graph, so a search is one graph launch.
 """
 
 from __future__ import annotations
@@ -17,9 +17,8 @@ import numpy as np
 
 from vecstore.search import gpu
 
-# cudaMemcpyKind values (driver_types.h).
+# cudaMemcpyKind value (driver_types.h).
 HOST_TO_DEVICE = 1
-DEVICE_TO_HOST = 2
 ROTATE_THREADS = 256
 
 
@@ -47,15 +46,18 @@ class SingleQueryPlan:
         self.query = cp.zeros(width + 1, dtype=cp.float32)
         self.rotated = self.query[None, :width] if self.matrix is None else cp.zeros(
             (1, self.rot_dim), dtype=cp.float32)
-        self.host_best = cupyx.empty_pinned((1, k), dtype=np.uint64)
+        # Written by the merge kernel straight into (mapped) pinned memory.
+        self.host_keys = cupyx.empty_pinned((1, k), dtype=np.float32)
+        self.host_rows = cupyx.empty_pinned((1, k), dtype=np.int64)
         key_scale, row_bias = scanner.metric_terms(metric, device)
         unused = gpu._device_constant(np.zeros(1, dtype=np.float32).tobytes())
         self.scan, candidates = scanner._fused_launch(codec, device, self.rotated, k, key_scale,
                                                       row_bias, self.query[width:], unused,
                                                       unused)
-        self.merge, self.best = scanner._merge_launch(candidates, k)
+        self.merge, _ = scanner._merge_launch(
+            candidates, k, (self.host_keys.ctypes.data, self.host_rows.ctypes.data))
         self.rotate_kernel = gpu._kernel("rotate_query.cu", "rotate_query")
-        self.graph = self.stream = self.done = None
+        self.graph = self.stream = None
         self.lock = threading.Lock()
 
     def serves(self, device) -> bool:
@@ -71,9 +73,7 @@ class SingleQueryPlan:
             self._write_query(query, query_sq_norm)
             if self.graph is None:
                 self._capture()
-            with self.stream:
-                self.graph.launch(self.stream)
-                self.done = self.stream.record()
+            self.graph.launch(self.stream)
         except BaseException:
             self.lock.release()
             raise
@@ -113,8 +113,6 @@ class SingleQueryPlan:
                                 np.int32(self.rot_dim), self.rotated))
         self.scan()
         self.merge()
-        cp.cuda.runtime.memcpyAsync(self.host_best.ctypes.data, self.best.data.ptr,
-                                    self.host_best.nbytes, DEVICE_TO_HOST, stream.ptr)
 
 
 class PendingQuery:
@@ -126,7 +124,7 @@ class PendingQuery:
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Keys (1, k) float32 and rows (1, k) int64, as ``GpuScanner.scan``."""
         try:
-            self.plan.done.synchronize()
-            return gpu.unpack_keys(self.plan.host_best)
+            self.plan.stream.synchronize()
+            return self.plan.host_keys.copy(), self.plan.host_rows.copy()
         finally:
             self.plan.lock.release()
