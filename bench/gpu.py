@@ -22,12 +22,14 @@ import vecstore
 from vecstore.search import gpu
 
 
-def median_seconds(fn, repeat: int, warmup: int = 2) -> float:
-    """Median wall time of ``fn()``, which must synchronize with the device itself."""
+def median_seconds(fn, repeat: int, warmup: int = 2, min_seconds: float = 0.2) -> float:
+    """Median wall time of ``fn()``, which must synchronize with the device itself: over
+    ``repeat`` calls, or more until they add up to ``min_seconds`` (fast calls, such as
+    single queries, vary by a few percent from call to call)."""
     for _ in range(warmup):
         fn()
     times = []
-    for _ in range(repeat):
+    while len(times) < repeat or sum(times) < min_seconds:
         t0 = time.perf_counter()
         fn()
         times.append(time.perf_counter() - t0)

@@ -176,6 +176,14 @@ def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, 
 
 
 @lru_cache(maxsize=64)
+def _pair_table(centroids: bytes):
+    """Each byte's two 4-bit values as fp16 centroids, the low nibble's in the low half:
+    (256,) uint32 on the device, for float32 ``centroids`` (16 values)."""
+    pairs = byte_levels(np.frombuffer(centroids, dtype=np.float32), 4).astype(np.float16)
+    return _device_constant(pairs.tobytes(), "uint32")
+
+
+@lru_cache(maxsize=64)
 def _device_constant(data: bytes, dtype: str = "float32"):
     """Small constant arrays (a codec's centroids) on the device, uploaded once."""
     cupy = _import_cupy()
@@ -294,6 +302,7 @@ class GpuScanner:
         self._rotations: dict[int, tuple] = {}
         self._rotation_rows: dict[int, tuple] = {}
         self._plans: dict[tuple, object] = {}
+        self._samples: dict[tuple, tuple] = {}
         self._zero_buffer = None
         # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline;
         # "auto": the fused kernel up to MMA_MAX_QUERIES queries, where it is faster.
@@ -400,6 +409,8 @@ class GpuScanner:
                     for codes in held.values()}
             self._plans = {key: plan for key, plan in self._plans.items()
                            if id(plan.device) in live}
+            self._samples = {key: held for key, held in self._samples.items()
+                             if id(held[0]) in live}
 
     def _rotate(self, codec, queries: np.ndarray):
         """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
@@ -481,6 +492,19 @@ class GpuScanner:
                     del self._plans[next(iter(self._plans))]
                 plan = self._plans[key] = SingleQueryPlan(self, codec, device, metric, k)
         return plan
+
+    def strided_sample(self, device: DeviceCodes, rows: int):
+        """``rows`` rows of ``device`` at an even stride, kept per part: their indices
+        (rows,) int64, words (W, rows) uint32 and scales (rows,) float32."""
+        key = (id(device), rows)
+        with self._lock:
+            held = self._samples.get(key)
+            if held is None or held[0] is not device:
+                picked = self.cupy.arange(rows, dtype=self.cupy.int64) * (device.n // rows)
+                held = (device, picked, self.cupy.ascontiguousarray(device.words[:, picked]),
+                        device.scale[picked])
+                self._samples[key] = held
+        return held[1:]
 
     def rotation_rows(self, codec):
         """A dense rotation's matrix (D, d) float32 on the device, uploaded once."""
@@ -717,9 +741,8 @@ class BatchScan:
     def _run_fused(self):
         cp, n, kc = self.cp, self.n, self.kc
         sample_slots = self.tile_rows // SLICE_ROWS
-        picked = cp.arange(self.tile_rows, dtype=cp.int64) * (n // self.tile_rows)
-        sample = _RowSource(cp.ascontiguousarray(self.device.words[:, picked]),
-                            self.device.scale[picked], self.row_bias[picked], self.tile_rows)
+        picked, words, scale = self.scanner.strided_sample(self.device, self.tile_rows)
+        sample = _RowSource(words, scale, self.row_bias[picked], self.tile_rows)
         expected = kc * -(-n // self.tile_rows)
         cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
         query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
@@ -730,9 +753,7 @@ class BatchScan:
         scale = self.device.scale[:n]
         slack = cp.abs(scale).max() * np.float32(MMA_SLACK)
         scan = _kernel("tq_mma.cu", "tq_mma_scan")
-        # Each byte's two 4-bit values as fp16 centroids, the low nibble's in the low half.
-        pair_halves = byte_levels(self.codec._centroids32, 4).astype(np.float16)
-        pairs = _device_constant(pair_halves.tobytes(), "uint32")
+        pairs = _pair_table(self.codec._centroids32.tobytes())
         for q_first in range(0, self.nq, query_block):
             q_last = min(self.nq, q_first + query_block)
             width = q_last - q_first
