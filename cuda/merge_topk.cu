@@ -7,13 +7,13 @@
 // in step j. A list whose j-th value cannot beat the current k-th best has nothing
 // better after it, so the merge ends at the first step in which no thread has a value to
 // offer: after the heads, typically a few steps.
-
-#include "topk.cuh"
-
 //
 // `keys` and `rows` (both null, or both set): the k best also as float32 keys and int64
 // rows, +inf and -1 for an empty slot or a masked row (as vecstore.search.gpu.unpack_keys),
 // so a caller can read them straight from mapped host memory.
+
+#include "topk.cuh"
+
 __global__ void merge_topk(const u64* __restrict__ candidates, int lists, int k, int size,
                            u64* __restrict__ out, float* __restrict__ keys,
                            long long* __restrict__ rows) {

@@ -35,7 +35,7 @@ class SingleQueryPlan:
         from vecstore.codecs.rotation import DenseRotation
 
         cp = self.cupy = scanner.cupy
-        self.device, self.codec, self.metric, self.k, self.n = device, codec, metric, k, device.n
+        self.device, self.codec, self.n = device, codec, device.n
         self.dim, self.rot_dim = codec.dim, gpu.code_format(codec).values
         self.matrix = None
         if isinstance(codec.rotation, DenseRotation):
