@@ -40,11 +40,15 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     constexpr int n_words = (DIM * BITS + 31) / 32;
     constexpr int levels = 1 << BITS;
     // A table built here is static shared memory, which the lookups address by a uniform
-    // register plus an immediate; a given table comes first in the dynamic part.
+    // register plus an immediate; a given table comes first in the dynamic part. Tables
+    // cover every value of the last word (table_dim values, zeros past dim), since the
+    // 4-bit lookups read a whole word's values.
+    constexpr int table_dim = 32 % BITS == 0 ? n_words * (32 / BITS) : DIM;
     constexpr bool STATIC_TABLE = TABLE && !GIVEN_TABLE;
-    __shared__ float static_table[STATIC_TABLE ? DIM * levels : 1];
+    __shared__ float static_table[STATIC_TABLE ? table_dim * levels : 1];
     float* table = STATIC_TABLE ? static_table : reinterpret_cast<float*>(smem);
-    u64* best = reinterpret_cast<u64*>(smem + (GIVEN_TABLE ? dim * levels * 4 : 0));  // NQ * size
+    u64* best = reinterpret_cast<u64*>(
+        smem + (GIVEN_TABLE ? table_dim * levels * 4 : 0));  // NQ * size
     float* q_s = reinterpret_cast<float*>(best + NQ * size);                // NQ * dim
     float* c_s = q_s + NQ * dim;                                            // levels
     int* counts = reinterpret_cast<int*>(c_s + levels);                     // NQ
@@ -67,9 +71,10 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     }
     __syncthreads();
     if (TABLE) {
-        for (int i = threadIdx.x; i < dim * levels; i += blockDim.x)
-            table[i] = GIVEN_TABLE ? tables[(size_t)q0 * dim * levels + i]
-                                   : q_s[i / levels] * c_s[i % levels];
+        for (int i = threadIdx.x; i < table_dim * levels; i += blockDim.x)
+            table[i] = i >= dim * levels ? 0.0f
+                       : GIVEN_TABLE ? tables[(size_t)q0 * dim * levels + i]
+                                     : q_s[i / levels] * c_s[i % levels];
         __syncthreads();
     }
 

@@ -303,6 +303,7 @@ class GpuScanner:
         self._rotation_rows: dict[int, tuple] = {}
         self._plans: dict[tuple, object] = {}
         self._samples: dict[tuple, tuple] = {}
+        self._masked: dict[tuple, tuple] = {}
         self._zero_buffer = None
         # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline;
         # "auto": the fused kernel up to MMA_MAX_QUERIES queries, where it is faster.
@@ -411,6 +412,8 @@ class GpuScanner:
                            if id(plan.device) in live}
             self._samples = {key: held for key, held in self._samples.items()
                              if id(held[0]) in live}
+            self._masked = {key: held for key, held in self._masked.items()
+                            if id(held[0]) in live}
 
     def _rotate(self, codec, queries: np.ndarray):
         """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
@@ -451,19 +454,16 @@ class GpuScanner:
         k = min(k, device.n)
         nq = queries.shape[0]
         family = _family(codec)
-        if nq == 1 and mask is None and family == "tq" and not batch:
-            pending = self._plan(codec, device, metric, k).submit(
+        key_scale, row_bias, repeated = self._row_terms(metric, device, mask)
+        if nq == 1 and family == "tq" and not batch and repeated:
+            pending = self._plan(codec, device, metric, k, mask, row_bias).submit(
                 queries[0], None if query_sq_norms is None else float(query_sq_norms[0]))
             if pending is not None:
                 return pending
-        key_scale, row_bias = self.metric_terms(metric, device)
         if metric == "l2":
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
             query_bias = self._zeros(nq)
-        if mask is not None:
-            row_bias = row_bias[: device.n] + cp.asarray(
-                np.where(mask, 0, np.inf).astype(np.float32))
         if family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
             best = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
         else:
@@ -480,17 +480,39 @@ class GpuScanner:
             return np.float32(-2.0), device.sq_norms
         return np.float32(-1.0), device.zeros
 
-    def _plan(self, codec, device: DeviceCodes, metric: str, k: int):
-        """The ``SingleQueryPlan`` of (device, codec, metric, k), built on first use."""
+    def _row_terms(self, metric: str, device: DeviceCodes, mask: np.ndarray | None):
+        """``metric_terms`` with the rows outside ``mask`` given a bias of +inf, and
+        whether that bias was already on the device: the bias of the last mask seen per
+        part and metric is kept, so a mask that stays the same object between searches
+        (a segment's live rows; live masks are replaced, never modified) goes up once."""
+        key_scale, row_bias = self.metric_terms(metric, device)
+        if mask is None:
+            return key_scale, row_bias, True
+        key = (id(device), metric)
+        with self._lock:
+            held = self._masked.get(key)
+        if held is not None and held[0] is device and held[1] is mask:
+            return key_scale, held[2], True
+        masked = row_bias[: device.n] + self.cupy.asarray(
+            np.where(mask, 0, np.inf).astype(np.float32))
+        with self._lock:
+            self._masked[key] = (device, mask, masked)
+        return key_scale, masked, False
+
+    def _plan(self, codec, device: DeviceCodes, metric: str, k: int,
+              mask: np.ndarray | None, row_bias):
+        """The ``SingleQueryPlan`` of (device, codec, metric, k) and ``mask`` (whose row
+        bias is ``row_bias``), built on first use."""
         from vecstore.search.gpu_query import SingleQueryPlan
 
         key = (id(device), id(codec), metric, k)
         with self._lock:
             plan = self._plans.get(key)
-            if plan is None or not plan.serves(device) or plan.codec is not codec:
+            if plan is None or not plan.serves(device, mask) or plan.codec is not codec:
                 while len(self._plans) >= MAX_PLANS:
                     del self._plans[next(iter(self._plans))]
-                plan = self._plans[key] = SingleQueryPlan(self, codec, device, metric, k)
+                plan = self._plans[key] = SingleQueryPlan(self, codec, device, metric, k,
+                                                          mask, row_bias)
         return plan
 
     def strided_sample(self, device: DeviceCodes, rows: int):
@@ -605,8 +627,11 @@ class GpuScanner:
         table = given or (group == 1 and 32 % fmt.bits == 0
                           and dim * levels * 4 <= TABLE_BYTES)
         # A given table is dynamic shared memory; a table the kernel builds is static.
-        static = dim * levels * 4 if table and not given else 0
-        shared += dim * levels * 4 if given else 0
+        # Tables cover the whole last word of values (table_dim in tq_scan.cu).
+        table_dim = (-(-dim * fmt.bits // 32) * (32 // fmt.bits) if 32 % fmt.bits == 0
+                     else dim)
+        static = table_dim * levels * 4 if table and not given else 0
+        shared += table_dim * levels * 4 if given else 0
         shared += group * dim * 4 if prod else 0
         self._check_shared(static + shared, f"k={k} with {dim} values of {fmt.bits} bits")
         kernel = _tq_kernel(fmt.bits, group, table, dim, given, prod)

@@ -23,19 +23,21 @@ ROTATE_THREADS = 256
 
 
 class SingleQueryPlan:
-    """Buffers and launches of one-query searches of ``device`` (one part's codes).
+    """Buffers and launches of one-query searches of ``device`` (one part's codes), of
+    the rows in ``mask`` (n,) bool or of all (None): ``row_bias`` (n,) float32 on the
+    device is the metric's row bias, +inf outside the mask.
 
     One search at a time uses a plan: ``submit`` returns None while another search holds
     it, and the caller takes the general path.
     """
 
-    def __init__(self, scanner, codec, device, metric: str, k: int):
+    def __init__(self, scanner, codec, device, metric: str, k: int, mask, row_bias):
         import cupyx
 
         from vecstore.codecs.rotation import DenseRotation
 
         cp = self.cupy = scanner.cupy
-        self.device, self.codec, self.n = device, codec, device.n
+        self.device, self.codec, self.n, self.mask = device, codec, device.n, mask
         self.dim, self.rot_dim = codec.dim, gpu.code_format(codec).values
         self.matrix = None
         if isinstance(codec.rotation, DenseRotation):
@@ -49,7 +51,7 @@ class SingleQueryPlan:
         # Written by the merge kernel straight into (mapped) pinned memory.
         self.host_keys = cupyx.empty_pinned((1, k), dtype=np.float32)
         self.host_rows = cupyx.empty_pinned((1, k), dtype=np.int64)
-        key_scale, row_bias = scanner.metric_terms(metric, device)
+        key_scale, _ = scanner.metric_terms(metric, device)
         unused = gpu._device_constant(np.zeros(1, dtype=np.float32).tobytes())
         self.scan, candidates = scanner._fused_launch(codec, device, self.rotated, k, key_scale,
                                                       row_bias, self.query[width:], unused,
@@ -60,9 +62,10 @@ class SingleQueryPlan:
         self.graph = self.stream = None
         self.lock = threading.Lock()
 
-    def serves(self, device) -> bool:
-        """Whether the plan still matches ``device`` (a growing part's row count moves)."""
-        return device is self.device and device.n == self.n
+    def serves(self, device, mask) -> bool:
+        """Whether the plan still matches ``device`` (a growing part's row count moves)
+        and ``mask`` (the same object, or None for both)."""
+        return device is self.device and device.n == self.n and mask is self.mask
 
     def submit(self, query: np.ndarray, query_sq_norm: float | None):
         """Launch a search for ``query`` (d,) float32; a ``PendingQuery``, or None when
