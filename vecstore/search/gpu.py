@@ -493,8 +493,9 @@ class GpuScanner:
             held = self._masked.get(key)
         if held is not None and held[0] is device and held[1] is mask:
             return key_scale, held[2], True
-        masked = row_bias[: device.n] + self.cupy.asarray(
-            np.where(mask, 0, np.inf).astype(np.float32))
+        # The mask goes up as bytes (n, not 4n) and becomes the +inf bias on the device.
+        cp = self.cupy
+        masked = cp.where(cp.asarray(mask), row_bias[: device.n], cp.float32(np.inf))
         with self._lock:
             self._masked[key] = (device, mask, masked)
         return key_scale, masked, False
