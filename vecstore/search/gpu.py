@@ -299,7 +299,6 @@ class GpuScanner:
         self.budget_bytes = budget_bytes
         self._resident: dict[object, DeviceCodes] = {}
         self._growing: dict[object, DeviceCodes] = {}
-        self._rotations: dict[int, tuple] = {}
         self._rotation_rows: dict[int, tuple] = {}
         self._plans: dict[tuple, object] = {}
         self._samples: dict[tuple, tuple] = {}
@@ -420,15 +419,9 @@ class GpuScanner:
         is uploaded once per codec), else on the host."""
         from vecstore.codecs.rotation import DenseRotation
 
-        rotation = codec.rotation
-        if not isinstance(rotation, DenseRotation):
+        if not isinstance(codec.rotation, DenseRotation):
             return codec.prepare_query(queries).rotated
-        key = id(rotation)
-        matrix = self._rotations.get(key)
-        if matrix is None or matrix[0] is not rotation:
-            matrix = (rotation, self.cupy.asarray(rotation.matrix.T.copy()))
-            self._rotations[key] = matrix
-        return self.cupy.asarray(queries, dtype=self.cupy.float32) @ matrix[1]
+        return self.cupy.asarray(queries, dtype=self.cupy.float32) @ self.rotation_rows(codec).T
 
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
              query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None,
