@@ -69,6 +69,12 @@ __global__ void tq_dequantize(const unsigned int* __restrict__ words, int n_word
 
 #define TOPK_PER_THREAD 8
 
+__device__ __forceinline__ unsigned short float_to_half(float f) {
+    unsigned short h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+
 __device__ __forceinline__ float half_to_float(unsigned short h) {
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
@@ -206,4 +212,56 @@ __global__ void tq_finish(const u64* __restrict__ candidates, int n_cand, int kc
     __syncthreads();
     bitonic_sort(exact, 1, exact_size, exact_size);
     for (int i = threadIdx.x; i < k; i += blockDim.x) out[(size_t)q * k + i] = exact[i];
+}
+
+// One block per query of rotated (nq, dim) float32: the float32 rows padded with zeros
+// (nq, dim_pad), the fp16 rows scaled to unit norm (nq, dim_pad) and norms[q] (1 for a
+// zero query). When int8 is not null (tq_mma_scan's input, dim_pad a multiple of 32), also
+// the int8 rows rint(x * 127 / max|x|) in tq_mma.cu's order: position 32c + 16h + 4t + j
+// holds coordinate 32c + 8t + 4h + j; and inv_scale[q] = max|x| / 127 (1 for a zero query).
+__global__ void prepare_queries(const float* __restrict__ rotated, int dim, int dim_pad,
+                                float* __restrict__ padded, unsigned short* __restrict__ halves,
+                                float* __restrict__ norms, signed char* __restrict__ int8,
+                                float* __restrict__ inv_scale) {
+    __shared__ float sums[32], peaks[32];
+    const float* x = rotated + (size_t)blockIdx.x * dim;
+    float sum = 0.0f, peak = 0.0f;
+    for (int j = threadIdx.x; j < dim; j += blockDim.x) {
+        sum = fmaf(x[j], x[j], sum);
+        peak = fmaxf(peak, fabsf(x[j]));
+    }
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        sum += __shfl_xor_sync(0xFFFFFFFFu, sum, offset);
+        peak = fmaxf(peak, __shfl_xor_sync(0xFFFFFFFFu, peak, offset));
+    }
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+    if (lane == 0) {
+        sums[warp] = sum;
+        peaks[warp] = peak;
+    }
+    __syncthreads();
+    sum = 0.0f;
+    peak = 0.0f;
+    for (int w = 0; w < warps; ++w) {
+        sum += sums[w];
+        peak = fmaxf(peak, peaks[w]);
+    }
+    const float norm = sum > 0.0f ? sqrtf(sum) : 1.0f;
+    const float to_int8 = peak > 0.0f ? 127.0f / peak : 1.0f;
+    const size_t out = (size_t)blockIdx.x * dim_pad;
+    for (int j = threadIdx.x; j < dim_pad; j += blockDim.x) {
+        const float value = j < dim ? x[j] : 0.0f;
+        padded[out + j] = value;
+        halves[out + j] = float_to_half(value / norm);
+        if (int8 != nullptr) {
+            const int c = j >> 5, h = (j >> 4) & 1, t = (j >> 2) & 3, i = j & 3;
+            const int source = 32 * c + 8 * t + 4 * h + i;
+            int8[out + j] = source < dim ? (signed char)__float2int_rn(x[source] * to_int8) : 0;
+        }
+    }
+    if (threadIdx.x == 0) {
+        norms[blockIdx.x] = norm;
+        if (int8 != nullptr) inv_scale[blockIdx.x] = peak > 0.0f ? peak / 127.0f : 1.0f;
+    }
 }

@@ -1,183 +1,254 @@
-// Fused tensor-core scan of 4-bit TurboQuant codes for large query batches.
+// Fused tensor-core scan of 4-bit TurboQuant codes for large query batches, on int8
+// tensor cores (mma.sync m16n8k32, int32 accumulation).
 //
-// A block takes MMA_BM rows and MMA_BN queries. For each MMA_BK-coordinate step of the
-// dimension it dequantizes its rows' codes into shared memory as fp16 (one table lookup
-// per byte: two values), copies the queries' fp16 coordinates beside them, and multiplies
-// the two with mma.sync (fp16 inputs, fp32 accumulation). After the last step the block
-// turns each accumulator into a key and keeps only the (row, query) pairs whose key can
-// be at or below the query's threshold: those are appended to the query's candidate
-// buffer. Neither the fp16 rows nor a score reaches global memory.
+// A block holds MMA_BN queries in shared memory as int8 rows for the whole launch and its
+// warps scan tiles of MMA_ROWS rows against them. A warp turns its rows' codes into int8
+// centroids in registers, straight into the mma's A fragments: each code word (eight
+// 4-bit values) gives one thread the four values of two fragment registers through three
+// byte permutes on a 16-byte table. No dequantized row is written anywhere, so the only
+// shared-memory traffic is the queries' fragments (ldmatrix) and the codes' copies.
 //
-// The thresholds are upper bounds on each query's Kc-th best key, taken beforehand from a
-// sample of rows, so every row of the Kc best is kept; tq_finish (tq_batch.cu) then picks
-// the Kc best candidates and re-scores them in float32.
+// For that, the coordinates of a 32-wide step are permuted: fragment position
+// p = 32c + 16h + 4t + j (h, t, j < 2, 4, 4) holds coordinate 32c + 8t + 4h + j, which is
+// value j + 4h of code word 4c + t. prepare_queries (tq_batch.cu) writes the queries in
+// that order, so that the dot products are unchanged.
 //
-// Codes use the transposed layout of tq_scan.cu: words[w * n_pad + row]. Queries are fp16
-// rows (nq, dim_pad) scaled to unit norm, zero beyond the dimension; dim_pad is a multiple
-// of MMA_BK.
+// After a tile's last step each (row, query) accumulator becomes a key, and the pairs
+// whose key can be at or below the query's threshold are appended to the query's candidate
+// buffer. The thresholds are upper bounds on each query's Kc-th best key, taken beforehand
+// from a sample of rows, so every row of the Kc best is kept; tq_finish (tq_batch.cu) then
+// picks the Kc best candidates and re-scores them in float32.
+//
+// Codes use the transposed layout of tq_scan.cu: words[w * n_pad + row].
 
 #include "topk.cuh"
 
-#define MMA_BM 128
 #define MMA_BN 128
-#define MMA_BK 64
-// Shared rows are padded to 72 halves (144 bytes) so that ldmatrix's eight row addresses
-// and the dequantizer's 16-byte stores fall in distinct banks.
-#define MMA_LD (MMA_BK + 8)
-#define MMA_THREADS 256
+#define MMA_WARPS 16
+#define MMA_THREADS (MMA_WARPS * 32)
+#define MMA_ROWS 16
+// Copies of each warp's code words in flight (cp.async), one step (4 words per row) each.
+#define MMA_STAGES 3
+// A staged step holds 4 words of MMA_ROWS rows, word-major with rows padded to 24 words,
+// so that the reads of thread (g, t) (word t, rows g and g + 8) fall in distinct banks.
+#define MMA_STAGE_LD 24
+#define MMA_STAGE_WORDS (4 * MMA_STAGE_LD)
+// Bytes after each shared query row, so that ldmatrix's eight row addresses fall in
+// distinct banks (the row stride is an odd multiple of 16 bytes).
+#define MMA_QUERY_PAD 16
 
-__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const unsigned short* p) {
+__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], const void* p) {
     const unsigned int address = static_cast<unsigned int>(__cvta_generic_to_shared(p));
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(address));
 }
 
-// c += a (16 x 16, row-major fragment) * b (16 x 8, column-major fragment).
-__device__ __forceinline__ void mma_16816(float (&c)[4], const unsigned int (&a)[4],
+// c += a (16 x 32 int8, row-major fragment) * b (32 x 8 int8, column-major fragment).
+__device__ __forceinline__ void mma_16832(int (&c)[4], const unsigned int (&a)[4],
                                           unsigned int b0, unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 "
+    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
                  "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 
-// Grid (ceil(n / MMA_BM), ceil(nq / MMA_BN)), MMA_THREADS threads.
-// pair_table[b] holds the fp16 centroids of byte b's two values (low nibble in the low
-// half). bounds[q] is the packed key bound of query q (EMPTY_SLOT: none). Candidates go
-// to out[q * cap + slot] for slot = atomicAdd(counts + q, 1) < cap; a count above cap
-// tells the caller that the query's buffer overflowed. The bounds come from fp16 scores
-// rounded differently from these: `slack_scale[0]` (at least that rounding on a score,
-// times the largest row scale) times |query_scale[q] * key_scale| is added to each bound.
-__global__ void __launch_bounds__(MMA_THREADS, 2)
+// A 16-byte copy from global to shared memory that does not wait; zeros when !valid.
+__device__ __forceinline__ void copy_async(void* dst, const void* src, bool valid) {
+    const unsigned int address = static_cast<unsigned int>(__cvta_generic_to_shared(dst));
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n"
+                 :: "r"(address), "l"(src), "r"(valid ? 16 : 0));
+}
+
+__device__ __forceinline__ void copy_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+
+template <int PENDING>
+__device__ __forceinline__ void copy_wait() {
+    asm volatile("cp.async.wait_group %0;\n" :: "n"(PENDING));
+}
+
+// The four 4-bit values in the low 16 bits of x as int8 centroids, value j in byte j.
+// table holds the 16 int8 centroids in order (.x: centroids 0-3, ..., .w: 12-15).
+__device__ __forceinline__ unsigned int int8_centroids(unsigned int x, const uint4& table) {
+    const unsigned int low3 = x & 0x7777u;
+    const unsigned int lower = __byte_perm(table.x, table.y, low3);   // centroids 0-7
+    const unsigned int upper = __byte_perm(table.z, table.w, low3);   // centroids 8-15
+    return __byte_perm(lower, upper, ((x >> 1) & 0x4444u) | 0x3210u);
+}
+
+// Grid: the blocks that fit at once (persistent), MMA_THREADS threads; dynamic shared
+// memory mma_shared_bytes(dim_pad). The work is split into units of (query tile of MMA_BN,
+// rows_per_unit rows), numbered with the query tile varying fastest so that units taken
+// together read the same codes (from L2 after the first); blocks take units in turn from
+// next_unit[0] (zero before the launch).
+//
+// queries (nq, dim_pad) int8 in the permuted order, zero beyond the dimension (dim_pad is
+// a multiple of 32, rows_per_unit of MMA_ROWS * MMA_WARPS, n_pad of 32). table0-3: the
+// int8 centroids. A row's key is acc * row_scale[row] * query_factor[q] * key_factor +
+// row_bias[row] + query_bias[q]. bounds[q] is the packed key bound of query q (EMPTY_SLOT:
+// none); the bounds come from fp16 scores of the float32 queries, so `slack_scale[0]` (at
+// least the rounding of both on a unit-query score, times the largest row scale) times
+// |query_norm[q] * key_scale| is added to each. Candidates go to out[q * cap + slot] for
+// slot = atomicAdd(counts + q, 1) < cap; a count above cap tells the caller that the
+// query's buffer overflowed.
+__global__ void __launch_bounds__(MMA_THREADS, 1)
 tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
-            const unsigned int* __restrict__ pair_table, const unsigned short* __restrict__ queries,
-            int nq, int dim_pad, const float* __restrict__ row_scale,
-            const float* __restrict__ row_bias, const float* __restrict__ query_scale,
-            const float* __restrict__ query_bias, float key_scale,
+            int rows_per_unit, int units, int* __restrict__ next_unit, unsigned int table0,
+            unsigned int table1, unsigned int table2, unsigned int table3,
+            const signed char* __restrict__ queries, int nq, int dim_pad,
+            const float* __restrict__ row_scale, const float* __restrict__ row_bias,
+            const float* __restrict__ query_factor, const float* __restrict__ query_bias,
+            const float* __restrict__ query_norm, float key_factor, float key_scale,
             const u64* __restrict__ bounds, const float* __restrict__ slack_scale, int cap,
-            int* __restrict__ counts,
-            u64* __restrict__ out) {
-    __shared__ __align__(16) unsigned short rows_s[MMA_BM * MMA_LD];
-    __shared__ __align__(16) unsigned short queries_s[MMA_BN * MMA_LD];
-    __shared__ unsigned int pairs_s[256];
+            int* __restrict__ counts, u64* __restrict__ out) {
+    extern __shared__ __align__(16) unsigned char smem[];
+    const int query_stride = dim_pad + MMA_QUERY_PAD;
+    signed char* queries_s = reinterpret_cast<signed char*>(smem);
+    unsigned int* staged = reinterpret_cast<unsigned int*>(smem + MMA_BN * query_stride);
+    float* factor_s = reinterpret_cast<float*>(staged + MMA_WARPS * MMA_STAGES * MMA_STAGE_WORDS);
+    float* bias_s = factor_s + MMA_BN;
+    float* limit_s = bias_s + MMA_BN;
+    __shared__ int unit_s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
-    const int warp_m = warp & 1, warp_n = warp >> 1;  // 2 x 4 warps of 64 rows x 32 queries
-    const int row0 = blockIdx.x * MMA_BM, q0 = blockIdx.y * MMA_BN;
-    for (int i = tid; i < 256; i += MMA_THREADS) pairs_s[i] = pair_table[i];
+    const int g = lane >> 2, t = lane & 3;
+    const uint4 table = make_uint4(table0, table1, table2, table3);
+    const int query_tiles = (nq + MMA_BN - 1) / MMA_BN;
+    const int steps = dim_pad / 32;
+    const int pieces = dim_pad / 16;
+    const float slack = *slack_scale;
+    unsigned int* ring = staged + warp * MMA_STAGES * MMA_STAGE_WORDS;
+    // Lanes 0-15 copy a step: lane l takes word l / 4 of rows (l % 4) * 4 ... + 3.
+    const int copy_word = (lane >> 2) & 3, copy_row = (lane & 3) * 4;
+    const int copy_offset = copy_word * MMA_STAGE_LD + copy_row;
+    int loaded_tile = -1;
 
-    // Each thread loads 4 code words (one row, MMA_BK / 8 / 2 consecutive words) and 4
-    // 16-byte pieces of query rows per step.
-    const int my_row = tid % MMA_BM, my_half = tid / MMA_BM;
-    const int code_row = row0 + my_row;
-    unsigned int code_words[4];
-    uint4 query_pieces[4];
-    auto load_step = [&](int step) {
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int w = step * (MMA_BK / 8) + my_half * 4 + i;
-            code_words[i] = (code_row < n_pad && w < n_words)
-                                ? __ldg(words + (size_t)w * n_pad + code_row) : 0u;
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int piece = tid + i * MMA_THREADS;
-            const int q = q0 + piece / (MMA_BK / 8);
-            const int column = step * MMA_BK + (piece % (MMA_BK / 8)) * 8;
-            query_pieces[i] = q < nq ? *reinterpret_cast<const uint4*>(
-                                           queries + (size_t)q * dim_pad + column)
-                                     : make_uint4(0u, 0u, 0u, 0u);
-        }
-    };
-
-    float acc[4][4][4];
-#pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
-#pragma unroll
-        for (int nt = 0; nt < 4; ++nt)
-#pragma unroll
-            for (int i = 0; i < 4; ++i) acc[mt][nt][i] = 0.0f;
-
-    const int steps = dim_pad / MMA_BK;
-    load_step(0);
-    for (int step = 0; step < steps; ++step) {
-        __syncthreads();  // the previous step's reads of shared memory are done
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const unsigned int w = code_words[i];
-            const uint4 halves = make_uint4(pairs_s[w & 0xFFu], pairs_s[(w >> 8) & 0xFFu],
-                                            pairs_s[(w >> 16) & 0xFFu], pairs_s[w >> 24]);
-            *reinterpret_cast<uint4*>(rows_s + my_row * MMA_LD + (my_half * 4 + i) * 8) = halves;
-        }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            const int piece = tid + i * MMA_THREADS;
-            *reinterpret_cast<uint4*>(queries_s + (piece / (MMA_BK / 8)) * MMA_LD
-                                      + (piece % (MMA_BK / 8)) * 8) = query_pieces[i];
+    while (true) {
+        if (tid == 0) unit_s = atomicAdd(next_unit, 1);
+        __syncthreads();  // also: every warp is done with the previous unit's queries
+        const int unit = unit_s;
+        if (unit >= units) break;
+        const int query_tile = unit % query_tiles;
+        const int q0 = query_tile * MMA_BN;
+        if (query_tile != loaded_tile) {
+            for (int i = tid; i < MMA_BN * pieces; i += MMA_THREADS) {
+                const int r = i / pieces, piece = i - r * pieces, q = q0 + r;
+                *reinterpret_cast<uint4*>(queries_s + r * query_stride + piece * 16) =
+                    q < nq ? reinterpret_cast<const uint4*>(queries + (size_t)q * dim_pad)[piece]
+                           : make_uint4(0u, 0u, 0u, 0u);
+            }
+            for (int i = tid; i < MMA_BN; i += MMA_THREADS) {
+                const int q = q0 + i;
+                const u64 bound = q < nq ? bounds[q] : 0ull;
+                factor_s[i] = q < nq ? query_factor[q] * key_factor : 0.0f;
+                bias_s[i] = q < nq ? query_bias[q] : 0.0f;
+                // No bound: every finite key is kept. A query past nq keeps nothing.
+                limit_s[i] = q >= nq ? -__int_as_float(0x7f800000)
+                             : bound == EMPTY_SLOT ? __int_as_float(0x7f800000)
+                             : key_of(bound) + slack * fabsf(query_norm[q] * key_scale);
+            }
+            loaded_tile = query_tile;
         }
         __syncthreads();
-        if (step + 1 < steps) load_step(step + 1);  // in flight while this step multiplies
 
-#pragma unroll
-        for (int kk = 0; kk < MMA_BK; kk += 16) {
-            // B fragments of the warp's four 8-query tiles: ldmatrix lane l addresses query
-            // row (l % 8) + (l / 16) * 8 of a 16-query pair, columns kk + ((l / 8) % 2) * 8.
-            unsigned int b[2][4];
-#pragma unroll
-            for (int pair = 0; pair < 2; ++pair) {
-                const int q_local = warp_n * 32 + pair * 16 + (lane & 7) + (lane >> 4) * 8;
-                ldmatrix_x4(b[pair], queries_s + q_local * MMA_LD + kk + ((lane >> 3) & 1) * 8);
+        // This warp's tiles of the unit: rows unit_row0 + (j * MMA_WARPS + warp) * MMA_ROWS.
+        const int unit_row0 = (unit / query_tiles) * rows_per_unit;
+        const int unit_rows = min(rows_per_unit, n - unit_row0);
+        const int first = warp * MMA_ROWS;
+        const int tiles = first < unit_rows
+                              ? (unit_rows - first + MMA_WARPS * MMA_ROWS - 1) / (MMA_WARPS * MMA_ROWS)
+                              : 0;
+        const int total = tiles * steps;
+        // Step i of the warp's sequence is step i % steps of tile i / steps; its copy goes
+        // to ring slot i % MMA_STAGES. The source advances 4 words a step and jumps to the
+        // next tile's rows after the last one.
+        int issue_step = 0, issue_tile = 0;
+        auto issue = [&](int i) {
+            if (i < total && lane < 16) {
+                const int word = issue_step * 4 + copy_word;
+                const int row = unit_row0 + (issue_tile * MMA_WARPS + warp) * MMA_ROWS + copy_row;
+                copy_async(ring + (i % MMA_STAGES) * MMA_STAGE_WORDS + copy_offset,
+                           words + (size_t)min(word, n_words - 1) * n_pad + row, word < n_words);
             }
-#pragma unroll
-            for (int mt = 0; mt < 4; ++mt) {
-                // A fragment of rows warp_m * 64 + mt * 16 + (l % 16), columns kk + (l / 16) * 8.
-                unsigned int a[4];
-                const int r_local = warp_m * 64 + mt * 16 + (lane & 15);
-                ldmatrix_x4(a, rows_s + r_local * MMA_LD + kk + (lane >> 4) * 8);
-#pragma unroll
-                for (int nt = 0; nt < 4; ++nt)
-                    mma_16816(acc[mt][nt], a, b[nt >> 1][(nt & 1) * 2], b[nt >> 1][(nt & 1) * 2 + 1]);
+            copy_commit();
+            if (++issue_step == steps) {
+                issue_step = 0;
+                ++issue_tile;
             }
-        }
-    }
+        };
 
-    // Accumulator i of tile (mt, nt) is row warp_m * 64 + mt * 16 + g + 8 * (i / 2) and
-    // query warp_n * 32 + nt * 8 + 2 * t + (i % 2), with g = lane / 4 and t = lane % 4.
-    const int g = lane >> 2, t = lane & 3;
-    const float slack = *slack_scale;
-    float q_factor[4][2], q_bias[4][2], q_limit[4][2];
+        int acc[MMA_BN / 8][4];
 #pragma unroll
-    for (int nt = 0; nt < 4; ++nt)
+        for (int nt = 0; nt < MMA_BN / 8; ++nt)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const int q = q0 + warp_n * 32 + nt * 8 + 2 * t + e;
-            const u64 bound = q < nq ? bounds[q] : 0ull;
-            q_factor[nt][e] = q < nq ? query_scale[q] * key_scale : 0.0f;
-            q_bias[nt][e] = q < nq ? query_bias[q] : 0.0f;
-            // No bound: every finite key is kept. A query past nq keeps nothing.
-            q_limit[nt][e] = q >= nq ? -__int_as_float(0x7f800000)
-                             : bound == EMPTY_SLOT ? __int_as_float(0x7f800000)
-                             : key_of(bound) + slack * fabsf(q_factor[nt][e]);
-        }
+            for (int e = 0; e < 4; ++e) acc[nt][e] = 0;
 #pragma unroll
-    for (int mt = 0; mt < 4; ++mt)
+        for (int s = 0; s < MMA_STAGES - 1; ++s) issue(s);
+        float scale[2], bias[2];
+        int c = 0, tile = 0;
+        for (int i = 0; i < total; ++i) {
+            issue(i + MMA_STAGES - 1);
+            copy_wait<MMA_STAGES - 1>();
+            __syncwarp();
+            const int tile_row0 = unit_row0 + (tile * MMA_WARPS + warp) * MMA_ROWS;
+            if (c == 0) {
+                // Rows past n get a zero scale and a bias of +inf: their keys are never kept.
 #pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const int row = row0 + warp_m * 64 + mt * 16 + g + 8 * h;
-            if (row >= n) continue;
-            const float scale = row_scale[row], bias = row_bias[row];
+                for (int h = 0; h < 2; ++h) {
+                    const int row = tile_row0 + h * 8 + g;
+                    scale[h] = row < n ? row_scale[row] : 0.0f;
+                    bias[h] = row < n ? row_bias[row] : __int_as_float(0x7f800000);
+                }
+            }
+            const unsigned int* slot = ring + (i % MMA_STAGES) * MMA_STAGE_WORDS + t * MMA_STAGE_LD;
+            const unsigned int upper_row = slot[g], lower_row = slot[g + 8];
+            const unsigned int a[4] = {int8_centroids(upper_row, table),
+                                       int8_centroids(lower_row, table),
+                                       int8_centroids(upper_row >> 16, table),
+                                       int8_centroids(lower_row >> 16, table)};
+            const signed char* step_queries =
+                queries_s + ((lane >> 4) * 8 + (lane & 7)) * query_stride + c * 32
+                + ((lane >> 3) & 1) * 16;
 #pragma unroll
-            for (int nt = 0; nt < 4; ++nt)
+            for (int pair = 0; pair < MMA_BN / 16; ++pair) {
+                // ldmatrix lane l addresses query pair * 16 + (l / 16) * 8 + l % 8, bytes
+                // 32c + ((l / 8) % 2) * 16: b[0], b[1] are the first 8-query tile's
+                // fragments for the step's two 16-byte halves, b[2], b[3] the second's.
+                unsigned int b[4];
+                ldmatrix_x4(b, step_queries + pair * 16 * query_stride);
+                mma_16832(acc[2 * pair], a, b[0], b[1]);
+                mma_16832(acc[2 * pair + 1], a, b[2], b[3]);
+            }
+            __syncwarp();  // every lane has read the slot before a later copy refills it
+            if (++c < steps) continue;
+
+            // Accumulator e of tile nt is local row g + 8 * (e / 2) and query
+            // nt * 8 + 2 * t + (e % 2).
+#pragma unroll
+            for (int nt = 0; nt < MMA_BN / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
-                    const float factor = scale * q_factor[nt][e];
-                    const float key = fmaf(acc[mt][nt][2 * h + e], factor, bias + q_bias[nt][e]);
-                    if (key <= q_limit[nt][e] && key < __int_as_float(0x7f800000)) {
-                        const int q = q0 + warp_n * 32 + nt * 8 + 2 * t + e;
-                        const int slot = atomicAdd(counts + q, 1);
-                        if (slot < cap) out[(size_t)q * cap + slot] = pack_key(key, (unsigned int)row);
+                    const int q_local = nt * 8 + 2 * t + e;
+                    const float factor = factor_s[q_local], q_bias = bias_s[q_local];
+                    const float limit = limit_s[q_local];
+#pragma unroll
+                    for (int h = 0; h < 2; ++h) {
+                        int& value = acc[nt][2 * h + e];
+                        const float key = fmaf(__int2float_rn(value), scale[h] * factor,
+                                               bias[h] + q_bias);
+                        value = 0;
+                        if (key <= limit && key < __int_as_float(0x7f800000)) {
+                            const int q = q0 + q_local;
+                            const int row = tile_row0 + h * 8 + g;
+                            const int position = atomicAdd(counts + q, 1);
+                            if (position < cap)
+                                out[(size_t)q * cap + position] = pack_key(key, (unsigned int)row);
+                        }
                     }
                 }
+            c = 0;
+            ++tile;
         }
+        copy_wait<0>();
+    }
 }

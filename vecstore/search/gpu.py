@@ -42,15 +42,22 @@ MAX_PLANS = 64
 # Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
-# The fused tensor-core kernel (cuda/tq_mma.cu): rows and queries per block, coordinates
-# per step (its queries are padded to a multiple), threads; the allowance on a unit-query
-# score for the fp16 rounding of the bounds taken from the GEMM pipeline; and the
-# candidate buffer per query, as a multiple of the expected count (Kc per tile of rows).
-MMA_BM = 128
+# The fused tensor-core kernel (cuda/tq_mma.cu): queries per block, warps per block, rows
+# per warp tile, staged copies per warp, words per staged row group and padding per shared
+# query row (as there); work units per block (the blocks take units in turn, so a unit's
+# share of the time is the most a block can idle at the end); the allowance on a
+# unit-query score for the rounding of the bounds (fp16 scores) and of the kernel's keys
+# (int8 queries and centroids: 3.6e-3 at most over 1M row and query pairs of unit vectors
+# at d = 384, 2.1e-3 at d = 1536); and the candidate buffer per query, as a multiple of
+# the expected count (Kc per tile of rows).
 MMA_BN = 128
-MMA_BK = 64
-MMA_THREADS = 256
-MMA_SLACK = 2e-3
+MMA_WARPS = 16
+MMA_ROWS = 16
+MMA_STAGES = 3
+MMA_STAGE_LD = 24
+MMA_QUERY_PAD = 16
+MMA_UNITS_PER_BLOCK = 16
+MMA_SLACK = 8e-3
 MMA_CAP_FACTOR = 4
 # Above this many queries the GEMM pipeline beats the fused kernel (bench/GPU_NOTES.md).
 MMA_MAX_QUERIES = 256
@@ -181,6 +188,24 @@ def _pair_table(centroids: bytes):
     (256,) uint32 on the device, for float32 ``centroids`` (16 values)."""
     pairs = byte_levels(np.frombuffer(centroids, dtype=np.float32), 4).astype(np.float16)
     return _device_constant(pairs.tobytes(), "uint32")
+
+
+@lru_cache(maxsize=64)
+def _int8_table(centroids: bytes) -> tuple[tuple[np.uint32, ...], float]:
+    """16 float32 ``centroids`` as tq_mma_scan's int8 table, four uint32 words of four
+    centroids each (centroid i in byte i % 4 of word i // 4), and the scale they were
+    rounded at (127 / max|centroid|)."""
+    values = np.frombuffer(centroids, dtype=np.float32)
+    scale = 127.0 / float(np.abs(values).max())
+    rounded = np.rint(values * scale).astype(np.int8)
+    return tuple(np.frombuffer(rounded.tobytes(), dtype=np.uint32)), scale
+
+
+def mma_shared_bytes(dim_pad: int) -> int:
+    """Dynamic shared memory of a tq_mma_scan block: int8 query rows, staged code words
+    and three floats per query."""
+    return (MMA_BN * (dim_pad + MMA_QUERY_PAD) + MMA_WARPS * MMA_STAGES * 4 * MMA_STAGE_LD * 4
+            + 3 * MMA_BN * 4)
 
 
 @lru_cache(maxsize=64)
@@ -509,18 +534,22 @@ class GpuScanner:
                                                           mask, row_bias)
         return plan
 
-    def strided_sample(self, device: DeviceCodes, rows: int):
-        """``rows`` rows of ``device`` at an even stride, kept per part: their indices
-        (rows,) int64, words (W, rows) uint32 and scales (rows,) float32."""
+    def strided_sample(self, device: DeviceCodes, rows: int, row_bias) -> StridedSample:
+        """``rows`` rows of ``device`` at an even stride with ``row_bias`` (n,) float32,
+        kept per part (the bias of the last one asked for)."""
         key = (id(device), rows)
         with self._lock:
             held = self._samples.get(key)
-            if held is None or held[0] is not device:
-                picked = self.cupy.arange(rows, dtype=self.cupy.int64) * (device.n // rows)
-                held = (device, picked, self.cupy.ascontiguousarray(device.words[:, picked]),
-                        device.scale[picked])
-                self._samples[key] = held
-        return held[1:]
+        if held is None or held[0] is not device:
+            picked = self.cupy.arange(rows, dtype=self.cupy.int64) * (device.n // rows)
+            slack = self.cupy.abs(device.scale[: device.n]).max() * np.float32(MMA_SLACK)
+            held = (device, picked, self.cupy.ascontiguousarray(device.words[:, picked]),
+                    device.scale[picked], slack.reshape(1), None, None)
+        if held[5] is not row_bias:
+            held = (*held[:5], row_bias, row_bias[held[1]])
+        with self._lock:
+            self._samples[key] = held
+        return StridedSample(_RowSource(held[2], held[3], held[6], rows), held[4])
 
     def rotation_rows(self, codec):
         """A dense rotation's matrix (D, d) float32 on the device, uploaded once."""
@@ -705,18 +734,14 @@ class BatchScan:
         if kernel == "auto":
             kernel = "mma" if self.nq <= MMA_MAX_QUERIES else "gemm"
         mma = allow_fused and fmt.bits == 4 and kernel == "mma"
-        step = MMA_BK if mma else 8
-        self.dim_pad = -(-self.dim // step) * step
+        self.dim_pad = -(-self.dim // (32 if mma else 8)) * (32 if mma else 8)
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
-        self.fused = mma and self.n > self.tile_rows
-
-        rotated = cp.zeros((self.nq, self.dim_pad), dtype=cp.float32)
-        rotated[:, : self.dim] = cp.asarray(scanner._rotate(codec, queries), dtype=cp.float32)
-        query_norms = cp.linalg.norm(rotated, axis=1)
-        query_norms = cp.where(query_norms == 0, cp.float32(1), query_norms)
-        self.rotated, self.query_norms = rotated, query_norms
-        self.halves = (rotated / query_norms[:, None]).astype(cp.float16)
+        self.mma_shared = mma_shared_bytes(self.dim_pad)
+        # The kernel's static shared memory is one int.
+        self.fused = (mma and self.n > self.tile_rows
+                      and self.mma_shared + 4 <= scanner.shared_limit)
+        self._prepare_queries(scanner._rotate(codec, queries))
         self.centroids = _device_constant(codec._centroids32.tobytes())
         self.centroid_halves = _device_constant(
             codec._centroids32.astype(np.float16).tobytes(), "uint16")
@@ -757,11 +782,28 @@ class BatchScan:
             self._finish(candidates, n_slots * self.kc, q_first, q_last)
         return self.best
 
+    def _prepare_queries(self, rotated) -> None:
+        """prepare_queries (tq_batch.cu) on rotated queries (nq, D): ``rotated`` padded
+        (nq, dim_pad) float32, ``halves`` (nq, dim_pad) fp16 at unit norm, ``query_norms``
+        (nq,), and for the fused kernel ``int8`` (nq, dim_pad) with ``inv_scale`` (nq,)."""
+        cp, nq, dim_pad = self.cp, self.nq, self.dim_pad
+        source = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
+        self.rotated = cp.empty((nq, dim_pad), dtype=cp.float32)
+        self.halves = cp.empty((nq, dim_pad), dtype=cp.float16)
+        self.query_norms = cp.empty(nq, dtype=cp.float32)
+        self.int8 = cp.empty((nq, dim_pad), dtype=cp.int8) if self.fused else None
+        self.inv_scale = cp.empty(nq, dtype=cp.float32) if self.fused else None
+        null = np.uint64(0)
+        _kernel("tq_batch.cu", "prepare_queries")(
+            (nq,), (BLOCK_THREADS,),
+            (source, np.int32(self.dim), np.int32(dim_pad), self.rotated, self.halves,
+             self.query_norms, null if self.int8 is None else self.int8,
+             null if self.inv_scale is None else self.inv_scale))
+
     def _run_fused(self):
         cp, n, kc = self.cp, self.n, self.kc
         sample_slots = self.tile_rows // SLICE_ROWS
-        picked, words, scale = self.scanner.strided_sample(self.device, self.tile_rows)
-        sample = _RowSource(words, scale, self.row_bias[picked], self.tile_rows)
+        sample = self.scanner.strided_sample(self.device, self.tile_rows, self.row_bias)
         expected = kc * -(-n // self.tile_rows)
         cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
         query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
@@ -769,24 +811,37 @@ class BatchScan:
         bounds = cp.empty(query_block, dtype=cp.uint64)
         found = cp.empty((query_block, cap), dtype=cp.uint64)
         counts = cp.zeros(self.nq, dtype=cp.int32)
-        scale = self.device.scale[:n]
-        slack = cp.abs(scale).max() * np.float32(MMA_SLACK)
         scan = _kernel("tq_mma.cu", "tq_mma_scan")
-        pairs = _pair_table(self.codec._centroids32.tobytes())
+        if self.mma_shared > DEFAULT_SHARED_LIMIT:
+            scan.max_dynamic_shared_size_bytes = self.mma_shared
+        table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
+        key_factor = np.float32(self.key_scale / centroid_scale)
+        blocks = self.scanner.multiprocessors
+        next_unit = cp.zeros(-(-self.nq // query_block), dtype=cp.int32)
         for q_first in range(0, self.nq, query_block):
             q_last = min(self.nq, q_first + query_block)
             width = q_last - q_first
             bounds.fill(np.uint64(EMPTY_SLOT))
-            self._pipeline_tiles(q_first, q_last, sample, sample_slots, bounds, sampled)
+            self._pipeline_tiles(q_first, q_last, sample.source, sample_slots, bounds, sampled)
             # The pipeline's bound is the best slice's Kc-th key; the sample's own Kc-th
             # best is tighter by about the number of slices.
             bounds[:width] = self.scanner._merge(sampled[:width], kc)[:, kc - 1]
             found.fill(np.uint64(EMPTY_SLOT))
-            scan((-(-n // MMA_BM), -(-width // MMA_BN)), (MMA_THREADS,),
+            query_tiles = -(-width // MMA_BN)
+            row_units = max(1, -(-MMA_UNITS_PER_BLOCK * blocks // query_tiles))
+            step = MMA_ROWS * MMA_WARPS
+            rows_per_unit = -(-n // row_units)
+            rows_per_unit = -(-rows_per_unit // step) * step
+            units = query_tiles * -(-n // rows_per_unit)
+            scan((blocks,), (MMA_WARPS * 32,),
                  (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
-                  pairs, self.halves[q_first:], np.int32(width), np.int32(self.dim_pad), scale,
-                  self.row_bias, self.query_norms[q_first:], self.query_bias[q_first:],
-                  self.key_scale, bounds, slack, np.int32(cap), counts[q_first:], found))
+                  np.int32(rows_per_unit), np.int32(units), next_unit[q_first // query_block:],
+                  *table, self.int8[q_first:], np.int32(width), np.int32(self.dim_pad),
+                  self.device.scale, self.row_bias, self.inv_scale[q_first:],
+                  self.query_bias[q_first:], self.query_norms[q_first:], key_factor,
+                  self.key_scale, bounds, sample.slack, np.int32(cap), counts[q_first:],
+                  found),
+                 shared_mem=self.mma_shared)
             self._finish(found, cap, q_first, q_last)
         overflowed = np.flatnonzero(cp.asnumpy(counts) > cap)
         if overflowed.size:
@@ -850,6 +905,15 @@ class _RowSource:
     scale: object
     row_bias: object
     n: int
+
+
+@dataclass
+class StridedSample:
+    """The rows the fused kernel's bounds come from, and its slack (1,) float32: the
+    largest row scale times MMA_SLACK."""
+
+    source: _RowSource
+    slack: object
 
 
 @dataclass
