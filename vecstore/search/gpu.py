@@ -43,19 +43,20 @@ MAX_PLANS = 64
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
 # The fused tensor-core kernel (cuda/tq_mma.cu): queries per block, warps per block, rows
-# per warp tile, staged copies per warp, words per staged row group and padding per shared
-# query row (as there); work units per block (the blocks take units in turn, so a unit's
-# share of the time is the most a block can idle at the end); the allowance on a
-# unit-query score for the rounding of the bounds (fp16 scores) and of the kernel's keys
-# (int8 queries and centroids: 3.6e-3 at most over 1M row and query pairs of unit vectors
-# at d = 384, 2.1e-3 at d = 1536); and the candidate buffer per query, as a multiple of
-# the expected count (Kc per tile of rows).
+# per warp tile and padding per shared query row (as there); the most steps of code words
+# a warp keeps in flight (as many as shared memory holds, up to this; at least the
+# fewest); work units per block (the blocks take units in turn, so a unit's share of the
+# time is the most a block can idle at the end); the allowance on a unit-query score for
+# the rounding of the bounds (fp16 scores) and of the kernel's keys (int8 queries and
+# centroids: 3.6e-3 at most over 1M row and query pairs of unit vectors at d = 384,
+# 2.1e-3 at d = 1536); and the candidate buffer per query, as a multiple of the expected
+# count (Kc per tile of rows).
 MMA_BN = 128
 MMA_WARPS = 16
 MMA_ROWS = 16
-MMA_STAGES = 3
-MMA_STAGE_LD = 24
 MMA_QUERY_PAD = 16
+MMA_MAX_STAGES = 16
+MMA_MIN_STAGES = 3
 MMA_UNITS_PER_BLOCK = 16
 MMA_SLACK = 8e-3
 MMA_CAP_FACTOR = 4
@@ -201,11 +202,21 @@ def _int8_table(centroids: bytes) -> tuple[tuple[np.uint32, ...], float]:
     return tuple(np.frombuffer(rounded.tobytes(), dtype=np.uint32)), scale
 
 
-def mma_shared_bytes(dim_pad: int) -> int:
-    """Dynamic shared memory of a tq_mma_scan block: int8 query rows, staged code words
-    and three floats per query."""
-    return (MMA_BN * (dim_pad + MMA_QUERY_PAD) + MMA_WARPS * MMA_STAGES * 4 * MMA_STAGE_LD * 4
-            + 3 * MMA_BN * 4)
+def mma_shared_bytes(dim_pad: int, stages: int) -> int:
+    """Dynamic shared memory of a tq_mma_scan block: int8 query rows, ``stages`` staged
+    steps of code words per warp (4 words of MMA_ROWS rows) and four 4-byte terms per
+    query."""
+    return (MMA_BN * (dim_pad + MMA_QUERY_PAD) + MMA_WARPS * stages * 4 * MMA_ROWS * 4
+            + 4 * MMA_BN * 4)
+
+
+def mma_stages(dim_pad: int, shared_limit: int) -> int:
+    """Steps of code words per warp of tq_mma_scan that fit in ``shared_limit`` bytes of
+    shared memory (its static shared memory is one int), up to MMA_MAX_STAGES; 0 when
+    fewer than MMA_MIN_STAGES fit."""
+    fixed = mma_shared_bytes(dim_pad, 0) + 4
+    stages = min(MMA_MAX_STAGES, (shared_limit - fixed) // (MMA_WARPS * 4 * MMA_ROWS * 4))
+    return stages if stages >= MMA_MIN_STAGES else 0
 
 
 @lru_cache(maxsize=64)
@@ -537,19 +548,19 @@ class GpuScanner:
     def strided_sample(self, device: DeviceCodes, rows: int, row_bias) -> StridedSample:
         """``rows`` rows of ``device`` at an even stride with ``row_bias`` (n,) float32,
         kept per part (the bias of the last one asked for)."""
-        key = (id(device), rows)
+        cp, key = self.cupy, (id(device), rows)
         with self._lock:
             held = self._samples.get(key)
         if held is None or held[0] is not device:
-            picked = self.cupy.arange(rows, dtype=self.cupy.int64) * (device.n // rows)
-            slack = self.cupy.abs(device.scale[: device.n]).max() * np.float32(MMA_SLACK)
-            held = (device, picked, self.cupy.ascontiguousarray(device.words[:, picked]),
-                    device.scale[picked], slack.reshape(1), None, None)
+            picked = cp.arange(rows, dtype=cp.int64) * (device.n // rows)
+            held = (device, picked, cp.ascontiguousarray(device.words[:, picked]),
+                    device.scale[picked], cp.abs(device.scale[: device.n]).max(), None, None)
         if held[5] is not row_bias:
-            held = (*held[:5], row_bias, row_bias[held[1]])
+            terms = cp.stack([held[4], row_bias[: device.n].min()]).astype(cp.float32)
+            held = (*held[:5], row_bias, (row_bias[held[1]], terms))
         with self._lock:
             self._samples[key] = held
-        return StridedSample(_RowSource(held[2], held[3], held[6], rows), held[4])
+        return StridedSample(_RowSource(held[2], held[3], held[6][0], rows), held[6][1])
 
     def rotation_rows(self, codec):
         """A dense rotation's matrix (D, d) float32 on the device, uploaded once."""
@@ -737,10 +748,8 @@ class BatchScan:
         self.dim_pad = -(-self.dim // (32 if mma else 8)) * (32 if mma else 8)
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
-        self.mma_shared = mma_shared_bytes(self.dim_pad)
-        # The kernel's static shared memory is one int.
-        self.fused = (mma and self.n > self.tile_rows
-                      and self.mma_shared + 4 <= scanner.shared_limit)
+        self.stages = mma_stages(self.dim_pad, scanner.shared_limit)
+        self.fused = mma and self.n > self.tile_rows and self.stages > 0
         self._prepare_queries(scanner._rotate(codec, queries))
         self.centroids = _device_constant(codec._centroids32.tobytes())
         self.centroid_halves = _device_constant(
@@ -811,9 +820,10 @@ class BatchScan:
         bounds = cp.empty(query_block, dtype=cp.uint64)
         found = cp.empty((query_block, cap), dtype=cp.uint64)
         counts = cp.zeros(self.nq, dtype=cp.int32)
-        scan = _kernel("tq_mma.cu", "tq_mma_scan")
-        if self.mma_shared > DEFAULT_SHARED_LIMIT:
-            scan.max_dynamic_shared_size_bytes = self.mma_shared
+        scan = _kernel("tq_mma.cu", f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
+        shared = mma_shared_bytes(self.dim_pad, self.stages)
+        if shared > DEFAULT_SHARED_LIMIT:
+            scan.max_dynamic_shared_size_bytes = shared
         table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
         key_factor = np.float32(self.key_scale / centroid_scale)
         blocks = self.scanner.multiprocessors
@@ -836,12 +846,12 @@ class BatchScan:
             scan((blocks,), (MMA_WARPS * 32,),
                  (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
                   np.int32(rows_per_unit), np.int32(units), next_unit[q_first // query_block:],
-                  *table, self.int8[q_first:], np.int32(width), np.int32(self.dim_pad),
+                  *table, self.int8[q_first:], np.int32(width),
                   self.device.scale, self.row_bias, self.inv_scale[q_first:],
                   self.query_bias[q_first:], self.query_norms[q_first:], key_factor,
-                  self.key_scale, bounds, sample.slack, np.int32(cap), counts[q_first:],
-                  found),
-                 shared_mem=self.mma_shared)
+                  self.key_scale, bounds, sample.terms, np.float32(MMA_SLACK), np.int32(cap),
+                  counts[q_first:], found),
+                 shared_mem=shared)
             self._finish(found, cap, q_first, q_last)
         overflowed = np.flatnonzero(cp.asnumpy(counts) > cap)
         if overflowed.size:
@@ -909,11 +919,11 @@ class _RowSource:
 
 @dataclass
 class StridedSample:
-    """The rows the fused kernel's bounds come from, and its slack (1,) float32: the
-    largest row scale times MMA_SLACK."""
+    """The rows the fused kernel's bounds come from, and the part's terms (2,) float32:
+    its largest |row scale| and smallest row bias."""
 
     source: _RowSource
-    slack: object
+    terms: object
 
 
 @dataclass
