@@ -1,12 +1,13 @@
 // Fused tensor-core scan of 4-bit TurboQuant codes for large query batches, on int8
-// tensor cores (mma.sync m16n8k32, int32 accumulation).
+// tensor cores (Hopper wgmma, int32 accumulation).
 //
-// A block holds MMA_BN queries in shared memory as int8 rows for the whole launch and its
-// warps scan tiles of MMA_ROWS rows against them. A warp turns its rows' codes into int8
-// centroids in registers, straight into the mma's A fragments: each code word (eight
-// 4-bit values) gives one thread the four values of two fragment registers through three
-// byte permutes on a 16-byte table. No dequantized row is written anywhere, so the only
-// shared-memory traffic is the queries' fragments (ldmatrix) and the codes' copies.
+// A block holds MMA_BN queries in shared memory as int8 and its four warpgroups scan tiles
+// of 64 rows against them, one wgmma.m64n128k32 per 32 coordinates: the codes are the
+// register operand (A), the queries the shared-memory one (B). Each warp turns its 16 rows'
+// codes into int8 centroids in registers, straight into A fragments: each code word (eight
+// 4-bit values) gives one thread the values of two fragment registers through three byte
+// permutes on a 16-byte table. No dequantized row is written anywhere: shared memory holds
+// the queries and the codes' copies (cp.async, up to STAGES steps ahead of use).
 //
 // For that, the coordinates of a 32-wide step are permuted: fragment position
 // p = 32c + 16h + 4t + j (h, t, j < 2, 4, 4) holds coordinate 32c + 8t + 4h + j, which is
@@ -32,40 +33,59 @@
 // g + 8) fall in distinct banks while 4-row groups stay contiguous for 16-byte copies.
 // Each warp keeps STAGES steps (a template parameter) in flight.
 #define MMA_STAGE_WORDS (4 * MMA_ROWS)
-// Bytes after each shared query row, so that ldmatrix's eight row addresses fall in
-// distinct banks (the row stride is an odd multiple of 16 bytes).
-#define MMA_QUERY_PAD 16
+// Queries sit in shared memory as wgmma's "interleaved" K-major operand: 16-byte columns of
+// MMA_BN queries, column k holding coordinates 16k ... 16k + 15 of each query in turn, so
+// that each 8-query, 16-byte core matrix is 128 contiguous bytes.
+#define MMA_COLUMN_BYTES (MMA_BN * 16)
 
-// Four 8 x 8 b16 matrices from shared memory; lane l gives the address (a shared-space
-// byte address) of row l % 8 of matrix l / 8.
-__device__ __forceinline__ void ldmatrix_x4(unsigned int (&r)[4], unsigned int address) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(address));
+// Shared-memory matrix descriptor of a K-major operand without swizzling: start address,
+// then the byte distances between core matrices along K (leading) and along N (stride).
+__device__ __forceinline__ unsigned long long matrix_descriptor(unsigned int address) {
+    return (unsigned long long)((address >> 4) & 0x3FFF)
+           | ((unsigned long long)(MMA_COLUMN_BYTES >> 4) << 16)
+           | ((unsigned long long)(128 >> 4) << 32);
 }
 
-// c += a (16 x 32 int8, row-major fragment) * b (32 x 8 int8, column-major fragment).
-__device__ __forceinline__ void mma_16832(int (&c)[4], const unsigned int (&a)[4],
-                                          unsigned int b0, unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+r"(c[0]), "+r"(c[1]), "+r"(c[2]), "+r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wgmma_commit() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_wait() {
+    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
 }
 
-// c = a * b, the first step of a tile (no accumulator to read).
-__device__ __forceinline__ void mma_16832_first(int (&c)[4], const unsigned int (&a)[4],
-                                                unsigned int b0, unsigned int b1) {
-    asm volatile("mma.sync.aligned.m16n8k32.row.col.s32.s8.s8.s32 "
-                 "{%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, {%10, %10, %10, %10};\n"
-                 : "=r"(c[0]), "=r"(c[1]), "=r"(c[2]), "=r"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1), "r"(0));
+// Keeps registers that an asynchronous wgmma reads or writes where they are, in order:
+// the compiler does not know that the instruction runs past its asm statement.
+__device__ __forceinline__ void hold(unsigned int (&r)[4]) {
+    asm volatile("" : "+r"(r[0]), "+r"(r[1]), "+r"(r[2]), "+r"(r[3])::"memory");
+}
+__device__ __forceinline__ void hold(int (&d)[MMA_BN / 8][4]) {
+#pragma unroll
+    for (int i = 0; i < MMA_BN / 8; ++i)
+        asm volatile("" : "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])::"memory");
 }
 
-template <bool B>
-struct Flag {
-    static constexpr bool value = B;
-};
+#define WGMMA_D16(i) "+r"(d[i][0]), "+r"(d[i][1]), "+r"(d[i][2]), "+r"(d[i][3])
+
+// d (64 x 128, this warp's 16 rows) = a (64 x 32 int8, this warp's 16 x 32 fragment) x the
+// 32 x 128 int8 operand at `descriptor`, plus d when `accumulate`. Asynchronous: d and a
+// stay untouched until wgmma_wait.
+__device__ __forceinline__ void wgmma_64x128x32(int (&d)[MMA_BN / 8][4],
+                                                const unsigned int (&a)[4],
+                                                unsigned long long descriptor, int accumulate) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %68, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k32.s32.s8.s8 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "{%64, %65, %66, %67}, %69, p;\n}\n"
+        : WGMMA_D16(0), WGMMA_D16(1), WGMMA_D16(2), WGMMA_D16(3), WGMMA_D16(4), WGMMA_D16(5),
+          WGMMA_D16(6), WGMMA_D16(7), WGMMA_D16(8), WGMMA_D16(9), WGMMA_D16(10), WGMMA_D16(11),
+          WGMMA_D16(12), WGMMA_D16(13), WGMMA_D16(14), WGMMA_D16(15)
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(accumulate), "l"(descriptor));
+}
 
 // A 16-byte copy from global to shared memory that does not wait; zeros when !valid.
 // dst is a shared-space byte address.
@@ -98,9 +118,9 @@ __device__ __forceinline__ void int8_centroids(unsigned int word, const uint4& t
 
 // Grid: the blocks that fit at once (persistent), MMA_THREADS threads; dynamic shared
 // memory mma_shared_bytes(dim_pad, STAGES). The work is split into units of (query tile
-// of MMA_BN, rows_per_unit rows), numbered with the query tile varying fastest so that units taken
-// together read the same codes (from L2 after the first); blocks take units in turn from
-// next_unit[0] (zero before the launch).
+// of MMA_BN, rows_per_unit rows), numbered with the query tile varying fastest so that
+// units taken together read the same codes (from L2 after the first); blocks take units in
+// turn from next_unit[0] (zero before the launch).
 //
 // queries (nq, dim_pad) int8 in the permuted order, zero beyond the dimension, with
 // dim_pad = 32 * STEPS; rows_per_unit is a multiple of MMA_ROWS * MMA_WARPS and n_pad of
@@ -122,22 +142,25 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
             const float* __restrict__ query_norm, float key_factor, float key_scale,
             const u64* __restrict__ bounds, const float* __restrict__ part_terms, float slack,
             int cap, int* __restrict__ counts, u64* __restrict__ out) {
-    extern __shared__ __align__(16) unsigned char smem[];
-    constexpr int dim_pad = STEPS * 32, query_stride = dim_pad + MMA_QUERY_PAD;
+    extern __shared__ __align__(128) unsigned char smem[];
+    constexpr int dim_pad = STEPS * 32, columns = dim_pad / 16;
     constexpr int stage_bytes = MMA_STAGE_WORDS * 4;
+    constexpr int group_rows = 4 * MMA_ROWS, groups = MMA_WARPS / 4;
     signed char* queries_s = reinterpret_cast<signed char*>(smem);
-    unsigned int* staged = reinterpret_cast<unsigned int*>(smem + MMA_BN * query_stride);
+    unsigned int* staged = reinterpret_cast<unsigned int*>(smem + MMA_BN * dim_pad);
     float* factor_s = reinterpret_cast<float*>(staged + MMA_WARPS * STAGES * MMA_STAGE_WORDS);
     float* bias_s = factor_s + MMA_BN;
     float* limit_s = bias_s + MMA_BN;
-    int* least_s = reinterpret_cast<int*>(limit_s + MMA_BN);
+    float* least_s = limit_s + MMA_BN;
     __shared__ int unit_s;
 
     const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
     const int g = lane >> 2, t = lane & 3;
+    const int group = warp >> 2, slice = (warp & 3) * MMA_ROWS;
     const uint4 table = make_uint4(table0, table1, table2, table3);
     const int query_tiles = (nq + MMA_BN - 1) / MMA_BN;
     const float scale_peak = part_terms[0], bias_floor = part_terms[1];
+    const unsigned int queries_address = static_cast<unsigned int>(__cvta_generic_to_shared(queries_s));
     // This warp's ring of staged steps, as a shared address and as a word index.
     const int ring_index = warp * STAGES * MMA_STAGE_WORDS;
     const unsigned int ring = static_cast<unsigned int>(__cvta_generic_to_shared(staged + ring_index));
@@ -148,8 +171,6 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
         ring + (copy_word * MMA_ROWS + (copy_row ^ (8 * (copy_word >> 1)))) * 4;
     const int copy_steps = (n_words - copy_word + 3) / 4;
     const int read_from = ring_index + t * MMA_ROWS + (g ^ (8 * (t >> 1)));
-    const unsigned int lane_queries = static_cast<unsigned int>(__cvta_generic_to_shared(
-        queries_s + ((lane >> 4) * 8 + (lane & 7)) * query_stride + ((lane >> 3) & 1) * 16));
     int loaded_tile = -1;
 
     while (true) {
@@ -160,16 +181,16 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
         const int query_tile = unit % query_tiles;
         const int q0 = query_tile * MMA_BN;
         if (query_tile != loaded_tile) {
-            for (int i = tid; i < MMA_BN * (dim_pad / 16); i += MMA_THREADS) {
-                const int r = i / (dim_pad / 16), piece = i % (dim_pad / 16), q = q0 + r;
-                *reinterpret_cast<uint4*>(queries_s + r * query_stride + piece * 16) =
-                    q < nq ? reinterpret_cast<const uint4*>(queries + (size_t)q * dim_pad)[piece]
+            for (int i = tid; i < MMA_BN * columns; i += MMA_THREADS) {
+                const int column = i / MMA_BN, r = i % MMA_BN, q = q0 + r;
+                *reinterpret_cast<uint4*>(queries_s + column * MMA_COLUMN_BYTES + r * 16) =
+                    q < nq ? reinterpret_cast<const uint4*>(queries + (size_t)q * dim_pad)[column]
                            : make_uint4(0u, 0u, 0u, 0u);
             }
             for (int i = tid; i < MMA_BN; i += MMA_THREADS) {
                 const int q = q0 + i;
                 const u64 bound = q < nq ? bounds[q] : 0ull;
-                const float factor = q < nq ? query_factor[q] * key_factor : 0.0f;
+                const float factor = q < nq ? query_factor[q] * key_factor : -1.0f;
                 const float q_bias = q < nq ? query_bias[q] : 0.0f;
                 // No bound: every finite key is kept. A query past nq keeps nothing.
                 const float limit = q >= nq ? -__int_as_float(0x7f800000)
@@ -179,44 +200,44 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
                 factor_s[i] = factor;
                 bias_s[i] = q_bias;
                 limit_s[i] = limit;
-                // A key is at least bias_floor + q_bias - |acc| * scale_peak * |factor|,
-                // so a kept key has |acc| >= (bias_floor + q_bias - limit) /
-                // (scale_peak * |factor|): least_s[q] is that bound rounded down, with a
-                // margin for the rounding of this float arithmetic.
-                const float least = (bias_floor + q_bias - limit) / (scale_peak * fabsf(factor));
-                least_s[i] = !(least > 2.0f) ? 0
-                             : least >= 2.0e9f ? 0x7FFFFFFF
-                             : static_cast<int>(least * (1.0f - 1e-5f)) - 2;
+                // As factor < 0 and a row's bias is at least bias_floor, a key within the
+                // limit has acc * scale >= (limit - q_bias - bias_floor) / factor: least_s.
+                least_s[i] = (limit - q_bias - bias_floor) / factor;
             }
             loaded_tile = query_tile;
         }
+        // wgmma reads the queries through the async proxy.
+        asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
         __syncthreads();
 
-        // This warp's tiles of the unit: rows unit_row0 + (j * MMA_WARPS + warp) * MMA_ROWS.
+        // This warpgroup's tiles of the unit: rows unit_row0 + (j * groups + group) *
+        // group_rows; this warp's slice of a tile: its MMA_ROWS rows from `slice`.
         const int unit_row0 = (unit / query_tiles) * rows_per_unit;
         const int unit_rows = min(rows_per_unit, n - unit_row0);
-        const int first = warp * MMA_ROWS;
+        const int first = group * group_rows;
         const int tiles = first < unit_rows
-                              ? (unit_rows - first + MMA_WARPS * MMA_ROWS - 1) / (MMA_WARPS * MMA_ROWS)
+                              ? (unit_rows - first + groups * group_rows - 1) / (groups * group_rows)
                               : 0;
         const int total = tiles * STEPS;
-        // The copies run STAGES - 1 steps ahead of the reads, across tiles: step i of
-        // the warp's sequence (step i % STEPS of tile i / STEPS) goes to ring slot
-        // i % STAGES. Its source advances 4 words a step and moves to the next tile's
-        // rows after a tile's last step.
+        // The copies run STAGES - 1 steps ahead of the reads, across tiles: step i of the
+        // warp's sequence (step i % STEPS of tile i / STEPS) goes to ring slot i % STAGES.
+        // The source advances 4 words a step and moves to the next tile's rows after a
+        // tile's last step. A slice past n_pad is not copied (its rows are past n).
         const unsigned int* tile_source = words + (size_t)min(copy_word, n_words - 1) * n_pad
-                                          + unit_row0 + first + copy_row;
+                                          + unit_row0 + first + slice + copy_row;
         const unsigned int* source = tile_source;
+        int tile_rows0 = unit_row0 + first + slice;
         int issued = 0, issue_step = 0, fill = 0;
         auto issue = [&]() {
-            if (issued < total && lane < 16)
+            if (issued < total && lane < 16 && tile_rows0 < n_pad)
                 copy_async(copy_to + fill * stage_bytes, source, issue_step < copy_steps);
             copy_commit();
             ++issued;
             fill = fill == STAGES - 1 ? 0 : fill + 1;
             if (++issue_step == STEPS) {
                 issue_step = 0;
-                tile_source += MMA_WARPS * MMA_ROWS;
+                tile_source += groups * group_rows;
+                tile_rows0 += groups * group_rows;
                 source = tile_source;
             } else if (issue_step < copy_steps) {
                 source += 4 * (size_t)n_pad;
@@ -226,48 +247,22 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
         for (int s = 0; s < STAGES - 1; ++s) issue();
 
         int acc[MMA_BN / 8][4];
-        // The A fragments of a step are made one step ahead, so that the next step's
-        // permutes overlap this step's mma.
+        // A step's fragments are made while the previous step's wgmma runs.
         int read = 0;
-        unsigned int a[4];
-        auto make_fragments = [&]() {
+        unsigned int a[4], next[4];
+        auto make_fragments = [&](unsigned int (&out)[4]) {
             const unsigned int* slot = staged + read_from + read * MMA_STAGE_WORDS;
-            int8_centroids(slot[0], table, a[0], a[2]);
-            int8_centroids(slot[t >> 1 ? -8 : 8], table, a[1], a[3]);
+            int8_centroids(slot[0], table, out[0], out[2]);
+            int8_centroids(slot[t >> 1 ? -8 : 8], table, out[1], out[3]);
             read = read == STAGES - 1 ? 0 : read + 1;
-        };
-        // Step c of tile `tile`; a tile's first step starts the accumulators.
-        auto step = [&](int tile, int c, auto starts) {
-            const unsigned int step_a[4] = {a[0], a[1], a[2], a[3]};
-            issue();
-            copy_wait<STAGES - 2>();
-            __syncwarp();
-            if (tile * STEPS + c + 1 < total) make_fragments();
-            const unsigned int step_queries = lane_queries + c * 32;
-#pragma unroll
-            for (int pair = 0; pair < MMA_BN / 16; ++pair) {
-                // Lane l addresses query pair * 16 + (l / 16) * 8 + l % 8, bytes
-                // 32c + ((l / 8) % 2) * 16: b[0], b[1] are the first 8-query tile's
-                // fragments for the step's two 16-byte halves, b[2], b[3] the second's.
-                unsigned int b[4];
-                ldmatrix_x4(b, step_queries + pair * 16 * query_stride);
-                if (decltype(starts)::value) {
-                    mma_16832_first(acc[2 * pair], step_a, b[0], b[1]);
-                    mma_16832_first(acc[2 * pair + 1], step_a, b[2], b[3]);
-                } else {
-                    mma_16832(acc[2 * pair], step_a, b[0], b[1]);
-                    mma_16832(acc[2 * pair + 1], step_a, b[2], b[3]);
-                }
-            }
-            __syncwarp();  // every lane has read the slot before a later copy refills it
         };
         issue();
         copy_wait<STAGES - 2>();
         __syncwarp();
-        if (total > 0) make_fragments();
+        if (total > 0) make_fragments(a);
         __syncwarp();
         for (int tile = 0; tile < tiles; ++tile) {
-            const int tile_row0 = unit_row0 + first + tile * MMA_WARPS * MMA_ROWS;
+            const int tile_row0 = unit_row0 + first + tile * groups * group_rows + slice;
             // Rows past n get a zero scale and a bias of +inf: their keys are never kept.
             float scale[2], bias[2];
 #pragma unroll
@@ -276,17 +271,38 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
                 scale[h] = row < n ? row_scale[row] : 0.0f;
                 bias[h] = row < n ? row_bias[row] : __int_as_float(0x7f800000);
             }
-            step(tile, 0, Flag<true>());
-            for (int c = 1; c < STEPS; ++c) step(tile, c, Flag<false>());
+            // A step's queries are two 16-byte columns on from the last step's.
+            unsigned long long descriptor = matrix_descriptor(queries_address);
+#pragma unroll 1
+            for (int c = 0; c < STEPS; ++c, descriptor += (2 * MMA_COLUMN_BYTES) >> 4) {
+                hold(acc);
+                wgmma_fence();
+                wgmma_64x128x32(acc, a, descriptor, c > 0);
+                wgmma_commit();
+                issue();
+                copy_wait<STAGES - 2>();
+                __syncwarp();
+                if (tile * STEPS + c + 1 < total) make_fragments(next);
+                __syncwarp();  // every lane has read the slot before a later copy refills it
+                wgmma_wait();
+                hold(acc);
+                hold(a);
+#pragma unroll
+                for (int i = 0; i < 4; ++i) a[i] = next[i];
+            }
 
-            // Accumulator e of tile nt is local row g + 8 * (e / 2) and query
-            // nt * 8 + 2 * t + (e % 2). Most pairs of rows fail the integer test on |acc|.
+            // Accumulator e of tile nt is row tile_row0 + g + 8 * (e / 2) and query
+            // nt * 8 + 2 * t + (e % 2). Most pairs of rows fail the test on acc * scale;
+            // the others have their keys made and compared with the limit.
 #pragma unroll
             for (int nt = 0; nt < MMA_BN / 8; ++nt)
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int q_local = nt * 8 + 2 * t + e;
-                    if (max(abs(acc[nt][e]), abs(acc[nt][2 + e])) < least_s[q_local]) continue;
+                    const float least = least_s[q_local];
+                    if (!(__int2float_rn(acc[nt][e]) * scale[0] >= least)
+                        && !(__int2float_rn(acc[nt][2 + e]) * scale[1] >= least))
+                        continue;
 #pragma unroll
                     for (int h = 0; h < 2; ++h) {
                         const float key = fmaf(__int2float_rn(acc[nt][2 * h + e]),

@@ -42,19 +42,18 @@ MAX_PLANS = 64
 # Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
-# The fused tensor-core kernel (cuda/tq_mma.cu): queries per block, warps per block, rows
-# per warp tile and padding per shared query row (as there); the most steps of code words
-# a warp keeps in flight (as many as shared memory holds, up to this; at least the
-# fewest); work units per block (the blocks take units in turn, so a unit's share of the
-# time is the most a block can idle at the end); the allowance on a unit-query score for
-# the rounding of the bounds (fp16 scores) and of the kernel's keys (int8 queries and
-# centroids: 3.6e-3 at most over 1M row and query pairs of unit vectors at d = 384,
-# 2.1e-3 at d = 1536); and the candidate buffer per query, as a multiple of the expected
-# count (Kc per tile of rows).
+# The fused tensor-core kernel (cuda/tq_mma.cu): queries per block, warps per block (four
+# warpgroups) and rows per warp slice (as there); the most steps of code words a warp
+# keeps in flight (as many as shared memory holds, up to this; at least the fewest); work
+# units per block (the blocks take units in turn, so a unit's share of the time is the
+# most a block can idle at the end); the allowance on a unit-query score for the rounding
+# of the bounds (fp16 scores) and of the kernel's keys (int8 queries and centroids: 3.6e-3
+# at most over 1M row and query pairs of unit vectors at d = 384, 2.1e-3 at d = 1536); and
+# the candidate buffer per query, as a multiple of the expected count (Kc per tile of
+# rows).
 MMA_BN = 128
 MMA_WARPS = 16
 MMA_ROWS = 16
-MMA_QUERY_PAD = 16
 MMA_MAX_STAGES = 16
 MMA_MIN_STAGES = 3
 MMA_UNITS_PER_BLOCK = 16
@@ -178,6 +177,47 @@ def _kernel(source: str, name: str):
     return module.get_function(name)
 
 
+@lru_cache(maxsize=32)
+def _hopper_kernel(source: str, name: str):
+    """``_kernel`` for sources with Hopper-only instructions (wgmma), which need the
+    architecture-specific target sm_90a. CuPy compiles for the plain architecture, so the
+    program is compiled here with NVRTC and its binary loaded as a module."""
+    cupy = _import_cupy()
+    from cupy_backends.cuda.libs import nvrtc
+
+    program = nvrtc.createProgram(kernel_source(source), source, [], [])
+    try:
+        nvrtc.addNameExpression(program, name)
+        try:
+            nvrtc.compileProgram(program, ["-std=c++17", "-arch=sm_90a"])
+        except nvrtc.NVRTCError as exc:
+            raise RuntimeError(f"{source}: {nvrtc.getProgramLog(program)}") from exc
+        lowered = nvrtc.getLoweredName(program, name)
+        module = cupy.cuda.function.Module()
+        module.load(nvrtc.getCUBIN(program))
+    finally:
+        nvrtc.destroyProgram(program)
+    return _ModuleFunction(module, module.get_function(lowered))
+
+
+@dataclass
+class _ModuleFunction:
+    """A kernel with the module that holds it (a module's kernels go when it does)."""
+
+    module: object
+    function: object
+
+    def __call__(self, grid, block, args, shared_mem: int = 0):
+        self.function(grid, block, args, shared_mem=shared_mem)
+
+    def allow_shared(self, size: int) -> None:
+        """Let launches use ``size`` bytes of dynamic shared memory (above the default)."""
+        from cupy.cuda import driver
+
+        driver.funcSetAttribute(self.function.ptr,
+                                driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, size)
+
+
 def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, prod: bool):
     flags = ",".join(str(flag).lower() for flag in (table, dim, given_table, prod))
     return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{flags}>")
@@ -206,8 +246,7 @@ def mma_shared_bytes(dim_pad: int, stages: int) -> int:
     """Dynamic shared memory of a tq_mma_scan block: int8 query rows, ``stages`` staged
     steps of code words per warp (4 words of MMA_ROWS rows) and four 4-byte terms per
     query."""
-    return (MMA_BN * (dim_pad + MMA_QUERY_PAD) + MMA_WARPS * stages * 4 * MMA_ROWS * 4
-            + 4 * MMA_BN * 4)
+    return MMA_BN * dim_pad + MMA_WARPS * stages * 4 * MMA_ROWS * 4 + 4 * MMA_BN * 4
 
 
 def mma_stages(dim_pad: int, shared_limit: int) -> int:
@@ -348,6 +387,8 @@ class GpuScanner:
         self._lock = threading.Lock()
         properties = self.cupy.cuda.runtime.getDeviceProperties(self.cupy.cuda.Device().id)
         self.multiprocessors = int(properties["multiProcessorCount"])
+        # The fused batch kernel uses wgmma, which only Hopper (compute capability 9.0) has.
+        self.hopper = int(properties["major"]) == 9
         self.shared_limit = int(properties.get("sharedMemPerBlockOptin", DEFAULT_SHARED_LIMIT))
 
     @property
@@ -749,7 +790,7 @@ class BatchScan:
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
         self.stages = mma_stages(self.dim_pad, scanner.shared_limit)
-        self.fused = mma and self.n > self.tile_rows and self.stages > 0
+        self.fused = mma and self.n > self.tile_rows and self.stages > 0 and scanner.hopper
         self._prepare_queries(scanner._rotate(codec, queries))
         self.centroids = _device_constant(codec._centroids32.tobytes())
         self.centroid_halves = _device_constant(
@@ -820,10 +861,9 @@ class BatchScan:
         bounds = cp.empty(query_block, dtype=cp.uint64)
         found = cp.empty((query_block, cap), dtype=cp.uint64)
         counts = cp.zeros(self.nq, dtype=cp.int32)
-        scan = _kernel("tq_mma.cu", f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
+        scan = _hopper_kernel("tq_mma.cu", f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
         shared = mma_shared_bytes(self.dim_pad, self.stages)
-        if shared > DEFAULT_SHARED_LIMIT:
-            scan.max_dynamic_shared_size_bytes = shared
+        scan.allow_shared(shared)
         table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
         key_factor = np.float32(self.key_scale / centroid_scale)
         blocks = self.scanner.multiprocessors
