@@ -78,8 +78,11 @@ def flat_search(torch, base, queries, k: int, chunk: int = 256):
 
 def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray, k: int,
               repeat: int, batch_kernels: list[str]) -> tuple[dict, float, float]:
-    """Median seconds of our scan (per batch kernel when the batch path runs), fp16 flat
-    and fp32 flat (nan without a float32 base)."""
+    """Median seconds of our scan (per batch kernel when the batch path runs; for batches
+    also with the queries already on the device, as the flat searches get them), fp16
+    flat and fp32 flat (nan without a float32 base)."""
+    import cupy as cp
+
     q16 = torch.from_numpy(rotated[:, : codec.dim]).to("cuda", torch.float16)
     batched = rotated.shape[0] >= gpu.BATCH_MIN_QUERIES
     ours = {}
@@ -87,6 +90,11 @@ def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray,
         scanner.batch_kernel = kernel
         ours[kernel if batched else "fused"] = median_seconds(
             lambda: scanner.scan(codec, codes, rotated, "ip", k, None), repeat)
+    if batched:
+        scanner.batch_kernel = "auto"
+        on_device = cp.asarray(rotated)
+        ours["auto, device queries"] = median_seconds(
+            lambda: scanner.scan(codec, codes, on_device, "ip", k, None), repeat)
     fp16 = median_seconds(lambda: flat_search(torch, base16, q16, k), repeat)
     fp32 = float("nan")
     if base32 is not None:

@@ -165,10 +165,12 @@ __global__ void tile_topk(const unsigned short* __restrict__ scores, int ld, int
     if (threadIdx.x == 0 && best[k - 1] != EMPTY_SLOT) atomicMin(bounds + q, best[k - 1]);
 }
 
-// One block per query: the kc best of the n_cand candidates, re-scored in float32 against
-// queries (nq, dim_pad) and sorted; out[q * k + i] are the k best.
+// One block per query: the kc best of the n_cand candidates (the first filled[q] of them
+// when filled is not null), re-scored in float32 against queries (nq, dim_pad) and sorted;
+// out[q * k + i] are the k best.
 template <int BITS>
-__global__ void tq_finish(const u64* __restrict__ candidates, int n_cand, int kc, int size,
+__global__ void tq_finish(const u64* __restrict__ candidates, int n_cand,
+                          const int* __restrict__ filled, int kc, int size,
                           int exact_size, const unsigned int* __restrict__ words, int n_words,
                           int n_pad, const float* __restrict__ row_scale,
                           const float* __restrict__ row_bias, const float* __restrict__ queries,
@@ -185,7 +187,8 @@ __global__ void tq_finish(const u64* __restrict__ candidates, int n_cand, int kc
     top.init();
     for (int i = threadIdx.x; i < (1 << BITS); i += blockDim.x) c_s[i] = centroids[i];
     __syncthreads();
-    top.offer_all(candidates + (size_t)q * n_cand, n_cand);
+    top.offer_all(candidates + (size_t)q * n_cand,
+                  filled != nullptr ? max(0, min(filled[q], n_cand)) : n_cand);
     top.finish();
 
     const unsigned int mask = (1u << BITS) - 1u;

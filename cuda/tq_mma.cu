@@ -50,8 +50,10 @@ __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.a
 __device__ __forceinline__ void wgmma_commit() {
     asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
 }
+// Waits until at most PENDING committed wgmma groups of this warp are running.
+template <int PENDING>
 __device__ __forceinline__ void wgmma_wait() {
-    asm volatile("wgmma.wait_group.sync.aligned 0;\n" ::: "memory");
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" :: "n"(PENDING) : "memory");
 }
 
 // Keeps registers that an asynchronous wgmma reads or writes where they are, in order:
@@ -247,19 +249,36 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
         for (int s = 0; s < STAGES - 1; ++s) issue();
 
         int acc[MMA_BN / 8][4];
-        // A step's fragments are made while the previous step's wgmma runs.
+        // Two wgmma run at a time: step c's is issued with fragments a[c % 2], then the
+        // warp waits for step c - 1's and makes step c + 1's fragments in its registers.
         int read = 0;
-        unsigned int a[4], next[4];
+        unsigned int a[2][4];
         auto make_fragments = [&](unsigned int (&out)[4]) {
             const unsigned int* slot = staged + read_from + read * MMA_STAGE_WORDS;
             int8_centroids(slot[0], table, out[0], out[2]);
             int8_centroids(slot[t >> 1 ? -8 : 8], table, out[1], out[3]);
             read = read == STAGES - 1 ? 0 : read + 1;
         };
+        // Step c of a tile: its wgmma on the queries at `descriptor`, then the next step's
+        // fragments into `next` once the wgmma that last read them is done.
+        auto step = [&](int sequence, int c, unsigned long long descriptor,
+                        unsigned int (&current)[4], unsigned int (&next)[4]) {
+            hold(acc);
+            wgmma_fence();
+            wgmma_64x128x32(acc, current, descriptor, c > 0);
+            wgmma_commit();
+            issue();
+            copy_wait<STAGES - 2>();
+            __syncwarp();
+            wgmma_wait<1>();
+            hold(next);
+            if (sequence + 1 < total) make_fragments(next);
+            __syncwarp();  // every lane has read the slot before a later copy refills it
+        };
         issue();
         copy_wait<STAGES - 2>();
         __syncwarp();
-        if (total > 0) make_fragments(a);
+        if (total > 0) make_fragments(a[0]);
         __syncwarp();
         for (int tile = 0; tile < tiles; ++tile) {
             const int tile_row0 = unit_row0 + first + tile * groups * group_rows + slice;
@@ -272,23 +291,23 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
                 bias[h] = row < n ? row_bias[row] : __int_as_float(0x7f800000);
             }
             // A step's queries are two 16-byte columns on from the last step's.
-            unsigned long long descriptor = matrix_descriptor(queries_address);
+            const unsigned long long first_step = matrix_descriptor(queries_address);
+            constexpr unsigned long long step_columns = (2 * MMA_COLUMN_BYTES) >> 4;
 #pragma unroll 1
-            for (int c = 0; c < STEPS; ++c, descriptor += (2 * MMA_COLUMN_BYTES) >> 4) {
-                hold(acc);
-                wgmma_fence();
-                wgmma_64x128x32(acc, a, descriptor, c > 0);
-                wgmma_commit();
-                issue();
-                copy_wait<STAGES - 2>();
-                __syncwarp();
-                if (tile * STEPS + c + 1 < total) make_fragments(next);
-                __syncwarp();  // every lane has read the slot before a later copy refills it
-                wgmma_wait();
-                hold(acc);
-                hold(a);
+            for (int c = 0; c + 1 < STEPS; c += 2) {
+                step(tile * STEPS + c, c, first_step + c * step_columns, a[0], a[1]);
+                step(tile * STEPS + c + 1, c + 1, first_step + (c + 1) * step_columns, a[1], a[0]);
+            }
+            if (STEPS % 2 == 1)
+                step(tile * STEPS + STEPS - 1, STEPS - 1, first_step + (STEPS - 1) * step_columns,
+                     a[0], a[1]);
+            wgmma_wait<0>();
+            hold(acc);
+            if (STEPS % 2 == 1) {
+                // The next tile starts from a[0].
+                hold(a[1]);
 #pragma unroll
-                for (int i = 0; i < 4; ++i) a[i] = next[i];
+                for (int i = 0; i < 4; ++i) a[0][i] = a[1][i];
             }
 
             // Accumulator e of tile nt is row tile_row0 + g + 8 * (e / 2) and query

@@ -206,16 +206,40 @@ def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric, batch_ker
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("rotation", ["dense", "hadamard"])
+def test_batches_take_queries_already_on_the_device(rotation):
+    """A CuPy query array gives the rows and keys of the same queries from the host, on
+    the batch path (fused kernel) and on the single-query kernels."""
+    from unittest import mock
+
+    import cupy
+
+    x = unit_rows(20_000, 96, 21)
+    q = unit_rows(40, 96, 22)
+    codec = vecstore.make_codec("tq4", dim=96, seed=3, rotation=rotation)
+    scanner = gpu.GpuScanner()
+    device = scanner.resident("part", codec, codec.encode(x))
+    with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
+        for queries, batch in ((q, True), (q[:3], False)):
+            host = scanner.scan(codec, device, queries, "ip", 10, None, batch=batch)
+            on_device = scanner.scan(codec, device, cupy.asarray(queries), "ip", 10, None,
+                                     batch=batch)
+            np.testing.assert_array_equal(on_device[1], host[1])
+            np.testing.assert_array_equal(on_device[0], host[0])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("tile_bytes", [None, 3 << 20], ids=["one-tile", "mma-tiles"])
 def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
-    """fp16 candidates re-scored in float32: recall@10 of the batch path against the CPU's
-    result is at least 0.999 on real embeddings, in one tile (the GEMM pipeline) and in
-    8,192-row tiles (the fused mma kernel past the first)."""
+    """Reduced-precision candidates re-scored in float32: recall@10 of the batch path
+    against the CPU's result is at least 0.999 on real embeddings, in one tile (the fp16
+    GEMM pipeline) and in 8,192-row tiles (the fused int8 kernel past the first)."""
     from unittest import mock
 
     x, q = wordnet["base"], wordnet["queries"][:400]
     with vecstore.open() as db, mock.patch.multiple(
-            gpu, TILE_BYTES=tile_bytes or gpu.TILE_BYTES, MMA_MAX_QUERIES=len(q)):
+            gpu, TILE_BYTES=tile_bytes or gpu.TILE_BYTES):
         c = db.create_collection("c", dim=x.shape[1], metric="ip", codec="tq4")
         c.add(x)
         cpu = c.search(q, 10, device="cpu")

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from vecstore.codecs.turboquant import byte_levels
 from vecstore.errors import GpuUnavailable, InvalidArgument, OutOfDeviceMemory
 
 BLOCK_THREADS = 256
@@ -56,11 +55,9 @@ MMA_WARPS = 16
 MMA_ROWS = 16
 MMA_MAX_STAGES = 16
 MMA_MIN_STAGES = 3
-MMA_UNITS_PER_BLOCK = 16
+MMA_UNITS_PER_BLOCK = 2
 MMA_SLACK = 8e-3
 MMA_CAP_FACTOR = 4
-# Above this many queries the GEMM pipeline beats the fused kernel (bench/GPU_NOTES.md).
-MMA_MAX_QUERIES = 256
 # Candidates kept per query before the float32 re-scoring: max(2k, k + margin).
 RESCORE_MARGIN = 32
 
@@ -210,25 +207,21 @@ class _ModuleFunction:
     def __call__(self, grid, block, args, shared_mem: int = 0):
         self.function(grid, block, args, shared_mem=shared_mem)
 
+    allowed_shared: int = DEFAULT_SHARED_LIMIT
+
     def allow_shared(self, size: int) -> None:
         """Let launches use ``size`` bytes of dynamic shared memory (above the default)."""
         from cupy.cuda import driver
 
-        driver.funcSetAttribute(self.function.ptr,
-                                driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, size)
+        if size > self.allowed_shared:
+            driver.funcSetAttribute(self.function.ptr,
+                                    driver.CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, size)
+            self.allowed_shared = size
 
 
 def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, prod: bool):
     flags = ",".join(str(flag).lower() for flag in (table, dim, given_table, prod))
     return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{flags}>")
-
-
-@lru_cache(maxsize=64)
-def _pair_table(centroids: bytes):
-    """Each byte's two 4-bit values as fp16 centroids, the low nibble's in the low half:
-    (256,) uint32 on the device, for float32 ``centroids`` (16 values)."""
-    pairs = byte_levels(np.frombuffer(centroids, dtype=np.float32), 4).astype(np.float16)
-    return _device_constant(pairs.tobytes(), "uint32")
 
 
 @lru_cache(maxsize=64)
@@ -379,8 +372,10 @@ class GpuScanner:
         self._samples: dict[tuple, tuple] = {}
         self._masked: dict[tuple, tuple] = {}
         self._zero_buffer = None
-        # "mma": 4-bit batches use the fused tensor-core kernel; "gemm": the GEMM pipeline;
-        # "auto": the fused kernel up to MMA_MAX_QUERIES queries, where it is faster.
+        self._staging = threading.local()
+        # "mma" or "auto": 4-bit batches use the fused tensor-core kernel where it runs
+        # (Hopper; faster at every batch size measured, bench/GPU_NOTES.md); "gemm": the
+        # GEMM pipeline.
         self.batch_kernel = "auto"
         self.scan_blocks_per_multiprocessor = 4
         self.uploaded_rows = 0
@@ -496,15 +491,39 @@ class GpuScanner:
         is uploaded once per codec), else on the host."""
         from vecstore.codecs.rotation import DenseRotation
 
+        on_device = isinstance(queries, self.cupy.ndarray)
         if not isinstance(codec.rotation, DenseRotation):
-            return codec.prepare_query(queries).rotated
-        return self.cupy.asarray(queries, dtype=self.cupy.float32) @ self.rotation_rows(codec).T
+            host = self.cupy.asnumpy(queries) if on_device else queries
+            return codec.prepare_query(host).rotated
+        if not on_device:
+            queries = self.upload(queries)
+        return queries.astype(self.cupy.float32, copy=False) @ self.rotation_rows(codec).T
+
+    def upload(self, array: np.ndarray):
+        """``array`` as float32 on the device, copied through a pinned buffer of this
+        thread's (grown as needed) so that the copy does not block the host. The buffer
+        is reused by the thread's next upload, which comes after this search has waited
+        for its results."""
+        import cupyx
+
+        array = np.asarray(array, dtype=np.float32)
+        staging = getattr(self._staging, "buffer", None)
+        if staging is None or staging.size < array.size:
+            staging = self._staging.buffer = cupyx.empty_pinned(
+                _pow2_at_least(array.size), dtype=np.float32)
+        staged = staging[: array.size].reshape(array.shape)
+        np.copyto(staged, array)
+        device = self.cupy.empty(array.shape, dtype=self.cupy.float32)
+        device.set(staged)
+        return device
 
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
              query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None,
              batch: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Keys (nq, k) float32 (smaller is better, +inf when empty) and rows (nq, k) int64
-        (-1 when empty) of the best k rows of one part for queries (nq, d) float32.
+        (-1 when empty) of the best k rows of one part for queries (nq, d) float32: a
+        numpy array, or a CuPy array already on the device (the TurboQuant batch path then
+        skips the upload).
 
         ``mask`` (n,) bool marks the rows that may be returned (None: all). ``batch``
         picks the tensor-core path for TurboQuant codes (default: from
@@ -524,6 +543,9 @@ class GpuScanner:
         k = min(k, device.n)
         nq = queries.shape[0]
         family = _family(codec)
+        batched = family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch)
+        if isinstance(queries, cp.ndarray) and not batched:
+            queries = cp.asnumpy(queries)
         key_scale, row_bias, repeated = self._row_terms(metric, device, mask)
         if nq == 1 and family == "tq" and not batch and repeated:
             pending = self._plan(codec, device, metric, k, mask, row_bias).submit(
@@ -534,7 +556,7 @@ class GpuScanner:
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
             query_bias = self._zeros(nq)
-        if family == "tq" and (nq >= BATCH_MIN_QUERIES if batch is None else batch):
+        if batched:
             best = self._scan_batch(codec, device, queries, k, key_scale, row_bias, query_bias)
         else:
             scan = self._scan_hamming if family == "hamming" else self._scan_fused
@@ -782,10 +804,7 @@ class BatchScan:
         self.n_words, self.n_pad = device.words.shape
         self.kc = max(k, min(MAX_K, max(2 * k, k + RESCORE_MARGIN)))
         self.size = _pow2_at_least(self.kc + 2 * BLOCK_THREADS)
-        kernel = scanner.batch_kernel
-        if kernel == "auto":
-            kernel = "mma" if self.nq <= MMA_MAX_QUERIES else "gemm"
-        mma = allow_fused and fmt.bits == 4 and kernel == "mma"
+        mma = allow_fused and fmt.bits == 4 and scanner.batch_kernel in ("auto", "mma")
         self.dim_pad = -(-self.dim // (32 if mma else 8)) * (32 if mma else 8)
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
@@ -815,7 +834,8 @@ class BatchScan:
         self.best = cp.empty((self.nq, k), dtype=cp.uint64)
 
     def run(self):
-        """The best k packed keys (nq, k) uint64 on the device, sorted per query."""
+        """The best k packed keys (nq, k) uint64, sorted per query: on the device, or in
+        host memory once the fused kernel has run (its overflow check waits for it)."""
         return self._run_fused() if self.fused else self._run_pipeline()
 
     def _run_pipeline(self):
@@ -852,9 +872,10 @@ class BatchScan:
 
     def _run_fused(self):
         cp, n, kc = self.cp, self.n, self.kc
-        sample_slots = self.tile_rows // SLICE_ROWS
-        sample = self.scanner.strided_sample(self.device, self.tile_rows, self.row_bias)
-        expected = kc * -(-n // self.tile_rows)
+        sample_rows = self.tile_rows
+        sample_slots = sample_rows // SLICE_ROWS
+        sample = self.scanner.strided_sample(self.device, sample_rows, self.row_bias)
+        expected = kc * -(-n // sample_rows)
         cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
         query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
         sampled = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
@@ -876,7 +897,6 @@ class BatchScan:
             # The pipeline's bound is the best slice's Kc-th key; the sample's own Kc-th
             # best is tighter by about the number of slices.
             bounds[:width] = self.scanner._merge(sampled[:width], kc)[:, kc - 1]
-            found.fill(np.uint64(EMPTY_SLOT))
             query_tiles = -(-width // MMA_BN)
             row_units = max(1, -(-MMA_UNITS_PER_BLOCK * blocks // query_tiles))
             step = MMA_ROWS * MMA_WARPS
@@ -892,14 +912,22 @@ class BatchScan:
                   self.key_scale, bounds, sample.terms, np.float32(MMA_SLACK), np.int32(cap),
                   counts[q_first:], found),
                  shared_mem=shared)
-            self._finish(found, cap, q_first, q_last)
-        overflowed = np.flatnonzero(cp.asnumpy(counts) > cap)
+            self._finish(found, cap, q_first, q_last, counts[q_first:])
+        # The counts and results come back together, behind one wait.
+        import cupyx
+
+        host_counts = cupyx.empty_pinned(self.nq, dtype=np.int32)
+        host_best = cupyx.empty_pinned((self.nq, self.k), dtype=np.uint64)
+        counts.get(out=host_counts, blocking=False)
+        self.best.get(out=host_best, blocking=False)
+        cp.cuda.get_current_stream().synchronize()
+        overflowed = np.flatnonzero(host_counts > cap)
         if overflowed.size:
             rescan = BatchScan(self.scanner, self.codec, self.device,
                                self.queries[overflowed], self.k, self.key_scale, self.row_bias,
                                self.query_bias[cp.asarray(overflowed)], allow_fused=False)
-            self.best[cp.asarray(overflowed)] = rescan.run()
-        return self.best
+            host_best[overflowed] = cp.asnumpy(rescan.run())
+        return host_best
 
     def _all_rows(self) -> _RowSource:
         return _RowSource(self.device.words, self.device.scale, self.row_bias, self.n)
@@ -932,11 +960,14 @@ class BatchScan:
                                 bounds, candidates),
                                shared_mem=topk_shared)
 
-    def _finish(self, candidates, n_cand: int, q_first: int, q_last: int) -> None:
-        """tq_finish: each query's Kc best of ``n_cand`` candidates, re-scored in float32,
-        into best[q_first:q_last]."""
+    def _finish(self, candidates, n_cand: int, q_first: int, q_last: int,
+                filled=None) -> None:
+        """tq_finish: each query's Kc best of ``n_cand`` candidates (of the first
+        ``filled[q]``, (q_last - q_first,) int32, when given), re-scored in float32, into
+        best[q_first:q_last]."""
         self.finish_kernel((q_last - q_first,), (BLOCK_THREADS,),
-                           (candidates, np.int32(n_cand), np.int32(self.kc),
+                           (candidates, np.int32(n_cand),
+                            np.uint64(0) if filled is None else filled, np.int32(self.kc),
                             np.int32(self.size), np.int32(self.exact_size), self.device.words,
                             np.int32(self.n_words), np.int32(self.n_pad), self.device.scale,
                             self.row_bias, self.rotated[q_first:], np.int32(self.dim),
@@ -969,14 +1000,15 @@ class StridedSample:
 @dataclass
 class PendingScan:
     """A launched scan: ``best`` (nq, k) uint64, each query's packed keys sorted, on the
-    device."""
+    device (or already in host memory)."""
 
     cupy: object
     best: object
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Wait for the kernels; keys (nq, k) float32 and rows (nq, k) int64, as ``scan``."""
-        return unpack_keys(self.cupy.asnumpy(self.best))
+        best = self.best
+        return unpack_keys(best if isinstance(best, np.ndarray) else self.cupy.asnumpy(best))
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
