@@ -244,9 +244,10 @@ def mma_shared_bytes(dim_pad: int, stages: int) -> int:
 
 def mma_stages(dim_pad: int, shared_limit: int) -> int:
     """Steps of code words per warp of tq_mma_scan that fit in ``shared_limit`` bytes of
-    shared memory (its static shared memory is one int), up to MMA_MAX_STAGES; 0 when
+    shared memory (besides its static shared memory: one int, which takes 128 bytes as the
+    dynamic part is 128-byte aligned), up to MMA_MAX_STAGES; 0 when
     fewer than MMA_MIN_STAGES fit."""
-    fixed = mma_shared_bytes(dim_pad, 0) + 4
+    fixed = mma_shared_bytes(dim_pad, 0) + 128
     stages = min(MMA_MAX_STAGES, (shared_limit - fixed) // (MMA_WARPS * 4 * MMA_ROWS * 4))
     return stages if stages >= MMA_MIN_STAGES else 0
 
