@@ -206,6 +206,23 @@ def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric, batch_ker
 
 @pytest.mark.gpu
 @needs_gpu
+def test_scans_launched_together_keep_their_own_queries():
+    """Scans submitted one after another before any result is read (as a search over
+    several parts does) each search their own queries, though the uploads share a
+    thread's pinned buffer."""
+    x = unit_rows(200_000, 384, 23)
+    codec = vecstore.make_codec("tq4", dim=384, seed=4)
+    scanner = gpu.GpuScanner()
+    device = scanner.resident("part", codec, codec.encode(x))
+    batches = [unit_rows(5, 384, seed) for seed in range(24, 32)]
+    pending = [scanner.submit(codec, device, q, "ip", 10, None) for q in batches]
+    for queries, scan in zip(batches, pending, strict=True):
+        alone = scanner.scan(codec, device, queries, "ip", 10, None)
+        np.testing.assert_array_equal(scan.result()[1], alone[1])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("rotation", ["dense", "hadamard"])
 def test_batches_take_queries_already_on_the_device(rotation):
     """A CuPy query array gives the rows and keys of the same queries from the host, on

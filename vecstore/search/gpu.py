@@ -502,20 +502,24 @@ class GpuScanner:
 
     def upload(self, array: np.ndarray):
         """``array`` as float32 on the device, copied through a pinned buffer of this
-        thread's (grown as needed) so that the copy does not block the host. The buffer
-        is reused by the thread's next upload, which comes after this search has waited
-        for its results."""
+        thread's (grown as needed) so that the copy does not block the host. The next
+        upload of the thread waits for this copy before it refills the buffer (a search
+        over several parts uploads each part's queries before any copy has run)."""
         import cupyx
 
         array = np.asarray(array, dtype=np.float32)
-        staging = getattr(self._staging, "buffer", None)
-        if staging is None or staging.size < array.size:
-            staging = self._staging.buffer = cupyx.empty_pinned(
-                _pow2_at_least(array.size), dtype=np.float32)
-        staged = staging[: array.size].reshape(array.shape)
+        staging = self._staging
+        if getattr(staging, "copied", None) is not None:
+            staging.copied.synchronize()
+        else:
+            staging.copied = self.cupy.cuda.Event()
+        if getattr(staging, "buffer", None) is None or staging.buffer.size < array.size:
+            staging.buffer = cupyx.empty_pinned(_pow2_at_least(array.size), dtype=np.float32)
+        staged = staging.buffer[: array.size].reshape(array.shape)
         np.copyto(staged, array)
         device = self.cupy.empty(array.shape, dtype=self.cupy.float32)
         device.set(staged)
+        staging.copied.record()
         return device
 
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
