@@ -203,11 +203,10 @@ class _ModuleFunction:
 
     module: object
     function: object
+    allowed_shared: int = DEFAULT_SHARED_LIMIT
 
     def __call__(self, grid, block, args, shared_mem: int = 0):
         self.function(grid, block, args, shared_mem=shared_mem)
-
-    allowed_shared: int = DEFAULT_SHARED_LIMIT
 
     def allow_shared(self, size: int) -> None:
         """Let launches use ``size`` bytes of dynamic shared memory (above the default)."""
@@ -483,7 +482,7 @@ class GpuScanner:
             self._plans = {key: plan for key, plan in self._plans.items()
                            if id(plan.device) in live}
             self._samples = {key: held for key, held in self._samples.items()
-                             if id(held[0]) in live}
+                             if id(held.device) in live}
             self._masked = {key: held for key, held in self._masked.items()
                             if id(held[0]) in live}
 
@@ -615,20 +614,20 @@ class GpuScanner:
 
     def strided_sample(self, device: DeviceCodes, rows: int, row_bias) -> StridedSample:
         """``rows`` rows of ``device`` at an even stride with ``row_bias`` (n,) float32,
-        kept per part (the bias of the last one asked for)."""
+        kept per part (with the bias of the last one asked for)."""
         cp, key = self.cupy, (id(device), rows)
         with self._lock:
             held = self._samples.get(key)
-        if held is None or held[0] is not device:
+        if held is None or held.device is not device:
             picked = cp.arange(rows, dtype=cp.int64) * (device.n // rows)
-            held = (device, picked, cp.ascontiguousarray(device.words[:, picked]),
-                    device.scale[picked], cp.abs(device.scale[: device.n]).max(), None, None)
-        if held[5] is not row_bias:
-            terms = cp.stack([held[4], row_bias[: device.n].min()]).astype(cp.float32)
-            held = (*held[:5], row_bias, (row_bias[held[1]], terms))
+            held = StridedSample(device, picked, cp.ascontiguousarray(device.words[:, picked]),
+                                 device.scale[picked], cp.abs(device.scale[: device.n]).max())
+        if held.row_bias is not row_bias:
+            terms = cp.stack([held.scale_peak, row_bias[: device.n].min()]).astype(cp.float32)
+            held = replace(held, row_bias=row_bias, bias=row_bias[held.picked], terms=terms)
         with self._lock:
             self._samples[key] = held
-        return StridedSample(_RowSource(held[2], held[3], held[6][0], rows), held[6][1])
+        return held
 
     def rotation_rows(self, codec):
         """A dense rotation's matrix (D, d) float32 on the device, uploaded once."""
@@ -877,10 +876,9 @@ class BatchScan:
 
     def _run_fused(self):
         cp, n, kc = self.cp, self.n, self.kc
-        sample_rows = self.tile_rows
-        sample_slots = sample_rows // SLICE_ROWS
-        sample = self.scanner.strided_sample(self.device, sample_rows, self.row_bias)
-        expected = kc * -(-n // sample_rows)
+        sample_slots = self.tile_rows // SLICE_ROWS
+        sample = self.scanner.strided_sample(self.device, self.tile_rows, self.row_bias)
+        expected = kc * -(-n // self.tile_rows)
         cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
         query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
         sampled = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
@@ -993,13 +991,26 @@ class _RowSource:
     n: int
 
 
-@dataclass
+@dataclass(frozen=True)
 class StridedSample:
-    """The rows the fused kernel's bounds come from, and the part's terms (2,) float32:
-    its largest |row scale| and smallest row bias."""
+    """Rows of a part at an even stride, whose GEMM pipeline bounds the fused kernel's
+    queries: their indices ``picked`` (rows,) int64, ``words`` (W, rows) uint32 and
+    ``scale`` (rows,) float32; the part's largest |row scale| (a device scalar); and for
+    the row bias (n,) it was last asked for, ``bias`` (rows,) and the part's ``terms``
+    (2,) float32: its largest |row scale| and smallest row bias."""
 
-    source: _RowSource
-    terms: object
+    device: DeviceCodes
+    picked: object
+    words: object
+    scale: object
+    scale_peak: object
+    row_bias: object = None
+    bias: object = None
+    terms: object = None
+
+    @property
+    def source(self) -> _RowSource:
+        return _RowSource(self.words, self.scale, self.bias, int(self.picked.size))
 
 
 @dataclass
