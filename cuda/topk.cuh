@@ -150,3 +150,96 @@ struct BlockTopK {
         }
     }
 };
+
+// The k <= 32 best packed values offered to a warp, held in registers: lane i holds the
+// i-th best (EMPTY_SLOT while fewer were offered), so no barrier and no shared memory is
+// needed until the warps of a block combine their lists. Lanes from k on hold values no
+// better than the k-th best; only the first k are results.
+#define FULL_MASK 0xFFFFFFFFu
+// Kept values at which an offer sorts them and merges, instead of inserting one at a time
+// (an insertion is ~12 instructions, a sort and merge ~170).
+#define WARP_SORT_MIN 12
+
+__device__ __forceinline__ u64 min_u64(u64 a, u64 b) { return a < b ? a : b; }
+__device__ __forceinline__ u64 max_u64(u64 a, u64 b) { return a < b ? b : a; }
+
+// The warp's 32 values (one per lane) sorted ascending across the lanes (bitonic).
+__device__ __forceinline__ u64 warp_sort(u64 value) {
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int size = 2; size <= 32; size <<= 1) {
+#pragma unroll
+        for (int stride = size >> 1; stride > 0; stride >>= 1) {
+            const u64 other = __shfl_xor_sync(FULL_MASK, value, stride);
+            const bool lower = (lane & stride) == 0, ascending = (lane & size) == 0;
+            value = lower == ascending ? min_u64(value, other) : max_u64(value, other);
+        }
+    }
+    return value;
+}
+
+struct WarpTopK {
+    u64 held;   // this lane's value
+    u64 bound;  // the k-th best, which an offered value must beat
+    int k;
+
+    __device__ void init(int k_) {
+        held = bound = EMPTY_SLOT;
+        k = k_;
+    }
+
+    // Keeps the values that beat the k-th best; every lane of the warp calls it with one
+    // value (EMPTY_SLOT for none).
+    __device__ __forceinline__ void offer(u64 value) {
+        const bool keep = value < bound;
+        unsigned int keepers = __ballot_sync(FULL_MASK, keep);
+        if (keepers == 0) return;
+        if (__popc(keepers) >= WARP_SORT_MIN) {
+            merge(warp_sort(keep ? value : EMPTY_SLOT));
+            return;
+        }
+        const int lane = threadIdx.x & 31;
+        do {
+            const u64 kept = __shfl_sync(FULL_MASK, value, __ffs(keepers) - 1);
+            const u64 before = __shfl_up_sync(FULL_MASK, held, 1);
+            if (kept < held) held = lane > 0 && before > kept ? before : kept;
+            keepers &= keepers - 1;
+        } while (keepers);
+        bound = __shfl_sync(FULL_MASK, held, k - 1);
+    }
+
+    // Merges `sorted`, 32 values ascending across the lanes: the 32 least of both lists
+    // are min(held[i], sorted[31 - i]), a bitonic sequence, which half-cleaners sort.
+    __device__ __forceinline__ void merge(u64 sorted) {
+        const int lane = threadIdx.x & 31;
+        u64 value = min_u64(held, __shfl_sync(FULL_MASK, sorted, 31 - lane));
+#pragma unroll
+        for (int stride = 16; stride > 0; stride >>= 1) {
+            const u64 other = __shfl_xor_sync(FULL_MASK, value, stride);
+            value = (lane & stride) == 0 ? min_u64(value, other) : max_u64(value, other);
+        }
+        held = value;
+        bound = __shfl_sync(FULL_MASK, held, k - 1);
+    }
+};
+
+// Combines the warps' lists of NQ queries so that warp 0 holds the block's k best of
+// each; every thread of the block calls it. `lists`: NQ * blockDim.x values of shared
+// memory. Pairs of warps merge in log2(warps) rounds.
+template <int NQ>
+__device__ void combine_warps(WarpTopK (&top)[NQ], u64* lists) {
+    const int warp = threadIdx.x >> 5, warps = blockDim.x >> 5;
+#pragma unroll
+    for (int q = 0; q < NQ; ++q) lists[q * blockDim.x + threadIdx.x] = top[q].held;
+    __syncthreads();
+    for (int width = 1; width < warps; width <<= 1) {
+        if ((warp & (2 * width - 1)) == 0 && warp + width < warps) {
+#pragma unroll
+            for (int q = 0; q < NQ; ++q) {
+                top[q].merge(lists[q * blockDim.x + threadIdx.x + width * 32]);
+                lists[q * blockDim.x + threadIdx.x] = top[q].held;
+            }
+        }
+        __syncthreads();
+    }
+}

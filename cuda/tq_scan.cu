@@ -9,8 +9,9 @@
 //     dot_q = sum_j q_rot[q][j] * centroids[v_j]
 //     key   = key_scale * dot_q * row_scale[row] + row_bias[row] + query_bias[q]
 // (ip/cosine: key = -dot * scale; l2: key = ||q||^2 - 2 dot * norm + norm^2). Smaller keys
-// are better. Each block keeps its K best per query with BlockTopK (topk.cuh) and writes
-// only those.
+// are better. Each block keeps its K best per query and writes only those: for K <= 32
+// (WARP_TOP) each warp holds its K best in registers and the warps combine at the end
+// (WarpTopK), else the block shares one list per query (BlockTopK, topk.cuh).
 
 
 #include "topk.cuh"
@@ -27,7 +28,7 @@
 // PROD (TurboQuant_prod): BITS are the MSE bits, and each row also has DIM QJL sign bits
 // in `signs` (same transposed layout) and a factor residual[row] = sqrt(pi/2)/D * ||r||:
 //     dot_q += residual[row] * sum_j sketched[q][j] * (sign_j ? 1 : -1)
-template <int BITS, int NQ, bool TABLE, int DIM, bool GIVEN_TABLE, bool PROD>
+template <int BITS, int NQ, bool TABLE, int DIM, bool GIVEN_TABLE, bool PROD, bool WARP_TOP>
 __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg, int n, int n_pad,
                         const float* __restrict__ row_scale, const float* __restrict__ row_bias,
                         const float* __restrict__ queries, const float* __restrict__ query_bias,
@@ -47,17 +48,23 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     constexpr bool STATIC_TABLE = TABLE && !GIVEN_TABLE;
     __shared__ float static_table[STATIC_TABLE ? table_dim * levels : 1];
     float* table = STATIC_TABLE ? static_table : reinterpret_cast<float*>(smem);
-    u64* best = reinterpret_cast<u64*>(
-        smem + (GIVEN_TABLE ? table_dim * levels * 4 : 0));  // NQ * size
+    // NQ * size: BlockTopK's lists, or with WARP_TOP the warps' (size = blockDim.x).
+    u64* best = reinterpret_cast<u64*>(smem + (GIVEN_TABLE ? table_dim * levels * 4 : 0));
     float* q_s = reinterpret_cast<float*>(best + NQ * size);                // NQ * dim
     float* c_s = q_s + NQ * dim;                                            // levels
     int* counts = reinterpret_cast<int*>(c_s + levels);                     // NQ
     int* flush_flag = counts + NQ;                                          // 1
     float* sq_s = reinterpret_cast<float*>(flush_flag + 1);                 // NQ * dim when PROD
     BlockTopK top{best, counts, flush_flag, NQ, size, k};
+    WarpTopK warp_top[NQ];
 
     const int q0 = blockIdx.y * NQ;
-    top.init();
+    if (WARP_TOP) {
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) warp_top[q].init(k);
+    } else {
+        top.init();
+    }
     for (int i = threadIdx.x; i < NQ * dim; i += blockDim.x) {
         int q = i / dim;
         q_s[i] = (q0 + q < nq) ? queries[(size_t)(q0 + q) * dim + (i % dim)] : 0.0f;
@@ -87,6 +94,9 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
     const int row_end = min(n, row_begin + rows_per_block);
     for (int base = row_begin; base < row_end; base += blockDim.x) {
         const int row = base + threadIdx.x;
+        u64 packed[NQ];
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) packed[q] = EMPTY_SLOT;
         if (row < row_end) {
             float dot[NQ];
 #pragma unroll
@@ -180,10 +190,26 @@ __global__ void tq_scan(const unsigned int* __restrict__ words, int n_words_arg,
 #pragma unroll
             for (int q = 0; q < NQ; ++q) {
                 if (q0 + q < nq)
-                    top.offer(q, pack_key(fmaf(dot[q], scale, bias + qbias[q]), (unsigned int)row));
+                    packed[q] = pack_key(fmaf(dot[q], scale, bias + qbias[q]), (unsigned int)row);
             }
         }
-        top.end_step();
+        if (WARP_TOP) {
+#pragma unroll
+            for (int q = 0; q < NQ; ++q) warp_top[q].offer(packed[q]);
+        } else {
+#pragma unroll
+            for (int q = 0; q < NQ; ++q) top.offer(q, packed[q]);
+            top.end_step();
+        }
+    }
+    if (WARP_TOP) {
+        combine_warps<NQ>(warp_top, best);  // warp 0 holds the block's k best
+#pragma unroll
+        for (int q = 0; q < NQ; ++q) {
+            if (threadIdx.x < k && q0 + q < nq)
+                out[((size_t)(q0 + q) * gridDim.x + blockIdx.x) * k + threadIdx.x] = warp_top[q].held;
+        }
+        return;
     }
     top.finish();
     for (int i = threadIdx.x; i < NQ * k; i += blockDim.x) {

@@ -223,6 +223,39 @@ def test_scans_launched_together_keep_their_own_queries():
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("spec", ["tq4", "tq3", "tq4-prod", "pq16x8", "mib-hamming"])
+@pytest.mark.parametrize("order", ["shuffled", "rising", "falling"])
+def test_warp_lists_keep_what_block_lists_keep(spec, order):
+    """Up to k = WARP_TOP_MAX_K each warp keeps its best rows in registers, above it the
+    block keeps one shared list: a search for that k returns exactly the first rows and
+    keys of a search for one more, in the scan (single queries, through the plan too)
+    and in the merge, with and without a mask. Rows ordered by rising score make every
+    step bring a warp a full set of new best rows; falling, almost none."""
+    k = gpu.WARP_TOP_MAX_K
+    rng = np.random.default_rng(70)
+    x = unit_rows(300_000, 64, 71) * rng.uniform(0.5, 2, (300_000, 1))
+    q = unit_rows(3, 64, 72)
+    if order != "shuffled":
+        x = x[np.argsort(x @ q[0])[:: 1 if order == "rising" else -1]]
+    codec = vecstore.make_codec(spec, dim=64, seed=2)
+    if not codec.is_trained:
+        codec.train(x[::30])
+    scanner = gpu.GpuScanner()
+    device = scanner.resident("part", codec, codec.encode(x))
+    mask = rng.random(300_000) < 0.5
+    for rows in (None, mask):
+        for queries in (q[:1], q):
+            wide = scanner.scan(codec, device, queries, "ip", k + 1, None, rows, batch=False)
+            found = scanner.scan(codec, device, queries, "ip", k, None, rows, batch=False)
+            np.testing.assert_array_equal(found[1], wide[1][:, :k])
+            np.testing.assert_array_equal(found[0], wide[0][:, :k])
+    planned = scanner.submit(codec, device, q[:1], "ip", k, None)
+    wide = scanner.scan(codec, device, q[:1], "ip", k + 1, None)
+    np.testing.assert_array_equal(planned.result()[1], wide[1][:, :k])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("rotation", ["dense", "hadamard"])
 def test_batches_take_queries_already_on_the_device(rotation):
     """A CuPy query array gives the rows and keys of the same queries from the host, on
@@ -326,10 +359,11 @@ def test_unpack_keys_inverts_the_kernel_packing():
 def test_the_kernel_sources_ship_with_the_package():
     for name, kernel in (("tq_scan.cu", "tq_scan"), ("tq_batch.cu", "tile_topk"),
                          ("hamming_scan.cu", "hamming_scan"), ("merge_topk.cu", "merge_topk"),
-                         ("tq_mma.cu", "tq_mma_scan")):
+                         ("merge_topk.cu", "merge_topk_warps"), ("tq_mma.cu", "tq_mma_scan")):
         source = gpu.kernel_source(name)
         assert "__global__" in source and f" {kernel}(" in source.replace("\n", " ")
-        assert "struct BlockTopK" in source and "#include" not in source
+        assert "struct BlockTopK" in source and "struct WarpTopK" in source
+        assert "#include" not in source
 
 
 @pytest.mark.gpu

@@ -28,6 +28,11 @@ DEFAULT_SHARED_LIMIT = 48 * 1024
 TABLE_BYTES = 32 * 1024
 # Threads of the kernel that merges per-block candidates into each query's k best.
 MERGE_THREADS = 256
+# Up to this k, scan and merge kernels keep each warp's k best in registers (WarpTopK in
+# cuda/topk.cuh) instead of a shared list per block that is sorted with barriers; the
+# merge then runs up to MERGE_WARP_THREADS threads, a lane per block's list.
+WARP_TOP_MAX_K = 32
+MERGE_WARP_THREADS = 1024
 # TurboQuant batches of at least this many queries run on the tensor cores.
 BATCH_MIN_QUERIES = 32
 # Tensor-core path: fp16 rows dequantized per tile, fp16 scores per query chunk and tile,
@@ -218,8 +223,9 @@ class _ModuleFunction:
             self.allowed_shared = size
 
 
-def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, prod: bool):
-    flags = ",".join(str(flag).lower() for flag in (table, dim, given_table, prod))
+def _tq_kernel(bits: int, group: int, table: bool, dim: int, given_table: bool, prod: bool,
+               warp_top: bool):
+    flags = ",".join(str(flag).lower() for flag in (table, dim, given_table, prod, warp_top))
     return _kernel("tq_scan.cu", f"tq_scan<{bits},{group},{flags}>")
 
 
@@ -658,18 +664,25 @@ class GpuScanner:
         nq, blocks = candidates.shape[0], candidates.shape[1]
         if blocks == 1 and unpacked is None:
             return lambda: None, candidates.reshape(nq, k)
-        size = _pow2_at_least(k + 2 * MERGE_THREADS)
-        shared = size * 8 + 8
-        self._check_shared(shared, f"k={k}")
-        kernel = _kernel("merge_topk.cu", "merge_topk")
-        if shared > DEFAULT_SHARED_LIMIT:
-            kernel.max_dynamic_shared_size_bytes = shared
         best = self.cupy.empty((nq, k), dtype=self.cupy.uint64)
         keys, rows = (np.uint64(address) for address in unpacked or (0, 0))
-        args = (candidates, np.int32(blocks), np.int32(k), np.int32(size), best, keys, rows)
+        if k <= WARP_TOP_MAX_K:
+            threads = min(MERGE_WARP_THREADS, max(32, _pow2_at_least(blocks)))
+            shared = threads * 8
+            kernel = _kernel("merge_topk.cu", "merge_topk_warps")
+            args = (candidates, np.int32(blocks), np.int32(k), best, keys, rows)
+        else:
+            threads = MERGE_THREADS
+            size = _pow2_at_least(k + 2 * MERGE_THREADS)
+            shared = size * 8 + 8
+            self._check_shared(shared, f"k={k}")
+            kernel = _kernel("merge_topk.cu", "merge_topk")
+            if shared > DEFAULT_SHARED_LIMIT:
+                kernel.max_dynamic_shared_size_bytes = shared
+            args = (candidates, np.int32(blocks), np.int32(k), np.int32(size), best, keys, rows)
 
         def launch():
-            kernel((nq,), (MERGE_THREADS,), args, shared_mem=shared)
+            kernel((nq,), (threads,), args, shared_mem=shared)
 
         return launch, best
 
@@ -723,7 +736,10 @@ class GpuScanner:
         centroids = _device_constant(
             (np.zeros(levels, dtype=np.float32) if given else codec._centroids32).tobytes())
         group = 1 if given else next(g for g in QUERY_GROUPS if g >= min(nq, QUERY_GROUPS[-1]))
-        size = _pow2_at_least(k + 2 * BLOCK_THREADS)
+        # Groups of queries keep the block's lists: a warp's list per query costs
+        # registers, and blocks per multiprocessor with them (NQ = 4: 46 -> 76).
+        warp_top = k <= WARP_TOP_MAX_K and group == 1
+        size = BLOCK_THREADS if warp_top else _pow2_at_least(k + 2 * BLOCK_THREADS)
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
         table = given or (group == 1 and 32 % fmt.bits == 0
                           and dim * levels * 4 <= TABLE_BYTES)
@@ -735,7 +751,7 @@ class GpuScanner:
         shared += table_dim * levels * 4 if given else 0
         shared += group * dim * 4 if prod else 0
         self._check_shared(static + shared, f"k={k} with {dim} values of {fmt.bits} bits")
-        kernel = _tq_kernel(fmt.bits, group, table, dim, given, prod)
+        kernel = _tq_kernel(fmt.bits, group, table, dim, given, prod, warp_top)
         if static + shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks, rows_per_block = self._row_blocks(device.n)
@@ -761,10 +777,11 @@ class GpuScanner:
         bits = np.zeros((queries.shape[0], n_words * 4), dtype=np.uint8)
         bits[:, : state.bits.shape[1]] = state.bits
         factor = (state.norms * np.float32(codec.rms_norm)).astype(np.float32)
-        size = _pow2_at_least(k + 2 * BLOCK_THREADS)
+        warp_top = k <= WARP_TOP_MAX_K
+        size = BLOCK_THREADS if warp_top else _pow2_at_least(k + 2 * BLOCK_THREADS)
         shared = size * 8 + 8
         self._check_shared(shared, f"k={k}")
-        kernel = _kernel("hamming_scan.cu", f"hamming_scan<{n_words}>")
+        kernel = _kernel("hamming_scan.cu", f"hamming_scan<{n_words},{str(warp_top).lower()}>")
         if shared > DEFAULT_SHARED_LIMIT:
             kernel.max_dynamic_shared_size_bytes = shared
         row_blocks, rows_per_block = self._row_blocks(device.n)
