@@ -292,6 +292,13 @@ def _pow2_at_least(n: int) -> int:
     return 1 << math.ceil(math.log2(max(n, 1)))
 
 
+def _top_list_size(k: int, warp_top: bool) -> int:
+    """The ``size`` of a scan kernel's shared list per query: with warp lists (WarpTopK)
+    the warps' lists side by side for the final combine (BLOCK_THREADS values), else the
+    block's k best plus room for two steps of candidates (BlockTopK)."""
+    return BLOCK_THREADS if warp_top else _pow2_at_least(k + 2 * BLOCK_THREADS)
+
+
 @dataclass
 class DeviceCodes:
     """One part's codes on the GPU in the kernel's layout.
@@ -375,7 +382,7 @@ class GpuScanner:
         self._growing: dict[object, DeviceCodes] = {}
         self._rotation_rows: dict[int, tuple] = {}
         self._plans: dict[tuple, object] = {}
-        self._samples: dict[tuple, tuple] = {}
+        self._samples: dict[tuple, StridedSample] = {}
         self._masked: dict[tuple, tuple] = {}
         self._zero_buffer = None
         self._staging = threading.local()
@@ -739,7 +746,7 @@ class GpuScanner:
         # Groups of queries keep the block's lists: a warp's list per query costs
         # registers, and blocks per multiprocessor with them (NQ = 4: 46 -> 76).
         warp_top = k <= WARP_TOP_MAX_K and group == 1
-        size = BLOCK_THREADS if warp_top else _pow2_at_least(k + 2 * BLOCK_THREADS)
+        size = _top_list_size(k, warp_top)
         shared = group * size * 8 + group * dim * 4 + levels * 4 + (group + 1) * 4
         table = given or (group == 1 and 32 % fmt.bits == 0
                           and dim * levels * 4 <= TABLE_BYTES)
@@ -778,7 +785,7 @@ class GpuScanner:
         bits[:, : state.bits.shape[1]] = state.bits
         factor = (state.norms * np.float32(codec.rms_norm)).astype(np.float32)
         warp_top = k <= WARP_TOP_MAX_K
-        size = BLOCK_THREADS if warp_top else _pow2_at_least(k + 2 * BLOCK_THREADS)
+        size = _top_list_size(k, warp_top)
         shared = size * 8 + 8
         self._check_shared(shared, f"k={k}")
         kernel = _kernel("hamming_scan.cu", f"hamming_scan<{n_words},{str(warp_top).lower()}>")
