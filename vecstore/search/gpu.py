@@ -292,6 +292,9 @@ CUBLAS_GEMM_DEFAULT = -1
 
 
 EMPTY_SLOT = 0xFFFFFFFFFFFFFFFF
+# cudaMemcpyKind value (driver_types.h): CuPy's own copies to the host refuse to be
+# captured in a graph, so a fused search's results go back by the runtime call.
+DEVICE_TO_HOST = 2
 
 
 def _pow2_at_least(n: int) -> int:
@@ -1003,7 +1006,7 @@ class BatchScan:
     def enqueue(self) -> None:
         """Every step of a fused search from the loaded queries on, on the current stream
         and without allocating: the counts and results go to pinned host memory."""
-        n, kc = self.n, self.kc
+        cp, n, kc = self.cp, self.n, self.kc
         self.counts.fill(0)
         self.next_unit.fill(0)
         self._enqueue_queries()
@@ -1035,8 +1038,10 @@ class BatchScan:
                  np.int32(self.cap), self.counts[q_first:], self.found),
                 shared_mem=self.mma_shared)
             self._finish(self.found, self.cap, q_first, q_last, self.counts[q_first:])
-        self.counts.get(out=self.host_counts, blocking=False)
-        self.best.get(out=self.host_best, blocking=False)
+        stream = cp.cuda.get_current_stream().ptr
+        for source, target in ((self.counts, self.host_counts), (self.best, self.host_best)):
+            cp.cuda.runtime.memcpyAsync(target.ctypes.data, source.data.ptr, source.nbytes,
+                                        DEVICE_TO_HOST, stream)
 
     def collect(self) -> np.ndarray:
         """Wait for an enqueued fused search; its best (nq, k) packed keys in host memory,
