@@ -326,6 +326,30 @@ def test_batch_plans_replay_the_direct_search(rotation, metric):
 
 @pytest.mark.gpu
 @needs_gpu
+def test_batch_plans_follow_the_batch_kernel():
+    """A plan serves one batch kernel: after repeated "mma" searches, "gemm" searches of
+    the same shape run the GEMM pipeline (no fused kernel), with the same results."""
+    from unittest import mock
+
+    x = unit_rows(40_000, 96, 83)
+    codec = vecstore.make_codec("tq4", dim=96, seed=5)
+    q = unit_rows(40, 96, 84)
+    with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
+        scanner = gpu.GpuScanner()
+        device = scanner.resident("part", codec, codec.encode(x))
+        found = {}
+        for kernel in ("mma", "gemm"):
+            scanner.batch_kernel = kernel
+            found[kernel] = [scanner.scan(codec, device, q, "ip", 10, None, batch=True)
+                             for _ in range(2)]
+        fused = {key[-1]: plan.scan.fused for key, plan in scanner._batch_plans.items()}
+    assert fused == {"mma": scanner.hopper, "gemm": False}
+    for mma, gemm in zip(found["mma"], found["gemm"], strict=True):
+        np.testing.assert_array_equal(mma[0], gemm[0])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("tile_bytes", [None, 3 << 20], ids=["one-tile", "mma-tiles"])
 def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
     """Reduced-precision candidates re-scored in float32: recall@10 of the batch path

@@ -645,11 +645,12 @@ class GpuScanner:
 
     def _batch_plan(self, codec, device: DeviceCodes, metric: str, k: int, nq: int,
                     mask: np.ndarray | None, row_bias):
-        """The ``BatchPlan`` of (device, codec, metric, k, nq) and ``mask`` (whose row bias
-        is ``row_bias``), built on first use; the oldest goes past MAX_BATCH_PLANS."""
+        """The ``BatchPlan`` of (device, codec, metric, k, nq, ``batch_kernel``) and
+        ``mask`` (whose row bias is ``row_bias``), built on first use; the oldest goes
+        past MAX_BATCH_PLANS."""
         from vecstore.search.gpu_batch import BatchPlan
 
-        key = (id(device), id(codec), metric, k, nq)
+        key = (id(device), id(codec), metric, k, nq, self.batch_kernel)
         with self._lock:
             plan = self._batch_plans.pop(key, None)
             if plan is None or not plan.serves(codec, device, mask, row_bias):
