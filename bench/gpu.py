@@ -194,7 +194,7 @@ def stage_times(n: int, dim: int, nq: int) -> dict:
             (codes.words, np.int32(n_words), np.int32(n_pad), np.int32(0), np.int32(rows),
              np.int32(dim), np.int32(dim_pad), halves, tile),
             shared_mem=n_words * (gpu.DEQUANT_ROWS + 1) * 4 + 32),
-        "gemm": lambda: gpu._gemm_f16(cp, tile, rows, queries, nq, dim_pad, scores, rows),
+        "gemm": lambda: gpu._gemm(cp, tile, rows, queries, nq, dim_pad, scores, rows),
         "tile_topk": lambda: tile_topk(
             (-(-rows // gpu.SLICE_ROWS), nq), (gpu.BLOCK_THREADS,),
             (scores, np.int32(rows), np.int32(rows), np.int32(0), np.int32(0), np.int32(nq),

@@ -284,6 +284,72 @@ def test_batches_take_queries_already_on_the_device(rotation):
 
 @pytest.mark.gpu
 @needs_gpu
+@pytest.mark.parametrize("rotation", ["dense", "hadamard"])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_batch_plans_replay_the_direct_search(rotation, metric):
+    """Batches of one shape run as a plan: its first search directly, the next ones as a
+    captured graph, with new queries each time (the last from a CuPy array). Each returns
+    the rows and keys of the same search without a plan (a new mask object each time
+    keeps it off), with and without a mask, also when the candidate buffers overflow and
+    the pipeline rescans after the graph."""
+    from unittest import mock
+
+    import cupy
+
+    x = unit_rows(40_000, 96, 80) * np.random.default_rng(81).uniform(0.5, 2, (40_000, 1))
+    codec = vecstore.make_codec("tq4", dim=96, seed=5, rotation=rotation)
+    live = np.random.default_rng(82).random(40_000) < 0.8
+    batches = [unit_rows(40, 96, seed) for seed in range(90, 95)]
+
+    def search(scanner, device, q, rows, queries=None):
+        sq = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
+        return scanner.scan(codec, device, q if queries is None else queries, metric, 10,
+                            sq, rows, batch=True)
+
+    for cap_factor in (4, 0):
+        with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20,
+                                 MMA_CAP_FACTOR=cap_factor):
+            scanner = gpu.GpuScanner()
+            device = scanner.resident("part", codec, codec.encode(x))
+            for mask in (None, live):
+                planned = [search(scanner, device, q, mask) for q in batches[:-1]]
+                planned.append(search(scanner, device, batches[-1], mask,
+                                      cupy.asarray(batches[-1])))
+                plans = list(scanner._batch_plans.values())
+                assert any(plan.steps is not None for plan in plans) == scanner.hopper
+                for q, found in zip(batches, planned, strict=True):
+                    direct = search(scanner, device, q, np.ones(40_000, dtype=bool)
+                                    if mask is None else mask.copy())
+                    np.testing.assert_array_equal(found[1], direct[1])
+                    np.testing.assert_array_equal(found[0], direct[0])
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_batch_plans_follow_the_batch_kernel():
+    """A plan serves one batch kernel: after repeated "mma" searches, "gemm" searches of
+    the same shape run the GEMM pipeline (no fused kernel), with the same results."""
+    from unittest import mock
+
+    x = unit_rows(40_000, 96, 83)
+    codec = vecstore.make_codec("tq4", dim=96, seed=5)
+    q = unit_rows(40, 96, 84)
+    with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
+        scanner = gpu.GpuScanner()
+        device = scanner.resident("part", codec, codec.encode(x))
+        found = {}
+        for kernel in ("mma", "gemm"):
+            scanner.batch_kernel = kernel
+            found[kernel] = [scanner.scan(codec, device, q, "ip", 10, None, batch=True)
+                             for _ in range(2)]
+        fused = {key[-1]: plan.scan.fused for key, plan in scanner._batch_plans.items()}
+    assert fused == {"mma": scanner.hopper, "gemm": False}
+    for mma, gemm in zip(found["mma"], found["gemm"], strict=True):
+        np.testing.assert_array_equal(mma[0], gemm[0])
+
+
+@pytest.mark.gpu
+@needs_gpu
 @pytest.mark.parametrize("tile_bytes", [None, 3 << 20], ids=["one-tile", "mma-tiles"])
 def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
     """Reduced-precision candidates re-scored in float32: recall@10 of the batch path

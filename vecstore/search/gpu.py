@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import threading
 from dataclasses import dataclass, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 
 import numpy as np
@@ -43,6 +43,9 @@ TILE_SCORE_BYTES = 64 << 20
 SLICE_ROWS = 8192
 # Single-query plans kept (one per part, codec, metric and k; gpu_query.py).
 MAX_PLANS = 64
+# Batch plans kept (one per part, codec, metric, k and batch size; gpu_batch.py). Each
+# holds its search's buffers (tens to hundreds of MB), so few are kept.
+MAX_BATCH_PLANS = 2
 # Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
@@ -264,18 +267,21 @@ def _device_constant(data: bytes, dtype: str = "float32"):
     return cupy.asarray(np.frombuffer(data, dtype=dtype))
 
 
-def _gemm_f16(cupy, a, a_rows: int, b, b_rows: int, depth: int, out, ld_out: int) -> None:
-    """out[j, i] = <a[i], b[j]> for fp16 row-major a (a_rows, depth) and b (b_rows, depth)
-    into fp16 out with row stride ``ld_out``: cuBLAS on the tensor cores, fp32
-    accumulation."""
+def _gemm(cupy, a, a_rows: int, b, b_rows: int, depth: int, out, ld_out: int) -> None:
+    """out[j, i] = <a[i], b[j]> for row-major a (a_rows, depth) and b (b_rows, depth), both
+    fp16 (on the tensor cores) or both float32, into ``out`` of their dtype with row
+    stride ``ld_out``; fp32 accumulation, on the current stream (no allocation, so a
+    graph can capture it)."""
     from cupy_backends.cuda.api import runtime
     from cupy_backends.cuda.libs import cublas
 
+    data_type = runtime.CUDA_R_16F if a.dtype == np.float16 else runtime.CUDA_R_32F
     handle = cupy.cuda.device.get_cublas_handle()
+    cublas.setStream(handle, cupy.cuda.get_current_stream().ptr)
     cublas.gemmEx(handle, cublas.CUBLAS_OP_T, cublas.CUBLAS_OP_N, a_rows, b_rows, depth,
-                  _ONE.ctypes.data, a.data.ptr, runtime.CUDA_R_16F, depth, b.data.ptr,
-                  runtime.CUDA_R_16F, depth, _ZERO.ctypes.data, out.data.ptr,
-                  runtime.CUDA_R_16F, ld_out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
+                  _ONE.ctypes.data, a.data.ptr, data_type, depth, b.data.ptr, data_type,
+                  depth, _ZERO.ctypes.data, out.data.ptr, data_type, ld_out,
+                  CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT)
 
 
 _ONE = np.ones(1, dtype=np.float32)
@@ -286,6 +292,9 @@ CUBLAS_GEMM_DEFAULT = -1
 
 
 EMPTY_SLOT = 0xFFFFFFFFFFFFFFFF
+# cudaMemcpyKind value (driver_types.h): CuPy's own copies to the host refuse to be
+# captured in a graph, so a fused search's results go back by the runtime call.
+DEVICE_TO_HOST = 2
 
 
 def _pow2_at_least(n: int) -> int:
@@ -382,6 +391,7 @@ class GpuScanner:
         self._growing: dict[object, DeviceCodes] = {}
         self._rotation_rows: dict[int, tuple] = {}
         self._plans: dict[tuple, object] = {}
+        self._batch_plans: dict[tuple, object] = {}
         self._samples: dict[tuple, StridedSample] = {}
         self._masked: dict[tuple, tuple] = {}
         self._zero_buffer = None
@@ -494,6 +504,8 @@ class GpuScanner:
                     for codes in held.values()}
             self._plans = {key: plan for key, plan in self._plans.items()
                            if id(plan.device) in live}
+            self._batch_plans = {key: plan for key, plan in self._batch_plans.items()
+                                 if id(plan.device) in live}
             self._samples = {key: held for key, held in self._samples.items()
                              if id(held.device) in live}
             self._masked = {key: held for key, held in self._masked.items()
@@ -512,11 +524,12 @@ class GpuScanner:
             queries = self.upload(queries)
         return queries.astype(self.cupy.float32, copy=False) @ self.rotation_rows(codec).T
 
-    def upload(self, array: np.ndarray):
-        """``array`` as float32 on the device, copied through a pinned buffer of this
-        thread's (grown as needed) so that the copy does not block the host. The next
-        upload of the thread waits for this copy before it refills the buffer (a search
-        over several parts uploads each part's queries before any copy has run)."""
+    def upload(self, array: np.ndarray, out=None):
+        """``array`` as float32 on the device (into ``out``, a float32 device array of its
+        shape, when given), copied through a pinned buffer of this thread's (grown as
+        needed) so that the copy does not block the host. The next upload of the thread
+        waits for this copy before it refills the buffer (a search over several parts
+        uploads each part's queries before any copy has run)."""
         import cupyx
 
         array = np.asarray(array, dtype=np.float32)
@@ -529,7 +542,7 @@ class GpuScanner:
             staging.buffer = cupyx.empty_pinned(_pow2_at_least(array.size), dtype=np.float32)
         staged = staging.buffer[: array.size].reshape(array.shape)
         np.copyto(staged, array)
-        device = self.cupy.empty(array.shape, dtype=self.cupy.float32)
+        device = self.cupy.empty(array.shape, dtype=self.cupy.float32) if out is None else out
         device.set(staged)
         staging.copied.record()
         return device
@@ -569,6 +582,11 @@ class GpuScanner:
                 queries[0], None if query_sq_norms is None else float(query_sq_norms[0]))
             if pending is not None:
                 return pending
+        if batched and repeated:
+            best = self._batch_plan(codec, device, metric, k, nq, mask, row_bias).submit(
+                queries, query_sq_norms)
+            if best is not None:
+                return PendingScan(self.cupy, best)
         if metric == "l2":
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
@@ -623,6 +641,23 @@ class GpuScanner:
                     del self._plans[next(iter(self._plans))]
                 plan = self._plans[key] = SingleQueryPlan(self, codec, device, metric, k,
                                                           mask, row_bias)
+        return plan
+
+    def _batch_plan(self, codec, device: DeviceCodes, metric: str, k: int, nq: int,
+                    mask: np.ndarray | None, row_bias):
+        """The ``BatchPlan`` of (device, codec, metric, k, nq, ``batch_kernel``) and
+        ``mask`` (whose row bias is ``row_bias``), built on first use; the oldest goes
+        past MAX_BATCH_PLANS."""
+        from vecstore.search.gpu_batch import BatchPlan
+
+        key = (id(device), id(codec), metric, k, nq, self.batch_kernel)
+        with self._lock:
+            plan = self._batch_plans.pop(key, None)
+            if plan is None or not plan.serves(codec, device, mask, row_bias):
+                while len(self._batch_plans) >= MAX_BATCH_PLANS:
+                    del self._batch_plans[next(iter(self._batch_plans))]
+                plan = BatchPlan(self, codec, device, metric, k, nq, mask, row_bias)
+            self._batch_plans[key] = plan
         return plan
 
     def strided_sample(self, device: DeviceCodes, rows: int, row_bias) -> StridedSample:
@@ -820,12 +855,18 @@ class BatchScan:
     bounds each query's Kc-th best key; the fused kernel (cuda/tq_mma.cu) then scans every
     row against those bounds and tq_finish re-scores its candidates. A query whose
     candidates overflow their buffer is rescanned by the pipeline.
+
+    The fused search holds every buffer it uses from construction on (and the sample
+    dequantized), so that ``load`` then ``enqueue`` can run again for new queries of the
+    same shape, and a plan can record ``enqueue`` (``BatchPlan``, gpu_batch.py).
     """
 
     def __init__(self, scanner: GpuScanner, codec, device: DeviceCodes, queries: np.ndarray,
                  k: int, key_scale, row_bias, query_bias, allow_fused: bool = True):
+        from vecstore.codecs.rotation import DenseRotation
+
         cp = self.cp = scanner.cupy
-        self.scanner, self.codec, self.device, self.queries = scanner, codec, device, queries
+        self.scanner, self.codec, self.device = scanner, codec, device
         self.k, self.key_scale, self.row_bias, self.query_bias = k, key_scale, row_bias, query_bias
         fmt = self.fmt = code_format(codec)
         self.nq, self.dim, self.n = queries.shape[0], fmt.values, device.n
@@ -838,7 +879,15 @@ class BatchScan:
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
         self.stages = mma_stages(self.dim_pad, scanner.shared_limit)
         self.fused = mma and self.n > self.tile_rows and self.stages > 0 and scanner.hopper
-        self._prepare_queries(scanner._rotate(codec, queries))
+        # Dense rotations rotate on the device (``source`` holds the queries), others on
+        # the host (``source`` holds the rotated queries).
+        self.matrix = (scanner.rotation_rows(codec) if isinstance(codec.rotation, DenseRotation)
+                       else None)
+        width = codec.dim if self.matrix is not None else self.dim
+        self.source = cp.empty((self.nq, width), dtype=cp.float32)
+        self.rotated_source = (self.source if self.matrix is None
+                               else cp.empty((self.nq, self.dim), dtype=cp.float32))
+        self._query_buffers()
         self.centroids = _device_constant(codec._centroids32.tobytes())
         self.centroid_halves = _device_constant(
             codec._centroids32.astype(np.float16).tobytes(), "uint16")
@@ -860,11 +909,32 @@ class BatchScan:
         self.tile = cp.empty((self.tile_rows, self.dim_pad), dtype=cp.float16)
         self.scores = cp.empty((self.chunk, self.tile_rows), dtype=cp.float16)
         self.best = cp.empty((self.nq, k), dtype=cp.uint64)
+        self.record_blas = None
+        if self.fused:
+            self._fused_buffers()
+        self.load(queries)
+
+    def load(self, queries) -> None:
+        """Copy queries (nq, d), numpy or CuPy, into ``source`` on the current stream,
+        rotated on the host first unless the rotation is a dense matrix."""
+        cp = self.cp
+        self.queries = queries
+        if self.matrix is None:
+            host = cp.asnumpy(queries) if isinstance(queries, cp.ndarray) else queries
+            queries = self.codec.prepare_query(host).rotated
+        if isinstance(queries, cp.ndarray):
+            self.source[...] = queries
+        else:
+            self.scanner.upload(queries, out=self.source)
 
     def run(self):
         """The best k packed keys (nq, k) uint64, sorted per query: on the device, or in
         host memory once the fused kernel has run (its overflow check waits for it)."""
-        return self._run_fused() if self.fused else self._run_pipeline()
+        if self.fused:
+            self.enqueue()
+            return self.collect()
+        self._enqueue_queries()
+        return self._run_pipeline()
 
     def _run_pipeline(self):
         cp = self.cp
@@ -880,103 +950,132 @@ class BatchScan:
             self._finish(candidates, n_slots * self.kc, q_first, q_last)
         return self.best
 
-    def _prepare_queries(self, rotated) -> None:
-        """prepare_queries (tq_batch.cu) on rotated queries (nq, D): ``rotated`` padded
-        (nq, dim_pad) float32, ``halves`` (nq, dim_pad) fp16 at unit norm, ``query_norms``
-        (nq,), and for the fused kernel ``int8`` (nq, dim_pad) with ``inv_scale`` (nq,)."""
+    def _query_buffers(self) -> None:
+        """Outputs of prepare_queries (tq_batch.cu): ``rotated`` padded (nq, dim_pad)
+        float32, ``halves`` (nq, dim_pad) fp16 at unit norm, ``query_norms`` (nq,), and for
+        the fused kernel ``int8`` (nq, dim_pad) with ``inv_scale`` (nq,)."""
         cp, nq, dim_pad = self.cp, self.nq, self.dim_pad
-        source = cp.ascontiguousarray(cp.asarray(rotated, dtype=cp.float32))
         self.rotated = cp.empty((nq, dim_pad), dtype=cp.float32)
         self.halves = cp.empty((nq, dim_pad), dtype=cp.float16)
         self.query_norms = cp.empty(nq, dtype=cp.float32)
         self.int8 = cp.empty((nq, dim_pad), dtype=cp.int8) if self.fused else None
         self.inv_scale = cp.empty(nq, dtype=cp.float32) if self.fused else None
+
+    def _enqueue_queries(self) -> None:
+        """The loaded queries rotated (a dense rotation: cuBLAS) and prepared."""
+        if self.matrix is not None:
+            self._blas(self.matrix, self.dim, self.source, self.nq, self.codec.dim,
+                       self.rotated_source, self.dim)
         null = np.uint64(0)
         _kernel("tq_batch.cu", "prepare_queries")(
-            (nq,), (BLOCK_THREADS,),
-            (source, np.int32(self.dim), np.int32(dim_pad), self.rotated, self.halves,
-             self.query_norms, null if self.int8 is None else self.int8,
+            (self.nq,), (BLOCK_THREADS,),
+            (self.rotated_source, np.int32(self.dim), np.int32(self.dim_pad), self.rotated,
+             self.halves, self.query_norms, null if self.int8 is None else self.int8,
              null if self.inv_scale is None else self.inv_scale))
 
-    def _run_fused(self):
+    def _fused_buffers(self) -> None:
+        """The fused search's sample, buffers, kernel and launch terms."""
+        import cupyx
+
         cp, n, kc = self.cp, self.n, self.kc
-        sample_slots = self.tile_rows // SLICE_ROWS
-        sample = self.scanner.strided_sample(self.device, self.tile_rows, self.row_bias)
+        self.sample_slots = self.tile_rows // SLICE_ROWS
+        self.sample = self.scanner.strided_sample(self.device, self.tile_rows, self.row_bias)
         expected = kc * -(-n // self.tile_rows)
-        cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
-        query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(cap, sample_slots * kc))))
-        sampled = cp.empty((query_block, sample_slots, kc), dtype=cp.uint64)
-        bounds = cp.empty(query_block, dtype=cp.uint64)
-        found = cp.empty((query_block, cap), dtype=cp.uint64)
-        counts = cp.zeros(self.nq, dtype=cp.int32)
-        scan = _hopper_kernel("tq_mma.cu", f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
-        shared = mma_shared_bytes(self.dim_pad, self.stages)
-        scan.allow_shared(shared)
-        table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
-        key_factor = np.float32(self.key_scale / centroid_scale)
+        self.cap = _pow2_at_least(max(MMA_CAP_FACTOR * expected, 2 * kc))
+        query_block = max(1, min(self.nq, CANDIDATE_BYTES // (8 * max(self.cap,
+                                                                     self.sample_slots * kc))))
+        self.query_blocks = [(first, min(self.nq, first + query_block))
+                             for first in range(0, self.nq, query_block)]
+        self.sampled = cp.empty((query_block, self.sample_slots, kc), dtype=cp.uint64)
+        self.bounds = cp.empty(query_block, dtype=cp.uint64)
+        self.found = cp.empty((query_block, self.cap), dtype=cp.uint64)
+        self.counts = cp.empty(self.nq, dtype=cp.int32)
+        self.next_unit = cp.empty(len(self.query_blocks), dtype=cp.int32)
+        self.merges = [self.scanner._merge_launch(self.sampled[: last - first], kc)
+                       for first, last in self.query_blocks]
+        self.mma_scan = _hopper_kernel("tq_mma.cu",
+                                       f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
+        self.mma_shared = mma_shared_bytes(self.dim_pad, self.stages)
+        self.mma_scan.allow_shared(self.mma_shared)
+        self.table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
+        self.key_factor = np.float32(self.key_scale / centroid_scale)
+        self.host_counts = cupyx.empty_pinned(self.nq, dtype=np.int32)
+        self.host_best = cupyx.empty_pinned((self.nq, self.k), dtype=np.uint64)
+        # The sample is one tile, dequantized once for every search of this object.
+        self._dequantize(self.sample.source, 0, self.tile_rows)
+
+    def enqueue(self) -> None:
+        """Every step of a fused search from the loaded queries on, on the current stream
+        and without allocating: the counts and results go to pinned host memory."""
+        cp, n, kc = self.cp, self.n, self.kc
+        self.counts.fill(0)
+        self.next_unit.fill(0)
+        self._enqueue_queries()
         blocks = self.scanner.multiprocessors
-        next_unit = cp.zeros(-(-self.nq // query_block), dtype=cp.int32)
-        for q_first in range(0, self.nq, query_block):
-            q_last = min(self.nq, q_first + query_block)
+        for unit, ((q_first, q_last), (merge, merged)) in enumerate(
+                zip(self.query_blocks, self.merges, strict=True)):
             width = q_last - q_first
-            bounds.fill(np.uint64(EMPTY_SLOT))
-            self._pipeline_tiles(q_first, q_last, sample.source, sample_slots, bounds, sampled)
+            self.bounds.fill(np.uint64(EMPTY_SLOT))
+            self._pipeline_tiles(q_first, q_last, self.sample.source, self.sample_slots,
+                                 self.bounds, self.sampled, dequantized=True)
             # The pipeline's bound is the best slice's Kc-th key; the sample's own Kc-th
             # best is tighter by about the number of slices.
-            bounds[:width] = self.scanner._merge(sampled[:width], kc)[:, kc - 1]
+            merge()
+            self.bounds[:width] = merged[:, kc - 1]
             query_tiles = -(-width // MMA_BN)
             row_units = max(1, -(-MMA_UNITS_PER_BLOCK * blocks // query_tiles))
             step = MMA_ROWS * MMA_WARPS
             rows_per_unit = -(-n // row_units)
             rows_per_unit = -(-rows_per_unit // step) * step
             units = query_tiles * -(-n // rows_per_unit)
-            scan((blocks,), (MMA_WARPS * 32,),
-                 (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
-                  np.int32(rows_per_unit), np.int32(units), next_unit[q_first // query_block:],
-                  *table, self.int8[q_first:], np.int32(width),
-                  self.device.scale, self.row_bias, self.inv_scale[q_first:],
-                  self.query_bias[q_first:], self.query_norms[q_first:], key_factor,
-                  self.key_scale, bounds, sample.terms, np.float32(MMA_SLACK), np.int32(cap),
-                  counts[q_first:], found),
-                 shared_mem=shared)
-            self._finish(found, cap, q_first, q_last, counts[q_first:])
-        # The counts and results come back together, behind one wait.
-        import cupyx
+            self.mma_scan(
+                (blocks,), (MMA_WARPS * 32,),
+                (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
+                 np.int32(rows_per_unit), np.int32(units), self.next_unit[unit:],
+                 *self.table, self.int8[q_first:], np.int32(width),
+                 self.device.scale, self.row_bias, self.inv_scale[q_first:],
+                 self.query_bias[q_first:], self.query_norms[q_first:], self.key_factor,
+                 self.key_scale, self.bounds, self.sample.terms, np.float32(MMA_SLACK),
+                 np.int32(self.cap), self.counts[q_first:], self.found),
+                shared_mem=self.mma_shared)
+            self._finish(self.found, self.cap, q_first, q_last, self.counts[q_first:])
+        stream = cp.cuda.get_current_stream().ptr
+        for source, target in ((self.counts, self.host_counts), (self.best, self.host_best)):
+            cp.cuda.runtime.memcpyAsync(target.ctypes.data, source.data.ptr, source.nbytes,
+                                        DEVICE_TO_HOST, stream)
 
-        host_counts = cupyx.empty_pinned(self.nq, dtype=np.int32)
-        host_best = cupyx.empty_pinned((self.nq, self.k), dtype=np.uint64)
-        counts.get(out=host_counts, blocking=False)
-        self.best.get(out=host_best, blocking=False)
+    def collect(self) -> np.ndarray:
+        """Wait for an enqueued fused search; its best (nq, k) packed keys in host memory,
+        with the queries whose candidates overflowed rescanned by the pipeline."""
+        cp = self.cp
         cp.cuda.get_current_stream().synchronize()
-        overflowed = np.flatnonzero(host_counts > cap)
+        best = self.host_best.copy()
+        overflowed = np.flatnonzero(self.host_counts > self.cap)
         if overflowed.size:
             rescan = BatchScan(self.scanner, self.codec, self.device,
                                self.queries[overflowed], self.k, self.key_scale, self.row_bias,
                                self.query_bias[cp.asarray(overflowed)], allow_fused=False)
-            host_best[overflowed] = cp.asnumpy(rescan.run())
-        return host_best
+            best[overflowed] = cp.asnumpy(rescan.run())
+        return best
 
     def _all_rows(self) -> _RowSource:
         return _RowSource(self.device.words, self.device.scale, self.row_bias, self.n)
 
     def _pipeline_tiles(self, q_first: int, q_last: int, source: _RowSource, n_slots: int,
-                        bounds, candidates) -> None:
+                        bounds, candidates, dequantized: bool = False) -> None:
         """The rows of ``source`` through dequantize, GEMM and tile_topk for queries
-        [q_first, q_last): candidates (q_last - q_first, n_slots, Kc) and lowered bounds."""
-        cp, dim_pad, tile_rows = self.cp, self.dim_pad, self.tile_rows
+        [q_first, q_last): candidates (q_last - q_first, n_slots, Kc) and lowered bounds.
+        ``dequantized``: ``source`` is one tile, already in ``tile``."""
+        dim_pad, tile_rows = self.dim_pad, self.tile_rows
         topk_shared = self.size * 8 + 8
-        n_pad = source.words.shape[1]
         for row0 in range(0, source.n, tile_rows):
             rows = min(tile_rows, source.n - row0)
-            self.dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
-                            (source.words, np.int32(self.n_words), np.int32(n_pad),
-                             np.int32(row0), np.int32(rows), np.int32(self.dim),
-                             np.int32(dim_pad), self.centroid_halves, self.tile),
-                            shared_mem=self.dequant_shared)
+            if not dequantized:
+                self._dequantize(source, row0, rows)
             for q0 in range(q_first, q_last, self.chunk):
                 width = min(self.chunk, q_last - q0)
-                _gemm_f16(cp, self.tile, rows, self.halves[q0:], width, dim_pad, self.scores,
-                          tile_rows)
+                self._blas(self.tile, rows, self.halves[q0:], width, dim_pad, self.scores,
+                           tile_rows)
                 self.tile_topk((-(-rows // SLICE_ROWS), width), (BLOCK_THREADS,),
                                (self.scores, np.int32(tile_rows), np.int32(rows),
                                 np.int32(row0), np.int32(q0 - q_first),
@@ -986,6 +1085,23 @@ class BatchScan:
                                 self.key_scale, np.int32(self.kc), np.int32(self.size),
                                 bounds, candidates),
                                shared_mem=topk_shared)
+
+    def _dequantize(self, source: _RowSource, row0: int, rows: int) -> None:
+        """Rows [row0, row0 + rows) of ``source`` as fp16 rows of ``tile``."""
+        self.dequantize((-(-rows // DEQUANT_ROWS),), (BLOCK_THREADS,),
+                        (source.words, np.int32(self.n_words), np.int32(source.words.shape[1]),
+                         np.int32(row0), np.int32(rows), np.int32(self.dim),
+                         np.int32(self.dim_pad), self.centroid_halves, self.tile),
+                        shared_mem=self.dequant_shared)
+
+    def _blas(self, *args) -> None:
+        """``_gemm`` on the current stream now, or while a plan records (CuPy's cuBLAS calls
+        cannot be captured in a graph), handed to ``record_blas`` as a step of its own."""
+        call = partial(_gemm, self.cp, *args)
+        if self.record_blas is None:
+            call()
+        else:
+            self.record_blas(call)
 
     def _finish(self, candidates, n_cand: int, q_first: int, q_last: int,
                 filled=None) -> None:
