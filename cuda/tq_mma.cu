@@ -12,7 +12,9 @@
 // For that, the coordinates of a 32-wide step are permuted: fragment position
 // p = 32c + 16h + 4t + j (h, t, j < 2, 4, 4) holds coordinate 32c + 8t + 4h + j, which is
 // value j + 4h of code word 4c + t. prepare_queries (tq_batch.cu) writes the queries in
-// that order, so that the dot products are unchanged.
+// that order, so that the dot products are unchanged. Steps go in pairs (STEPS is even; the
+// caller pads the dimension with zero queries): one copy of a pair's codes by the whole
+// warp, one wait for it.
 //
 // After a tile's last step each (row, query) accumulator becomes a key, and the pairs
 // whose key can be at or below the query's threshold are appended to the query's candidate
@@ -31,7 +33,7 @@
 // A staged step holds 4 code words of MMA_ROWS rows (64 words), word-major; row r of word
 // w sits at r ^ (8 * (w / 2)), so that the reads of thread (g, t) (word t, rows g and
 // g + 8) fall in distinct banks while 4-row groups stay contiguous for 16-byte copies.
-// Each warp keeps STAGES steps (a template parameter) in flight.
+// Each warp keeps STAGES steps (a template parameter, even: STAGES / 2 pairs) in flight.
 #define MMA_STAGE_WORDS (4 * MMA_ROWS)
 // Queries sit in shared memory as wgmma's "interleaved" K-major operand: 16-byte columns of
 // MMA_BN queries, column k holding coordinates 16k ... 16k + 15 of each query in turn, so
@@ -126,8 +128,9 @@ __device__ __forceinline__ void int8_centroids(unsigned int word, const uint4& t
 // units taken together read the same codes (from L2 after the first); blocks take units in
 // turn from next_unit[0] (zero before the launch).
 //
-// queries (nq, dim_pad) int8 in the permuted order, zero beyond the dimension, with
-// dim_pad = 32 * STEPS; rows_per_unit is a multiple of MMA_ROWS * MMA_WARPS and n_pad of
+// queries (nq, 16 * query_columns) int8 in the permuted order, zero beyond the dimension,
+// with 16 * query_columns <= 32 * STEPS (the coordinates past it count as zero);
+// rows_per_unit is a multiple of MMA_ROWS * MMA_WARPS and n_pad of
 // 32. table0-3: the int8 centroids. A row's key is acc * row_scale[row] * query_factor[q]
 // * key_factor + row_bias[row] + query_bias[q]. bounds[q] is the packed key bound of query
 // q (EMPTY_SLOT: none); the bounds come from fp16 scores of the float32 queries, so
@@ -140,7 +143,7 @@ __global__ void __launch_bounds__(MMA_THREADS, 1)
 tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pad,
             int rows_per_unit, int units, int* __restrict__ next_unit, unsigned int table0,
             unsigned int table1, unsigned int table2, unsigned int table3,
-            const signed char* __restrict__ queries, int nq,
+            const signed char* __restrict__ queries, int query_columns, int nq,
             const float* __restrict__ row_scale, const float* __restrict__ row_bias,
             const float* __restrict__ query_factor, const float* __restrict__ query_bias,
             const float* __restrict__ query_norm, float key_factor, float key_scale,
@@ -148,7 +151,8 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
             int cap, int* __restrict__ counts, u64* __restrict__ out) {
     extern __shared__ __align__(128) unsigned char smem[];
     constexpr int dim_pad = STEPS * 32, columns = dim_pad / 16;
-    constexpr int stage_bytes = MMA_STAGE_WORDS * 4;
+    constexpr int stage_bytes = MMA_STAGE_WORDS * 4, pair_stages = STAGES / 2;
+    static_assert(STEPS % 2 == 0 && STAGES % 2 == 0 && STAGES >= 4, "steps go in pairs");
     constexpr int group_rows = 4 * MMA_ROWS, groups = MMA_WARPS / 4;
     signed char* queries_s = reinterpret_cast<signed char*>(smem);
     unsigned int* staged = reinterpret_cast<unsigned int*>(smem + MMA_BN * dim_pad);
@@ -168,12 +172,14 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
     // This warp's ring of staged steps, as a shared address and as a word index.
     const int ring_index = warp * STAGES * MMA_STAGE_WORDS;
     const unsigned int ring = static_cast<unsigned int>(__cvta_generic_to_shared(staged + ring_index));
-    // Lanes 0-15 copy a step: lane l takes word l / 4 of rows (l % 4) * 4 ... + 3; the
-    // words of the later steps it copies stop being codes after copy_steps steps.
+    // The warp copies a pair of steps: lane l takes word (l / 4) % 4 of step l / 16 of the
+    // pair, rows (l % 4) * 4 ... + 3, which is word pair_word of the pair's 8; the words of
+    // the later pairs it copies stop being codes after copy_pairs pairs.
     const int copy_word = (lane >> 2) & 3, copy_row = (lane & 3) * 4;
-    const unsigned int copy_to =
-        ring + (copy_word * MMA_ROWS + (copy_row ^ (8 * (copy_word >> 1)))) * 4;
-    const int copy_steps = (n_words - copy_word + 3) / 4;
+    const int pair_word = 4 * (lane >> 4) + copy_word;
+    const unsigned int copy_to = ring + ((lane >> 4) * MMA_STAGE_WORDS + copy_word * MMA_ROWS
+                                         + (copy_row ^ (8 * (copy_word >> 1)))) * 4;
+    const int copy_pairs = (n_words - pair_word + 7) / 8;
     const int read_from = ring_index + t * MMA_ROWS + (g ^ (8 * (t >> 1)));
     int loaded_tile = -1;
 
@@ -188,8 +194,10 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
             for (int i = tid; i < MMA_BN * columns; i += MMA_THREADS) {
                 const int column = i / MMA_BN, r = i % MMA_BN, q = q0 + r;
                 *reinterpret_cast<uint4*>(queries_s + column * MMA_COLUMN_BYTES + r * 16) =
-                    q < nq ? reinterpret_cast<const uint4*>(queries + (size_t)q * dim_pad)[column]
-                           : make_uint4(0u, 0u, 0u, 0u);
+                    q < nq && column < query_columns
+                        ? reinterpret_cast<const uint4*>(queries + (size_t)q * query_columns
+                                                                   * 16)[column]
+                        : make_uint4(0u, 0u, 0u, 0u);
             }
             for (int i = tid; i < MMA_BN; i += MMA_THREADS) {
                 const int q = q0 + i;
@@ -222,33 +230,33 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
         const int tiles = first < unit_rows
                               ? (unit_rows - first + groups * group_rows - 1) / (groups * group_rows)
                               : 0;
-        const int total = tiles * STEPS;
-        // The copies run STAGES - 1 steps ahead of the reads, across tiles: step i of the
-        // warp's sequence (step i % STEPS of tile i / STEPS) goes to ring slot i % STAGES.
-        // The source advances 4 words a step and moves to the next tile's rows after a
-        // tile's last step. A slice past n_pad is not copied (its rows are past n).
-        const unsigned int* tile_source = words + (size_t)min(copy_word, n_words - 1) * n_pad
+        const int total = tiles * STEPS, total_pairs = total / 2;
+        // The copies run pair_stages - 1 pairs ahead of the reads, across tiles: pair i of
+        // the warp's sequence (steps 2i and 2i + 1) goes to ring slots 2i % STAGES and the
+        // next. The source advances 8 words a pair and moves to the next tile's rows after
+        // a tile's last pair. A slice past n_pad is not copied (its rows are past n).
+        const unsigned int* tile_source = words + (size_t)min(pair_word, n_words - 1) * n_pad
                                           + unit_row0 + first + slice + copy_row;
         const unsigned int* source = tile_source;
         int tile_rows0 = unit_row0 + first + slice;
-        int issued = 0, issue_step = 0, fill = 0;
+        int issued = 0, issue_pair = 0, fill = 0;
         auto issue = [&]() {
-            if (issued < total && lane < 16 && tile_rows0 < n_pad)
-                copy_async(copy_to + fill * stage_bytes, source, issue_step < copy_steps);
+            if (issued < total_pairs && tile_rows0 < n_pad)
+                copy_async(copy_to + fill * 2 * stage_bytes, source, issue_pair < copy_pairs);
             copy_commit();
             ++issued;
-            fill = fill == STAGES - 1 ? 0 : fill + 1;
-            if (++issue_step == STEPS) {
-                issue_step = 0;
+            fill = fill == pair_stages - 1 ? 0 : fill + 1;
+            if (++issue_pair == STEPS / 2) {
+                issue_pair = 0;
                 tile_source += groups * group_rows;
                 tile_rows0 += groups * group_rows;
                 source = tile_source;
-            } else if (issue_step < copy_steps) {
-                source += 4 * (size_t)n_pad;
+            } else if (issue_pair < copy_pairs) {
+                source += 8 * (size_t)n_pad;
             }
         };
 #pragma unroll
-        for (int s = 0; s < STAGES - 1; ++s) issue();
+        for (int s = 0; s < pair_stages - 1; ++s) issue();
 
         int acc[MMA_BN / 8][4];
         // Two wgmma run at a time: step c's is issued with fragments a[c % 2], then the
@@ -262,26 +270,29 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
             read = read == STAGES - 1 ? 0 : read + 1;
         };
         // Step c of a tile: its wgmma on the queries at `descriptor`, then the next step's
-        // fragments into `next` once the wgmma that last read them is done.
-        auto step = [&](int sequence, int c, unsigned long long descriptor,
+        // fragments into `next` once the wgmma that last read them is done. The first step
+        // of a pair copies a pair ahead (into the slots of the pair before, which every
+        // lane had read before the last wait's __syncwarp); the second waits for the next
+        // pair's codes, and the __syncwarp makes the other lanes' copies visible.
+        auto step = [&](int sequence, int c, bool opens_pair, unsigned long long descriptor,
                         unsigned int (&current)[4], unsigned int (&next)[4]) {
             hold(acc);
             wgmma_fence();
             wgmma_64x128x32(acc, current, descriptor, c > 0);
             wgmma_commit();
-            issue();
-            copy_wait<STAGES - 2>();
-            __syncwarp();
+            if (opens_pair) {
+                issue();
+            } else {
+                copy_wait<pair_stages - 2>();
+                __syncwarp();
+            }
             wgmma_wait<1>();
             hold(next);
             if (sequence + 1 < total) make_fragments(next);
-            __syncwarp();  // every lane has read the slot before a later copy refills it
         };
-        issue();
-        copy_wait<STAGES - 2>();
+        copy_wait<pair_stages - 2>();
         __syncwarp();
         if (total > 0) make_fragments(a[0]);
-        __syncwarp();
         for (int tile = 0; tile < tiles; ++tile) {
             const int tile_row0 = unit_row0 + first + tile * groups * group_rows + slice;
             // Rows past n get a zero scale and a bias of +inf: their keys are never kept.
@@ -296,21 +307,13 @@ tq_mma_scan(const unsigned int* __restrict__ words, int n_words, int n, int n_pa
             const unsigned long long first_step = matrix_descriptor(queries_address);
             constexpr unsigned long long step_columns = (2 * MMA_COLUMN_BYTES) >> 4;
 #pragma unroll 1
-            for (int c = 0; c + 1 < STEPS; c += 2) {
-                step(tile * STEPS + c, c, first_step + c * step_columns, a[0], a[1]);
-                step(tile * STEPS + c + 1, c + 1, first_step + (c + 1) * step_columns, a[1], a[0]);
+            for (int c = 0; c < STEPS; c += 2) {
+                step(tile * STEPS + c, c, true, first_step + c * step_columns, a[0], a[1]);
+                step(tile * STEPS + c + 1, c + 1, false, first_step + (c + 1) * step_columns,
+                     a[1], a[0]);
             }
-            if (STEPS % 2 == 1)
-                step(tile * STEPS + STEPS - 1, STEPS - 1, first_step + (STEPS - 1) * step_columns,
-                     a[0], a[1]);
             wgmma_wait<0>();
             hold(acc);
-            if (STEPS % 2 == 1) {
-                // The next tile starts from a[0].
-                hold(a[1]);
-#pragma unroll
-                for (int i = 0; i < 4; ++i) a[0][i] = a[1][i];
-            }
 
             // Accumulator e of tile nt is row tile_row0 + g + 8 * (e / 2) and query
             // nt * 8 + 2 * t + (e % 2). Most pairs of rows fail the test on acc * scale;

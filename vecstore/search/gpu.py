@@ -62,7 +62,7 @@ MMA_BN = 128
 MMA_WARPS = 16
 MMA_ROWS = 16
 MMA_MAX_STAGES = 16
-MMA_MIN_STAGES = 3
+MMA_MIN_STAGES = 4
 MMA_UNITS_PER_BLOCK = 2
 MMA_SLACK = 8e-3
 MMA_CAP_FACTOR = 4
@@ -243,20 +243,27 @@ def _int8_table(centroids: bytes) -> tuple[tuple[np.uint32, ...], float]:
     return tuple(np.frombuffer(rounded.tobytes(), dtype=np.uint32)), scale
 
 
-def mma_shared_bytes(dim_pad: int, stages: int) -> int:
-    """Dynamic shared memory of a tq_mma_scan block: int8 query rows, ``stages`` staged
-    steps of code words per warp (4 words of MMA_ROWS rows) and four 4-byte terms per
-    query."""
-    return MMA_BN * dim_pad + MMA_WARPS * stages * 4 * MMA_ROWS * 4 + 4 * MMA_BN * 4
+def mma_dim(dim_pad: int) -> int:
+    """The coordinates tq_mma_scan takes for queries of ``dim_pad`` (a multiple of 32): its
+    32-coordinate steps go in pairs, so a multiple of 64 (the extra ones count as zero)."""
+    return -(-dim_pad // 64) * 64
 
 
-def mma_stages(dim_pad: int, shared_limit: int) -> int:
-    """Steps of code words per warp of tq_mma_scan that fit in ``shared_limit`` bytes of
-    shared memory (besides its static shared memory: one int, which takes 128 bytes as the
-    dynamic part is 128-byte aligned), up to MMA_MAX_STAGES; 0 when
-    fewer than MMA_MIN_STAGES fit."""
-    fixed = mma_shared_bytes(dim_pad, 0) + 128
+def mma_shared_bytes(kernel_dim: int, stages: int) -> int:
+    """Dynamic shared memory of a tq_mma_scan block for ``kernel_dim`` = mma_dim(...):
+    int8 query rows, ``stages`` staged steps of code words per warp (4 words of MMA_ROWS
+    rows) and four 4-byte terms per query."""
+    return MMA_BN * kernel_dim + MMA_WARPS * stages * 4 * MMA_ROWS * 4 + 4 * MMA_BN * 4
+
+
+def mma_stages(kernel_dim: int, shared_limit: int) -> int:
+    """Steps of code words per warp of tq_mma_scan (an even number: they are copied in
+    pairs) that fit in ``shared_limit`` bytes of shared memory (besides its static shared
+    memory: one int, which takes 128 bytes as the dynamic part is 128-byte aligned), up
+    to MMA_MAX_STAGES; 0 when fewer than MMA_MIN_STAGES fit."""
+    fixed = mma_shared_bytes(kernel_dim, 0) + 128
     stages = min(MMA_MAX_STAGES, (shared_limit - fixed) // (MMA_WARPS * 4 * MMA_ROWS * 4))
+    stages -= stages % 2
     return stages if stages >= MMA_MIN_STAGES else 0
 
 
@@ -877,7 +884,7 @@ class BatchScan:
         self.dim_pad = -(-self.dim // (32 if mma else 8)) * (32 if mma else 8)
         rows_per_tile = max(1, TILE_BYTES // (2 * self.dim_pad * SLICE_ROWS)) * SLICE_ROWS
         self.tile_rows = min(rows_per_tile, -(-self.n // SLICE_ROWS) * SLICE_ROWS)
-        self.stages = mma_stages(self.dim_pad, scanner.shared_limit)
+        self.stages = mma_stages(mma_dim(self.dim_pad), scanner.shared_limit)
         self.fused = mma and self.n > self.tile_rows and self.stages > 0 and scanner.hopper
         # Dense rotations rotate on the device (``source`` holds the queries), others on
         # the host (``source`` holds the rotated queries).
@@ -993,9 +1000,10 @@ class BatchScan:
         self.next_unit = cp.empty(len(self.query_blocks), dtype=cp.int32)
         self.merges = [self.scanner._merge_launch(self.sampled[: last - first], kc)
                        for first, last in self.query_blocks]
+        kernel_dim = mma_dim(self.dim_pad)
         self.mma_scan = _hopper_kernel("tq_mma.cu",
-                                       f"tq_mma_scan<{self.dim_pad // 32},{self.stages}>")
-        self.mma_shared = mma_shared_bytes(self.dim_pad, self.stages)
+                                       f"tq_mma_scan<{kernel_dim // 32},{self.stages}>")
+        self.mma_shared = mma_shared_bytes(kernel_dim, self.stages)
         self.mma_scan.allow_shared(self.mma_shared)
         self.table, centroid_scale = _int8_table(self.codec._centroids32.tobytes())
         self.key_factor = np.float32(self.key_scale / centroid_scale)
@@ -1032,7 +1040,8 @@ class BatchScan:
                 (blocks,), (MMA_WARPS * 32,),
                 (self.device.words, np.int32(self.n_words), np.int32(n), np.int32(self.n_pad),
                  np.int32(rows_per_unit), np.int32(units), self.next_unit[unit:],
-                 *self.table, self.int8[q_first:], np.int32(width),
+                 *self.table, self.int8[q_first:], np.int32(self.dim_pad // 16),
+                 np.int32(width),
                  self.device.scale, self.row_bias, self.inv_scale[q_first:],
                  self.query_bias[q_first:], self.query_norms[q_first:], self.key_factor,
                  self.key_scale, self.bounds, self.sample.terms, np.float32(MMA_SLACK),
