@@ -519,17 +519,13 @@ class GpuScanner:
                             if id(held[0]) in live}
 
     def _rotate(self, codec, queries: np.ndarray):
-        """Rotated queries (nq, D) float32: on the device for dense rotations (the matrix
-        is uploaded once per codec), else on the host."""
+        """Rotated queries (nq, D) float32 for numpy queries (nq, d): on the device for
+        dense rotations (the matrix is uploaded once per codec), else on the host."""
         from vecstore.codecs.rotation import DenseRotation
 
-        on_device = isinstance(queries, self.cupy.ndarray)
         if not isinstance(codec.rotation, DenseRotation):
-            host = self.cupy.asnumpy(queries) if on_device else queries
-            return codec.prepare_query(host).rotated
-        if not on_device:
-            queries = self.upload(queries)
-        return queries.astype(self.cupy.float32, copy=False) @ self.rotation_rows(codec).T
+            return codec.prepare_query(queries).rotated
+        return self.upload(queries) @ self.rotation_rows(codec).T
 
     def upload(self, array: np.ndarray, out=None):
         """``array`` as float32 on the device (into ``out``, a float32 device array of its
@@ -1172,8 +1168,7 @@ class PendingScan:
 
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """Wait for the kernels; keys (nq, k) float32 and rows (nq, k) int64, as ``scan``."""
-        best = self.best
-        return unpack_keys(best if isinstance(best, np.ndarray) else self.cupy.asnumpy(best))
+        return unpack_keys(self.cupy.asnumpy(self.best))
 
 
 def unpack_keys(packed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

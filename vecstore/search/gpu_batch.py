@@ -60,13 +60,12 @@ class BatchPlan:
     def _search(self, queries, query_sq_norms) -> np.ndarray:
         cp = self.cupy
         if self.metric == "l2":
-            self.query_bias.set(np.asarray(cp.asnumpy(query_sq_norms), dtype=np.float32))
+            self.query_bias[...] = cp.asarray(query_sq_norms, dtype=cp.float32)
         if self.scan is None:
             key_scale, _ = self.scanner.metric_terms(self.metric, self.device)
             self.scan = gpu.BatchScan(self.scanner, self.codec, self.device, queries, self.k,
                                       key_scale, self.row_bias, self.query_bias)
-            best = self.scan.run()
-            return best if isinstance(best, np.ndarray) else cp.asnumpy(best)
+            return cp.asnumpy(self.scan.run())
         self.scan.load(queries)
         if not self.scan.fused:
             return cp.asnumpy(self.scan.run())
