@@ -32,7 +32,7 @@ def test_database_lifecycle(db):
         db.get_collection("a")
     with pytest.raises(NotFound):
         db.drop_collection("a")
-    with pytest.raises(Closed):
+    with pytest.raises(NotFound, match="'a' was dropped"):
         a.search(np.ones(8))
 
 

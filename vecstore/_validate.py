@@ -39,6 +39,33 @@ def as_matrix(x, dim: int, what: str = "vectors") -> np.ndarray:
     return out
 
 
+# The largest Euclidean norm of a stored vector or a query: inner products and squared
+# distances of such vectors stay finite in float32 (1e18 * 1e18 = 1e36 < 3.4e38).
+MAX_NORM = 1e18
+
+
+def row_norms(x: np.ndarray, what: str = "vectors") -> np.ndarray:
+    """Euclidean norms (n,) float32 of the rows of ``x`` (n, d) float32, computed in
+    float64; InvalidArgument naming the first row whose norm passes MAX_NORM."""
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    large = np.nonzero(norms > MAX_NORM)[0]
+    if large.size:
+        raise InvalidArgument(
+            f"{what} at row {int(large[0])} has norm {norms[large[0]]:.3g}; norms above "
+            f"{MAX_NORM:.0e} are refused, so that scores stay finite in float32")
+    return norms.astype(np.float32)
+
+
+def fits_float16(x: np.ndarray, what: str = "vectors") -> None:
+    """InvalidArgument unless every value of ``x`` (n, d) float32 is finite in float16."""
+    limit = float(np.finfo(np.float16).max)
+    large = np.nonzero(np.abs(x).max(axis=1) > limit)[0]
+    if large.size:
+        raise InvalidArgument(
+            f"{what} at row {int(large[0])} holds a value beyond float16's range (+-{limit:g}); "
+            "the collection stores vectors as float16")
+
+
 def as_ids(ids, n: int | None = None, what: str = "ids") -> np.ndarray:
     """Return ``ids`` as a 1-D int64 array of non-negative values.
 
@@ -87,6 +114,10 @@ def as_k(k) -> int:
 
 # The largest rescore factor: a search fetches k * rescore candidates to rerank.
 MAX_RESCORE = 64
+# The most candidates (k * rescore) one query keeps during a scan.
+MAX_CANDIDATES = 1 << 16
+# The most result slots (queries * k) one search returns.
+MAX_RESULTS = 1 << 22
 
 
 def as_rescore(rescore) -> int | None:
@@ -98,3 +129,16 @@ def as_rescore(rescore) -> int | None:
     if not 1 <= rescore <= MAX_RESCORE:
         raise InvalidArgument(f"rescore must be between 1 and {MAX_RESCORE}, got {rescore}")
     return int(rescore)
+
+
+def check_search_size(nq: int, k: int, rescore: int | None) -> None:
+    """InvalidArgument when a search of ``nq`` queries would return more than MAX_RESULTS
+    slots (nq * k) or keep more than MAX_CANDIDATES candidates a query (k * rescore)."""
+    if k * (rescore or 1) > MAX_CANDIDATES:
+        raise InvalidArgument(
+            f"k * rescore is {k} * {rescore} = {k * rescore}; a query keeps at most "
+            f"{MAX_CANDIDATES} candidates")
+    if nq * k > MAX_RESULTS:
+        raise InvalidArgument(
+            f"{nq} queries * k = {k} is {nq * k} results; one search returns at most "
+            f"{MAX_RESULTS} (send fewer queries per call)")

@@ -43,6 +43,11 @@ DEFAULT_SEGMENT_BYTES = 64 << 20
 COMPACT_DEAD_FRACTION = 0.5
 # Filters selecting fewer rows than this fraction of a segment scan a gathered copy.
 GATHER_FRACTION = 0.25
+# The most candidates (query block rows * k * rescore) one scan step keeps: 80 MiB of
+# keys, rows and ties.
+SCAN_CANDIDATES = 1 << 22
+# The largest id; automatic ids stop there.
+MAX_ID = int(np.iinfo(np.int64).max)
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -98,6 +103,7 @@ class Collection:
         self._next_id = 0
         self._index = IdIndex()
         self._closed = False
+        self._dropped = False
 
     def __repr__(self) -> str:
         return (f"Collection(name={self.name!r}, dim={self.dim}, metric={self.metric!r}, "
@@ -175,6 +181,8 @@ class Collection:
     # --- lifecycle ----------------------------------------------------------------------
 
     def _check_open(self) -> None:
+        if self._dropped:
+            raise NotFound(f"collection {self.name!r} was dropped")
         if self._closed:
             raise Closed(f"collection {self.name!r} is closed")
 
@@ -193,8 +201,10 @@ class Collection:
                     self._store.close()
 
     def _abandon(self) -> None:
-        """Close without flushing (the collection is being dropped)."""
+        """Close without flushing: the collection is being dropped, and calls on it raise
+        NotFound from now on (never Closed, which a client would retry)."""
         with self._lock:
+            self._dropped = True
             self._closed = True
             if self._store is not None:
                 self._store.close()
@@ -219,14 +229,14 @@ class Collection:
     def _prepare_vectors(self, vectors, what: str) -> tuple[np.ndarray, np.ndarray]:
         """Validated (n, d) float32, normalized for cosine, and the norms (n,) as given."""
         x = _validate.as_matrix(vectors, self.dim, what)
-        norms = np.linalg.norm(x, axis=1).astype(np.float32)
+        norms = _validate.row_norms(x, what)
         if self.metric == "cosine":
             zero = np.nonzero(norms == 0)[0]
             if zero.size:
                 raise InvalidArgument(
                     f"{what} at rows {_preview(zero)} are zero; cosine needs non-zero vectors"
                 )
-            x = x / norms[:, None]
+            x = (x / norms[:, None].astype(np.float64)).astype(np.float32)
         return x, norms
 
     def add(self, vectors, ids=None, metadata=None) -> np.ndarray:
@@ -249,6 +259,8 @@ class Collection:
     def _write(self, vectors, ids, meta, *, upsert: bool) -> np.ndarray:
         self._check_open()
         x, norms = self._prepare_vectors(vectors, "vectors")
+        if self.store_vectors == "float16":
+            _validate.fits_float16(x)
         if ids is not None:
             ids = _validate.as_ids(ids, x.shape[0])
             _validate.unique_ids(ids)
@@ -258,41 +270,63 @@ class Collection:
             if meta is not None:
                 metadata.merge_schema(self._schema, meta)
             self._train_if_needed(x)
-        batch = {rows.CODE: self._encode(x), rows.NORM: norms}
+            coders = self._codecs()
+        # Rows are encoded outside the lock; a ``train`` that replaced a codec meanwhile
+        # (possible while the collection is still empty) makes them encode again.
+        while True:
+            batch = self._encode_rows(x, norms, coders)
+            with self._lock:
+                self._check_open()
+                if _same_codecs(coders, self._codecs()):
+                    return self._append(batch, ids, meta, upsert=upsert)
+                coders = self._codecs()
+
+    def _encode_rows(self, x: np.ndarray, norms: np.ndarray, coders: list[Codec]) -> rows.Columns:
+        """The stored columns but ids of rows x (n, d), encoded by ``coders`` (the codec,
+        then the rescoring codec if any)."""
+        batch = {rows.CODE: self._encode(coders[0], x), rows.NORM: norms}
         if self.store_vectors is not None:
             batch[rows.VECTOR] = x.astype(STORED_VECTOR_DTYPES[self.store_vectors])
         if self.rescore_codec is not None:
-            batch[rows.RESCORE_CODE] = self.rescore_codec.encode(x)
-        with self._lock:
-            self._check_open()
-            schema = self._schema
-            if meta is not None:
-                schema, meta = metadata.merge_schema(schema, meta)
-            if ids is None:
-                ids = np.arange(self._next_id, self._next_id + x.shape[0], dtype=np.int64)
-            elif not upsert:
-                taken = ids[self._index.lookup(ids) >= 0]
-                if taken.size:
-                    raise AlreadyExists(f"ids already in {self.name!r}: {_preview(taken)}")
-            batch[rows.ID] = ids
-            if self._store is not None:
-                self._store.log(OP_UPSERT if upsert else OP_ADD, rows.to_table(batch, meta))
-            if upsert:
-                self._apply_delete(ids)
-            self._apply_add(batch, meta, schema)
-            self._flush_if_full()
+            batch[rows.RESCORE_CODE] = coders[1].encode(x)
+        return batch
+
+    def _append(self, batch: rows.Columns, ids: np.ndarray | None, meta: pa.Table | None, *,
+                upsert: bool) -> np.ndarray:
+        """Log and apply encoded rows (the lock is held); returns their ids."""
+        n = batch[rows.NORM].shape[0]
+        schema = self._schema
+        if meta is not None:
+            schema, meta = metadata.merge_schema(schema, meta)
+        if ids is None:
+            if self._next_id + n - 1 > MAX_ID:
+                raise InvalidArgument(
+                    f"collection {self.name!r} has no automatic ids left (the next would "
+                    f"pass {MAX_ID}); pass ids explicitly")
+            ids = np.arange(self._next_id, self._next_id + n, dtype=np.int64)
+        elif not upsert:
+            taken = ids[self._index.lookup(ids) >= 0]
+            if taken.size:
+                raise AlreadyExists(f"ids already in {self.name!r}: {_preview(taken)}")
+        batch[rows.ID] = ids
+        if self._store is not None:
+            self._store.log(OP_UPSERT if upsert else OP_ADD, rows.to_table(batch, meta))
+        if upsert:
+            self._apply_delete(ids)
+        self._apply_add(batch, meta, schema)
+        self._flush_if_full()
         return ids.copy()
 
-    def _encode(self, x: np.ndarray) -> np.ndarray:
-        """Codes (n, code_size) uint8 of unit-or-raw rows x (n, d): on the GPU when the
-        collection's device allows it and the codec has a GPU encoder (same bits)."""
+    def _encode(self, codec: Codec, x: np.ndarray) -> np.ndarray:
+        """Codes (n, code_size) uint8 of unit-or-raw rows x (n, d) by ``codec``: on the GPU
+        when the collection's device allows it and the codec has a GPU encoder (same bits)."""
         if self.device != "cpu":
             from vecstore.codecs.turboquant_gpu import encode_on_gpu, supports_gpu_encoding
             from vecstore.search import gpu
 
-            if supports_gpu_encoding(self.codec) and gpu.unavailable_reason() is None:
-                return encode_on_gpu(self.codec, x)
-        return self.codec.encode(x)
+            if supports_gpu_encoding(codec) and gpu.unavailable_reason() is None:
+                return encode_on_gpu(codec, x)
+        return codec.encode(x)
 
     def delete(self, ids) -> int:
         """Delete the vectors with these ids; absent ids are ignored. Returns how many went."""
@@ -413,7 +447,7 @@ class Collection:
                 or any(s.dead > COMPACT_DEAD_FRACTION * s.rows for s in self._segments)):
             try:
                 self._checkpoint(merge=False)
-            except OSError as exc:
+            except Exception as exc:  # the write stands; the next write retries the flush
                 warnings.warn(f"collection {self.name!r}: automatic flush failed and will be "
                               f"retried on the next write: {exc}", RuntimeWarning, stacklevel=3)
 
@@ -623,6 +657,7 @@ class Collection:
         self._check_open()
         q, _ = self._prepare_vectors(queries, "queries")
         k = _validate.as_k(k)
+        _validate.check_search_size(q.shape[0], k, _validate.as_rescore(rescore))
         fetch_column = self._rescore_column(rescore)
         scan_parts = self._scan_parts
         if self._use_gpu(self.device if device is None else check_device(device),
@@ -636,8 +671,10 @@ class Collection:
         k_keep = min(k, k_scan)
         distances = np.full((q.shape[0], k), np.inf, dtype=np.float32)
         found = np.full((q.shape[0], k), -1, dtype=np.int64)
-        for start in range(0, q.shape[0], cpu.QUERY_BLOCK):
-            block = slice(start, start + cpu.QUERY_BLOCK)
+        # Queries are scanned in blocks whose candidate lists stay within SCAN_CANDIDATES.
+        block_rows = int(np.clip(SCAN_CANDIDATES // k_scan, 1, cpu.QUERY_BLOCK))
+        for start in range(0, q.shape[0], block_rows):
+            block = slice(start, start + block_rows)
             top = scan_parts(q[block], k_scan, parts, offsets, masks)
             if fetch_column is not None:
                 fetch = self._rescore_fetch(parts, offsets, fetch_column)
@@ -724,6 +761,10 @@ class Collection:
             return lambda positions: gather(parts, offsets, positions, column).astype(np.float32)
         return lambda positions: self.rescore_codec.decode(
             gather(parts, offsets, positions, column))
+
+
+def _same_codecs(first: list[Codec], second: list[Codec]) -> bool:
+    return len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
 
 
 def check_device(device) -> str:

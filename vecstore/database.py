@@ -31,7 +31,7 @@ def check_collection_name(name) -> str:
     """
     if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise InvalidArgument(
-            f"invalid collection name {name!r}: use 1-128 letters, digits, '_', '.' or '-', "
+            f"invalid collection name {name!r:.60}: use 1-128 letters, digits, '_', '.' or '-', "
             "starting with a letter, digit or '_'"
         )
     return name
@@ -201,10 +201,10 @@ class Database:
                 self._dir.drop_collection(name)
 
     def flush(self) -> None:
-        """Flush every collection (see ``Collection.flush``)."""
+        """Flush every collection (see ``Collection.flush``). A collection that fails to
+        flush does not stop the others; the first failure is raised once all were tried."""
         self._check_open()
-        for collection in list(self._collections.values()):
-            collection.flush()
+        _each(list(self._collections.values()), lambda collection: collection.flush())
 
     def close(self) -> None:
         """Flush and close the database and its collections. Safe to call more than once."""
@@ -213,11 +213,22 @@ class Database:
                 return
             self._closed = True
             try:
-                for collection in self._collections.values():
-                    collection.close()
+                _each(list(self._collections.values()), lambda collection: collection.close())
             finally:
                 if self._dir is not None:
                     self._dir.close()
+
+
+def _each(collections: list[Collection], action) -> None:
+    """Apply ``action`` to every collection, then raise the first exception it raised."""
+    failures = []
+    for collection in collections:
+        try:
+            action(collection)
+        except Exception as exc:  # the other collections still get their turn
+            failures.append(exc)
+    if failures:
+        raise failures[0]
 
 
 def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # noqa: A001

@@ -51,6 +51,10 @@ _BY_CONFIG_NAME = {
 }
 
 ROTATIONS = ("auto", "dense", "hadamard", "none")
+# The largest vector dimension a codec takes.
+MAX_DIM = 16384
+# Codecs holding a (d, d) matrix take at most this dimension (4096^2 float64: 128 MiB).
+MAX_MATRIX_DIM = 4096
 _MIB_SCORINGS = {None: "asymmetric", "asym": "asymmetric", "hamming": "hamming"}
 
 # Representative baselines, sized for d = 384 (each pair of rows spends equal bytes):
@@ -89,6 +93,23 @@ def available_specs(dim: int | None = None, *, baselines: bool = False) -> list[
     return [spec for spec in specs if _fits(spec, dim)]
 
 
+def _check_matrix_dim(name: str, dim: int, rotation: str) -> None:
+    """InvalidArgument when the codec ``name`` would hold a (d, d) matrix above
+    MAX_MATRIX_DIM: a dense rotation, the QJL sketch or a PCA basis."""
+    if dim <= MAX_MATRIX_DIM:
+        return
+    if rotation == "dense" and name.startswith(("tq", "mib")):
+        held = "a dense rotation (rotation='hadamard' has none)"
+    elif _TQ_PROD.fullmatch(name) or _TQ_QJL.fullmatch(name):
+        held = "the QJL sketch"
+    elif _PCA.fullmatch(name):
+        held = "a PCA basis"
+    else:
+        return
+    raise InvalidArgument(f"codec {name!r:.40} would hold {held}, a (d, d) matrix: such "
+                          f"codecs take d <= {MAX_MATRIX_DIM}, got d = {dim}")
+
+
 def make_codec(spec: str, *, dim: int, seed: int = 0, rotation: str = "auto") -> Codec:
     """Build the codec named by ``spec`` for vectors of dimension ``dim``.
 
@@ -98,13 +119,14 @@ def make_codec(spec: str, *, dim: int, seed: int = 0, rotation: str = "auto") ->
     """
     if not isinstance(spec, str):
         raise InvalidArgument(f"codec spec must be a string, got {type(spec).__name__}")
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 2:
-        raise InvalidArgument(f"dim must be an integer >= 2, got {dim!r}")
+    if isinstance(dim, bool) or not isinstance(dim, int) or not 2 <= dim <= MAX_DIM:
+        raise InvalidArgument(f"dim must be an integer in 2..{MAX_DIM}, got {dim!r:.40}")
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise InvalidArgument(f"seed must be a non-negative integer, got {seed!r}")
     if rotation not in ROTATIONS:
         raise InvalidArgument(f"unknown rotation {rotation!r}; expected one of {ROTATIONS}")
     name = spec.strip().lower()
+    _check_matrix_dim(name, dim, rotation)
     if name == "flat":
         return FlatCodec(dim)
     if name.startswith("tq") and rotation == "none":
