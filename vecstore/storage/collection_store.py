@@ -33,8 +33,11 @@ from vecstore.storage.manifest import (
     load_manifest,
     save_manifest,
 )
+from vecstore.storage.records import RecordCheck
 from vecstore.storage.segment import (
+    Origin,
     map_segment,
+    read_origin,
     read_segment,
     read_tombstones,
     write_segment,
@@ -64,6 +67,9 @@ class CollectionStore:
         self.seq = manifest.wal_seq
         self._next_file = manifest.next_file
         self._writer: wal.WalWriter | None = None
+        # Files written since open that no manifest has listed yet (a merge in progress
+        # commits them later): commits leave them alone.
+        self._pending: set[str] = set()
 
     # --- creation and loading -----------------------------------------------------------
 
@@ -84,26 +90,46 @@ class CollectionStore:
              ) -> tuple[CollectionStore, list[LoadedSegment], list[wal.WalRecord]]:
         """Load and verify a collection: its segments and the log records to replay.
 
-        Raises DataLoss naming the first damaged file. Removes files that no manifest
-        references (left by a crash mid-checkpoint) and cuts torn log tails.
+        Raises DataLoss naming the first damaged file, or the log record the collection
+        could not have written. Removes files that no manifest references (left by a
+        crash mid-checkpoint) and cuts torn log tails, but removes nothing when such a
+        file is newer than the manifest (then the manifest is the damage).
         """
         manifest = load_manifest(directory)
-        code_size = manifest.config.get("code_size")
-        if isinstance(code_size, bool) or not isinstance(code_size, int) or code_size < 1:
-            raise DataLoss(f"{directory / MANIFEST}: the collection config has no valid "
-                           f"code_size: {code_size!r}")
+        check = RecordCheck(directory / MANIFEST, manifest.config, manifest.metadata_schema)
         segments = []
         for record in manifest.segments:
             columns, metadata = read_segment(directory / record.segment.file, record.segment,
-                                             code_size)
+                                             check.code_size)
             deleted = (read_tombstones(directory / record.tombstones.file, record.tombstones)
                        if record.tombstones else np.empty(0, dtype=np.int64))
             segments.append(LoadedSegment(record, columns, metadata, deleted))
         records = list(wal.read_wal(directory, manifest.wal_seq))
+        check.check(records)
         store = cls(directory, manifest, durability, sync_interval)
         store.seq = records[-1].seq if records else manifest.wal_seq
+        store._check_leftovers()
         store._remove_unreferenced()
         return store, segments, records
+
+    def _check_leftovers(self) -> None:
+        """DataLoss naming the manifest when an unreferenced file is newer than it: meant
+        for a later manifest version, or covering log records the log no longer holds.
+        A crash mid-checkpoint leaves files for the next version only, covering records
+        the log still holds (it is fsynced before they are written and removed only
+        after the manifest swap); a merge commits its files later, never earlier."""
+        live = self.manifest.files()
+        for path in sorted(self.directory.glob("*.arrow")):
+            origin = None if path.name in live else read_origin(path)
+            if origin is not None and (origin.version > self.manifest.version + 1
+                                       or origin.seq > self.seq):
+                raise DataLoss(
+                    f"{self.directory / MANIFEST}: manifest version {self.manifest.version} "
+                    f"(log replayable to record {self.seq}) is older than {path}, written "
+                    f"for version {origin.version} after log record {origin.seq}; the "
+                    "manifest was restored from an older copy or newer ones were lost. "
+                    "Nothing was removed"
+                )
 
     # --- writes -------------------------------------------------------------------------
 
@@ -121,29 +147,42 @@ class CollectionStore:
         self._next_file += 1
         return self.directory / name
 
+    def _origin(self, path: Path) -> Origin:
+        """The origin to record in a new file: the next manifest version and the last
+        logged write, which is made durable first so the log always covers the file."""
+        self.sync()
+        self._pending.add(path.name)
+        return Origin(self.manifest.version + 1, self.seq)
+
     def write_segment(self, columns: rows.Columns, metadata: pa.Table
                       ) -> tuple[rows.Columns, pa.Table, None, SegmentRecord]:
         """Seal rows into a new segment file. Returns its memory-mapped columns and
-        metadata, no tombstones, and its manifest record; live once a ``commit`` lists it."""
+        metadata, no tombstones, and its manifest record; live once a ``commit`` lists it
+        (which may follow other commits)."""
         path = self._file_name("seg")
-        entry = write_segment(path, columns, metadata, self.manifest.config["codec"])
+        entry = write_segment(path, columns, metadata, self.manifest.config["codec"],
+                              self._origin(path))
         return (*map_segment(path), None, SegmentRecord(entry))
 
     def write_tombstones(self, record: SegmentRecord, ids: np.ndarray) -> SegmentRecord:
         """Write a segment's deleted ids (m,) int64; the new record is live once a
         ``commit`` lists it."""
-        return SegmentRecord(record.segment, write_tombstones(self._file_name("del"), ids))
+        path = self._file_name("del")
+        return SegmentRecord(record.segment, write_tombstones(path, ids, self._origin(path)))
 
     def commit(self, segments: tuple[SegmentRecord, ...], *, next_id: int,
                metadata_schema: pa.Schema, config: dict | None = None) -> None:
         """Swap in a manifest covering every logged write, start a new log file, and
-        remove the files the old manifest alone referenced."""
-        self.manifest = self.manifest.evolve(
+        remove the files the old manifest alone referenced. Files written but not yet
+        listed by any manifest stay until a commit lists them or the next open."""
+        manifest = self.manifest.evolve(
             config=config if config is not None else self.manifest.config,
             next_id=next_id, wal_seq=self.seq, next_file=self._next_file, segments=segments,
             metadata_schema=metadata_schema,
         )
-        save_manifest(self.directory, self.manifest)
+        save_manifest(self.directory, manifest)
+        self.manifest = manifest
+        self._pending -= manifest.files()
         if self._writer is not None:
             self._writer.close()
             self._writer = None
@@ -152,7 +191,7 @@ class CollectionStore:
     def _remove_unreferenced(self) -> None:
         """Delete files the manifest does not reference: replaced segments and tombstones,
         temp files, and (when no log file is open) logs the manifest fully covers."""
-        live = self.manifest.files()
+        live = self.manifest.files() | self._pending
         for path in self.directory.iterdir():
             name = path.name
             if name.endswith(".tmp") or (name.endswith(".arrow") and name not in live):

@@ -16,6 +16,8 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow as pa
+
 from vecstore.errors import DataLoss, InvalidArgument
 from vecstore.storage.collection_store import (
     CollectionStore,
@@ -74,18 +76,15 @@ class DatabaseDir:
     def load_collection(self, directory: Path, build, durability: str, sync_interval: float):
         """Open a collection directory: ``build(config, store)`` makes the collection, then
         its segments are installed and its log replayed. Raises DataLoss naming a damaged
-        file."""
+        file: the manifest when its config cannot be built, the log when a record cannot
+        be replayed."""
         store, segments, records = CollectionStore.open(directory, durability, sync_interval)
         try:
-            collection = build(store.manifest.config, store)
-            collection._load(segments, records)
-        except DataLoss:
+            collection = _build(build, store)
+            _install(collection, segments, records, directory)
+        except BaseException:
             store.close()
             raise
-        except (KeyError, ValueError, TypeError) as exc:
-            store.close()
-            raise DataLoss(f"{directory / MANIFEST}: the collection cannot be rebuilt from "
-                           f"its config by this version of vecstore: {exc}") from exc
         return collection
 
     def create_collection(self, name: str, config: dict, durability: str,
@@ -104,6 +103,27 @@ class DatabaseDir:
     def close(self) -> None:
         """Release the lock; safe to call twice."""
         self._lock.release()
+
+
+def _build(build, store: CollectionStore):
+    """The collection ``build`` makes from the manifest's config; DataLoss naming the
+    manifest when this version of vecstore cannot."""
+    try:
+        return build(store.manifest.config, store)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise DataLoss(f"{store.directory / MANIFEST}: the collection cannot be rebuilt from "
+                       f"its config by this version of vecstore: {exc}") from exc
+
+
+def _install(collection, segments, records, directory: Path) -> None:
+    """Install verified segments and replay log records; DataLoss naming the log files
+    when a record passed the checks at open but cannot be replayed."""
+    try:
+        collection._load(segments, records)
+    except (KeyError, ValueError, TypeError, pa.ArrowException) as exc:
+        files = sorted({str(record.path) for record in records}) or [str(directory)]
+        raise DataLoss(f"{', '.join(files)}: a log record cannot be replayed into the "
+                       f"collection: {exc}") from exc
 
 
 def _unfinished_creation(path: Path) -> bool:

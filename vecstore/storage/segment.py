@@ -2,6 +2,9 @@
 
 A segment holds one record batch of the columns in ``vecstore.rows``; its schema
 metadata carries the format version and the codec config as JSON (never pickle).
+Segment and tombstone files also record their ``Origin``: the manifest version meant to
+commit them and the last log sequence number their rows cover, so that opening can tell
+a file a crash left behind from one a newer manifest committed.
 Segments are memory-mapped for search, and verified when opened: size and CRC32C
 against the manifest, then Arrow's full validation. Any mismatch raises DataLoss
 naming the file.
@@ -24,6 +27,20 @@ FORMAT_VERSION = "1"
 FORMAT_KEY = "vecstore.format"
 CODEC_KEY = "vecstore.codec"
 KIND_KEY = "vecstore.kind"
+VERSION_KEY = "vecstore.manifest_version"
+SEQ_KEY = "vecstore.log_seq"
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a file comes from: the manifest ``version`` meant to commit it and the log
+    ``seq`` its rows cover. A later commit may list it (merges write, then commit)."""
+
+    version: int
+    seq: int
+
+    def to_metadata(self) -> dict[str, str]:
+        return {VERSION_KEY: str(self.version), SEQ_KEY: str(self.seq)}
 
 
 @dataclass(frozen=True)
@@ -74,12 +91,23 @@ def _read_table(path: Path, entry: FileEntry, kind: str) -> pa.Table:
     return table
 
 
+def read_origin(path: Path) -> Origin | None:
+    """The origin a segment or tombstone file records, read from its schema alone; None
+    for files without one (older versions, or cut short while being written)."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            meta = pa.ipc.open_file(source).schema.metadata or {}
+        return Origin(int(meta[VERSION_KEY.encode()]), int(meta[SEQ_KEY.encode()]))
+    except (pa.ArrowException, OSError, KeyError, ValueError):
+        return None
+
+
 def write_segment(path: Path, columns: rows.Columns, metadata: pa.Table,
-                  codec_config: dict) -> FileEntry:
+                  codec_config: dict, origin: Origin) -> FileEntry:
     """Seal rows into a new segment file, fsynced; returns its manifest entry."""
     table = rows.to_table(columns, metadata, {
         FORMAT_KEY: FORMAT_VERSION, KIND_KEY: "segment",
-        CODEC_KEY: json.dumps(codec_config, sort_keys=True),
+        CODEC_KEY: json.dumps(codec_config, sort_keys=True), **origin.to_metadata(),
     })
     return _write_table(path, table)
 
@@ -99,11 +127,11 @@ def read_segment(path: Path, entry: FileEntry, code_size: int) -> tuple[rows.Col
     return rows.from_table(table)
 
 
-def write_tombstones(path: Path, ids: np.ndarray) -> FileEntry:
+def write_tombstones(path: Path, ids: np.ndarray, origin: Origin) -> FileEntry:
     """Write the deleted ids (m,) int64 of one segment, fsynced."""
     table = pa.table({rows.ID: pa.array(np.sort(ids), type=pa.int64())})
     return _write_table(path, table.replace_schema_metadata(
-        {FORMAT_KEY: FORMAT_VERSION, KIND_KEY: "tombstones"}))
+        {FORMAT_KEY: FORMAT_VERSION, KIND_KEY: "tombstones", **origin.to_metadata()}))
 
 
 def read_tombstones(path: Path, entry: FileEntry) -> np.ndarray:

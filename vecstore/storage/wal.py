@@ -45,11 +45,18 @@ OPS = (OP_ADD, OP_UPSERT, OP_DELETE)
 
 @dataclass(frozen=True)
 class WalRecord:
-    """One logged write: ``op`` is OP_ADD, OP_UPSERT or OP_DELETE; ``table`` its rows."""
+    """One logged write: ``op`` is OP_ADD, OP_UPSERT or OP_DELETE; ``table`` its rows;
+    ``path`` and ``offset`` where its frame starts, for error messages."""
 
     seq: int
     op: int
     table: pa.Table
+    path: Path
+    offset: int
+
+    def where(self) -> str:
+        """The record as error messages name it: its log file, sequence number and offset."""
+        return f"{self.path}: log record {self.seq} at offset {self.offset}"
 
 
 def wal_name(first_seq: int) -> str:
@@ -106,7 +113,7 @@ def _decode(path: Path, offset: int, payload: memoryview) -> WalRecord:
         raise DataLoss(f"{path}: unreadable record at offset {offset}: {exc}") from exc
     if op not in OPS:
         raise DataLoss(f"{path}: unknown operation {op} at offset {offset}")
-    return WalRecord(seq, op, table)
+    return WalRecord(seq, op, table, path, offset)
 
 
 def read_wal_file(path: Path, repair: bool = True) -> list[WalRecord]:
