@@ -6,6 +6,7 @@ way:
 
 - vectors: packed little-endian float32 bytes, n * dim * 4 of them, row after row;
 - metadata: the Arrow IPC stream format of one table, so every Arrow type survives exactly;
+  compressed record batches are refused (the client never compresses);
 - filters: the dict form of ``vecstore.metadata`` as JSON;
 - search results: flat ids and distances with a count per query (padding is not sent);
 - enums: the names of metrics, stored vectors and devices both ways, every zero value
@@ -17,11 +18,13 @@ Every failure raises InvalidArgument naming the field.
 from __future__ import annotations
 
 import json
+import struct
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from vecstore import metadata
 from vecstore.collection import SearchResult
 from vecstore.errors import InvalidArgument
 from vecstore.v1 import vecstore_pb2 as pb
@@ -38,6 +41,8 @@ STORED_VECTOR_NAMES = {pb.STORED_VECTORS_UNSPECIFIED: None,
 DEVICE_ENUMS = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.DEVICE_CPU,
                 "gpu": pb.DEVICE_GPU}
 DEVICE_NAMES = {value: name for name, value in DEVICE_ENUMS.items()}
+# MessageHeader union values of Arrow's Message.fbs.
+_DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
 
 
 def pack_vectors(x: np.ndarray) -> bytes:
@@ -72,10 +77,65 @@ def pack_table(table: pa.Table | None) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
+def _flatbuffer_field(buf: bytes, table: int, slot: int) -> int | None:
+    """Where field ``slot`` of the flatbuffer table at ``table`` is in ``buf``, or None
+    when the field is absent. Raises struct.error or ValueError past the buffer's end."""
+    vtable = table - struct.unpack_from("<i", buf, table)[0]
+    if vtable < 0:
+        raise ValueError("flatbuffer vtable outside the message")
+    entry = 4 + 2 * slot
+    if entry + 2 > struct.unpack_from("<H", buf, vtable)[0]:
+        return None
+    offset = struct.unpack_from("<H", buf, vtable + entry)[0]
+    return table + offset if offset else None
+
+
+def _flatbuffer_table(buf: bytes, position: int) -> int:
+    """The table that the offset at ``position`` points to."""
+    return position + struct.unpack_from("<I", buf, position)[0]
+
+
+def _body_is_compressed(metadata: bytes) -> bool:
+    """Whether the Arrow IPC message with flatbuffer ``metadata`` (Message.fbs) has a
+    compressed body: a RecordBatch, or the RecordBatch of a DictionaryBatch, whose
+    ``compression`` field (slot 3) is set."""
+    message = _flatbuffer_table(metadata, 0)
+    type_at = _flatbuffer_field(metadata, message, 1)
+    header_at = _flatbuffer_field(metadata, message, 2)
+    kind = metadata[type_at] if type_at is not None else 0
+    if header_at is None or kind not in (_DICTIONARY_BATCH, _RECORD_BATCH):
+        return False
+    batch = _flatbuffer_table(metadata, header_at)
+    if kind == _DICTIONARY_BATCH:
+        data_at = _flatbuffer_field(metadata, batch, 1)
+        if data_at is None:
+            return False
+        batch = _flatbuffer_table(metadata, data_at)
+    return _flatbuffer_field(metadata, batch, 3) is not None
+
+
+def _refuse_compressed(data: bytes, field: str) -> None:
+    """Raise InvalidArgument when a message of the Arrow IPC stream ``data`` has a
+    compressed body (checked before anything is decompressed)."""
+    try:
+        compressed = any(_body_is_compressed(message.metadata.to_pybytes())
+                         for message in pa.ipc.MessageReader.open_stream(pa.py_buffer(data)))
+    except (pa.ArrowException, ValueError, OSError, struct.error, IndexError) as exc:
+        raise InvalidArgument(f"{field}: not a valid Arrow IPC stream: {exc}") from exc
+    if compressed:
+        raise InvalidArgument(f"{field}: compressed Arrow IPC bodies are not accepted; "
+                              "send it uncompressed")
+
+
 def unpack_table(data: bytes, field: str = "metadata") -> pa.Table | None:
-    """The table in the Arrow IPC stream ``data``; None for empty bytes."""
+    """The table in the Arrow IPC stream ``data``; None for empty bytes.
+
+    Compressed record batches are refused (InvalidArgument) before any is decompressed:
+    a small compressed body can expand past every message limit.
+    """
     if not data:
         return None
+    _refuse_compressed(data, field)
     try:
         with pa.ipc.open_stream(pa.py_buffer(data)) as reader:
             table = reader.read_all()
@@ -124,15 +184,20 @@ def filter_to_json(filter) -> str:
 
 
 def filter_from_json(text: str) -> dict | None:
-    """The dict filter in ``text``; None for an empty string."""
+    """The dict filter in ``text``; None for an empty string. Dicts and lists may nest at
+    most ``metadata.MAX_FILTER_DEPTH`` levels (InvalidArgument beyond)."""
     if not text:
         return None
     try:
         value = json.loads(text)
+    except RecursionError:
+        raise InvalidArgument(f"filter_json nests dicts and lists deeper than "
+                              f"{metadata.MAX_FILTER_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidArgument(f"filter_json: not valid JSON: {exc}") from exc
     if not isinstance(value, dict):
         raise InvalidArgument(f"filter_json must hold a JSON object, got {type(value).__name__}")
+    metadata.check_filter_depth(value, "filter_json")
     return value
 
 
