@@ -7,9 +7,11 @@ that owns it, so that ``stop()`` also flushes and closes the database. ``vecstor
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import logging
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -30,10 +32,77 @@ log = logging.getLogger("vecstore.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Vecstore"].full_name
 DEFAULT_MAX_MESSAGE_BYTES = 256 << 20
-# Calls beyond this many at once get RESOURCE_EXHAUSTED instead of a place in the queue.
+# Vecstore calls beyond this many at once get RESOURCE_EXHAUSTED instead of a queue.
 DEFAULT_MAX_CONCURRENT_RPCS = 256
-DEFAULT_WORKERS = 16
+# Threads beyond max_concurrent_rpcs, for health checks, reflection and refusals.
+DEFAULT_RESERVE_THREADS = 16
 DEFAULT_GRACE_S = 30.0
+
+
+class CallLimiter(grpc.ServerInterceptor):
+    """Refuses calls to methods under ``prefix`` with RESOURCE_EXHAUSTED, at once, while
+    ``max_calls`` of them (or ``max_streams`` client streams) are running. Other services
+    (health checks, reflection) pass uncounted."""
+
+    def __init__(self, prefix: str, max_calls: int, max_streams: int):
+        self.prefix = prefix
+        self.max_calls = max_calls
+        self.max_streams = max_streams
+        self._lock = threading.Lock()
+        self.calls = 0
+        self.streams = 0
+
+    def _enter(self, stream: bool) -> str | None:
+        """Take a slot; None, or why there is none."""
+        with self._lock:
+            if self.calls >= self.max_calls:
+                return f"the server is running its limit of {self.max_calls} calls; retry later"
+            if stream and self.streams >= self.max_streams:
+                return (f"the server is running its limit of {self.max_streams} client "
+                        "streams; retry later")
+            self.calls += 1
+            self.streams += stream
+        return None
+
+    def _leave(self, stream: bool) -> None:
+        with self._lock:
+            self.calls -= 1
+            self.streams -= stream
+
+    def _limited(self, behavior, stream: bool):
+        """``behavior`` run while it holds a slot (a unary response: the servicer's methods
+        all return one message)."""
+        @functools.wraps(behavior)
+        def call(request_or_iterator, context):
+            refusal = self._enter(stream)
+            if refusal is not None:
+                context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, refusal)
+            try:
+                return behavior(request_or_iterator, context)
+            finally:
+                self._leave(stream)
+        return call
+
+    def intercept_service(self, continuation, handler_call_details):
+        handler = continuation(handler_call_details)
+        if handler is None or not handler_call_details.method.startswith(self.prefix):
+            return handler
+        if handler.unary_unary is not None:
+            return grpc.unary_unary_rpc_method_handler(
+                self._limited(handler.unary_unary, False),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(
+                self._limited(handler.stream_unary, True),
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer)
+        raise TypeError(f"no limit for the streaming responses of {handler_call_details.method}")
+
+
+def default_max_streams(max_concurrent_rpcs: int) -> int:
+    """The default cap on concurrent InsertStream calls: half the call cap, at least 1."""
+    return max(1, max_concurrent_rpcs // 2)
 
 
 def is_loopback(host: str) -> bool:
@@ -70,9 +139,16 @@ class Server:
         Largest request or response; larger ones fail with RESOURCE_EXHAUSTED (gRPC's
         code for a message over the limit).
     max_concurrent_rpcs : int
-        Calls beyond this many at once fail with RESOURCE_EXHAUSTED.
-    workers : int
-        Threads running calls; the embedded Database is safe to use from all of them.
+        Vecstore calls beyond this many at once fail with RESOURCE_EXHAUSTED at once.
+        Health checks and reflection do not count.
+    max_concurrent_streams : int, optional
+        InsertStream calls beyond this many at once fail with RESOURCE_EXHAUSTED, so that
+        idle streams cannot take every slot from unary calls; half of
+        ``max_concurrent_rpcs`` (at least 1) by default.
+    reserve_threads : int
+        Threads beyond ``max_concurrent_rpcs`` for health checks, reflection and refusals.
+        The pool has ``max_concurrent_rpcs + reserve_threads`` threads, and gRPC refuses
+        calls past that many, so no call ever waits for a thread.
     """
 
     def __init__(self, db: Database, *, host: str = "127.0.0.1", port: int = 50051,
@@ -80,18 +156,25 @@ class Server:
                  allow_insecure_keys: bool = False,
                  max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
                  max_concurrent_rpcs: int = DEFAULT_MAX_CONCURRENT_RPCS,
-                 workers: int = DEFAULT_WORKERS, owns_db: bool = False):
+                 max_concurrent_streams: int | None = None,
+                 reserve_threads: int = DEFAULT_RESERVE_THREADS, owns_db: bool = False):
         keys = keys or ApiKeys()
         if keys.enabled and tls is None and not allow_insecure_keys and not is_loopback(host):
             raise InvalidArgument(
                 f"API keys over plaintext on {host} would cross the network in clear text: "
                 "give a TLS certificate and key, or allow it explicitly "
                 "(--allow-insecure-keys)")
+        if max_concurrent_streams is None:
+            max_concurrent_streams = default_max_streams(max_concurrent_rpcs)
         for name, value in (("max_message_bytes", max_message_bytes),
                             ("max_concurrent_rpcs", max_concurrent_rpcs),
-                            ("workers", workers)):
+                            ("max_concurrent_streams", max_concurrent_streams),
+                            ("reserve_threads", reserve_threads)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InvalidArgument(f"{name} must be a positive integer, got {value!r}")
+        if max_concurrent_streams > max_concurrent_rpcs:
+            raise InvalidArgument(f"max_concurrent_streams ({max_concurrent_streams}) must not "
+                                  f"exceed max_concurrent_rpcs ({max_concurrent_rpcs})")
         self.db = db
         self.host = host
         self.keys = keys
@@ -99,12 +182,15 @@ class Server:
         self._stopped = False
         options = [("grpc.max_send_message_length", max_message_bytes),
                    ("grpc.max_receive_message_length", max_message_bytes)]
+        self.limiter = CallLimiter(f"/{SERVICE_NAME}/", max_concurrent_rpcs,
+                                   max_concurrent_streams)
         interceptors = [ApiKeyInterceptor(keys)] if keys.enabled else []
-        self._server = grpc.server(ThreadPoolExecutor(max_workers=workers,
+        threads = max_concurrent_rpcs + reserve_threads
+        self._server = grpc.server(ThreadPoolExecutor(max_workers=threads,
                                                       thread_name_prefix="vecstore-rpc"),
-                                   interceptors=interceptors, options=options,
-                                   maximum_concurrent_rpcs=max_concurrent_rpcs)
-        servicer = VecstoreServicer(db, self._read_only_caller)
+                                   interceptors=[*interceptors, self.limiter], options=options,
+                                   maximum_concurrent_rpcs=threads)
+        servicer = VecstoreServicer(db, self._read_only_caller, max_message_bytes)
         pb_grpc.add_VecstoreServicer_to_server(servicer, self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

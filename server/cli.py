@@ -43,10 +43,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request or response in MiB (default %(default)s)")
     parser.add_argument("--max-concurrent-rpcs", type=int,
                         default=app.DEFAULT_MAX_CONCURRENT_RPCS,
-                        help="calls beyond this many at once get RESOURCE_EXHAUSTED "
-                             "(default %(default)s)")
-    parser.add_argument("--workers", type=int, default=app.DEFAULT_WORKERS,
-                        help="threads running calls (default %(default)s)")
+                        help="Vecstore calls beyond this many at once get RESOURCE_EXHAUSTED "
+                             "(default %(default)s; health checks and reflection do not count)")
+    parser.add_argument("--max-concurrent-streams", type=int,
+                        help="InsertStream calls beyond this many at once get "
+                             "RESOURCE_EXHAUSTED (default: half of --max-concurrent-rpcs)")
+    parser.add_argument("--reserve-threads", type=int, default=app.DEFAULT_RESERVE_THREADS,
+                        help="threads beyond --max-concurrent-rpcs for health checks, "
+                             "reflection and refusals (default %(default)s)")
+    parser.add_argument("--workers", type=int,
+                        help="ignored (kept for old command lines): the server runs "
+                             "--max-concurrent-rpcs + --reserve-threads threads")
     parser.add_argument("--grace", type=float, default=app.DEFAULT_GRACE_S,
                         help="seconds calls in flight get to finish on shutdown "
                              "(default %(default)s)")
@@ -63,6 +70,10 @@ def run(args: argparse.Namespace) -> int:
     if (args.tls_cert is None) != (args.tls_key is None):
         print("vecstore serve: give both --tls-cert and --tls-key, or neither", file=sys.stderr)
         return 2
+    if args.workers is not None:
+        logging.getLogger("vecstore.server").warning(
+            "--workers is ignored: the server runs --max-concurrent-rpcs + --reserve-threads "
+            "threads, so that no call waits for one")
     stop = threading.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stop.set())
@@ -73,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
                        tls=(args.tls_cert, args.tls_key) if args.tls_cert else None,
                        allow_insecure_keys=args.allow_insecure_keys,
                        max_message_bytes=args.max_message_mb * MIB,
-                       max_concurrent_rpcs=args.max_concurrent_rpcs, workers=args.workers)
+                       max_concurrent_rpcs=args.max_concurrent_rpcs,
+                       max_concurrent_streams=args.max_concurrent_streams,
+                       reserve_threads=args.reserve_threads)
     except (VecstoreError, OSError, RuntimeError) as exc:
         print(f"vecstore serve: {exc}", file=sys.stderr)
         return 2

@@ -13,12 +13,13 @@ import logging
 
 import grpc
 import numpy as np
+import pyarrow as pa
 
 import vecstore
 from vecstore import wire
 from vecstore.collection import Collection
 from vecstore.database import Database, check_collection_name
-from vecstore.errors import InvalidArgument
+from vecstore.errors import InvalidArgument, ResourceExhausted
 from vecstore.status_codes import ERROR_HEADER, code_for
 from vecstore.v1 import vecstore_pb2 as pb
 from vecstore.v1 import vecstore_pb2_grpc as pb_grpc
@@ -27,14 +28,29 @@ from .batching import SearchBatcher, SearchKind
 
 log = logging.getLogger("vecstore.server")
 
+# Status messages are cut to this many characters (a name or value echoed in full could
+# pass gRPC's 16 KiB trailer limit and turn the status into RESOURCE_EXHAUSTED).
+MAX_STATUS_MESSAGE_CHARS = 1000
+TRUNCATED = "… (truncated)"
+# Distinct ids whose metadata a Get fetches at a time while it sizes the response.
+GET_CHUNK_IDS = 4096
+
+
+def bounded(message: str, limit: int = MAX_STATUS_MESSAGE_CHARS) -> str:
+    """``message`` cut to at most ``limit`` characters, ending in TRUNCATED when cut."""
+    if len(message) <= limit:
+        return message
+    return message[:limit - len(TRUNCATED)] + TRUNCATED
+
 
 def abort_with(context: grpc.ServicerContext, exc: BaseException, prefix: str = "") -> None:
-    """End the call with the status code of ``exc`` (raises, as ``context.abort`` does)."""
+    """End the call with the status code of ``exc`` and its message, cut to
+    MAX_STATUS_MESSAGE_CHARS (raises, as ``context.abort`` does)."""
     code = code_for(exc)
     if code == grpc.StatusCode.INTERNAL:
         log.exception("internal error", exc_info=exc)
-    context.set_trailing_metadata(((ERROR_HEADER, type(exc).__name__),))
-    context.abort(code, prefix + str(exc))
+    context.set_trailing_metadata(((ERROR_HEADER, bounded(type(exc).__name__, 100)),))
+    context.abort(code, bounded(prefix + str(exc)))
 
 
 def _errors_to_status(method):
@@ -82,9 +98,11 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
     """Serves one open Database. ``read_only_caller(context)`` says whether the caller's
     key allows reads only (for ServerInfo)."""
 
-    def __init__(self, db: Database, read_only_caller=lambda context: False):
+    def __init__(self, db: Database, read_only_caller=lambda context: False,
+                 max_message_bytes: int | None = None):
         self.db = db
         self.read_only_caller = read_only_caller
+        self.max_message_bytes = max_message_bytes
         self.batcher = SearchBatcher()
 
     def _collection(self, name: str) -> Collection:
@@ -166,17 +184,44 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
 
     # --- reads ----------------------------------------------------------------------
 
+    def _check_response_size(self, size: int, what: str) -> None:
+        """Raise ResourceExhausted when a response of about ``size`` bytes would pass the
+        message limit (checked before the response is built)."""
+        if self.max_message_bytes is not None and size > self.max_message_bytes:
+            raise ResourceExhausted(
+                f"{what}: the response would hold about {size:,} bytes, over the server's "
+                f"message limit of {self.max_message_bytes:,} bytes; ask for fewer ids")
+
+    def _get_metadata(self, collection: Collection, unique: np.ndarray, counts: np.ndarray,
+                      size: int) -> pa.Table:
+        """Metadata rows of the distinct ``unique`` ids (m,) int64, fetched GET_CHUNK_IDS at
+        a time; ResourceExhausted as soon as ``size`` bytes plus the rows' share of the
+        response (each row ``counts`` (m,) times) passes the message limit."""
+        tables = []
+        for start in range(0, max(unique.size, 1), GET_CHUNK_IDS):
+            table = collection.get_metadata(unique[start:start + GET_CHUNK_IDS])
+            share = counts[start:start + GET_CHUNK_IDS].sum() / max(1, table.num_rows)
+            size += int(table.nbytes * share)
+            self._check_response_size(size, "Get")
+            tables.append(table)
+        return pa.concat_tables(tables) if len(tables) > 1 else tables[0]
+
     @_errors_to_status
     def Get(self, request, context):
         collection = self._collection(request.collection)
-        ids = np.array(request.ids, dtype=np.int64)
+        ids = np.fromiter(request.ids, dtype=np.int64, count=len(request.ids))
+        size = request.ByteSize() + (4 * collection.dim * ids.size if request.with_vectors else 0)
+        self._check_response_size(size, "Get")
+        unique, inverse, counts = np.unique(ids, return_inverse=True, return_counts=True)
         response = pb.GetResponse(ids=request.ids, dim=collection.dim)
         if request.with_vectors:
-            response.vectors = wire.pack_vectors(collection.get(ids))
-        if request.with_metadata or not request.with_vectors:
-            table = collection.get_metadata(ids)  # also the presence check
-            if request.with_metadata:
-                response.metadata = wire.pack_table(table)
+            response.vectors = wire.pack_vectors(collection.get(unique)[inverse])
+        if request.with_metadata:
+            table = self._get_metadata(collection, unique, counts, size)
+            response.metadata = wire.pack_table(table.take(inverse))
+        elif not request.with_vectors:
+            for start in range(0, unique.size, GET_CHUNK_IDS):  # the presence check
+                collection.get_metadata(unique[start:start + GET_CHUNK_IDS])
         return response
 
     @_errors_to_status
