@@ -373,3 +373,20 @@ def test_a_config_this_version_cannot_build_still_names_the_manifest(log_image, 
         assert str(directory / MANIFEST) in str(db.damaged["plain"])
     finally:
         db.close()
+
+
+def test_unlisted_files_without_an_origin_are_removed_as_before(tmp_path):
+    with vecstore.open(tmp_path) as db:
+        c = db.create_collection("c", dim=DIM, metric="ip", codec="flat")
+        c.add(vectors(10))
+        c.flush()
+    directory = collection_dir(tmp_path)
+    sink = pa.BufferOutputStream()
+    table = pa.table({rows.ID: pa.array([1, 2], type=pa.int64())})
+    with pa.ipc.new_file(sink, table.schema) as writer:
+        writer.write_table(table)
+    (directory / "del-00000090.arrow").write_bytes(sink.getvalue().to_pybytes())
+    (directory / "seg-00000091.arrow").write_bytes(b"ARROW1\x00\x00torn")
+    with vecstore.open(tmp_path) as db:
+        assert not db.damaged and len(db.get_collection("c")) == 10
+    assert arrow_files(directory) == {"seg-00000001.arrow"}

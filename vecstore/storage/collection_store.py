@@ -8,7 +8,10 @@ Layout::
     wal-<first seq>.log        the log of writes since the manifest's ``wal_seq``
 
 A checkpoint writes new files, fsyncs them, swaps the manifest, starts a new log file,
-and only then removes files that no manifest references any more.
+and only then removes files that no manifest references any more. Each new file records
+the manifest version meant to commit it and the last log record it covers, so opening
+removes the files a crash left unlisted but refuses (DataLoss) to remove files newer
+than the manifest, which an older manifest put back would otherwise delete.
 """
 
 from __future__ import annotations
@@ -127,8 +130,8 @@ class CollectionStore:
                     f"{self.directory / MANIFEST}: manifest version {self.manifest.version} "
                     f"(log replayable to record {self.seq}) is older than {path}, written "
                     f"for version {origin.version} after log record {origin.seq}; the "
-                    "manifest was restored from an older copy or newer ones were lost. "
-                    "Nothing was removed"
+                    "manifest was restored from an older copy, or newer manifests or log "
+                    "records were lost. Nothing was removed"
                 )
 
     # --- writes -------------------------------------------------------------------------
