@@ -1,6 +1,7 @@
 """Benchmarks: ``python -m bench run`` (recall and speed of codecs and peer libraries),
 ``python -m bench encode`` (encoding throughput), ``python -m bench storage`` (insert
-throughput and reopen time on disk), ``python -m bench load`` (a gRPC server under
+throughput and reopen time on disk), ``python -m bench merge`` (background merges under
+many small flushes), ``python -m bench load`` (a gRPC server under
 concurrent clients) and ``python -m bench plot`` (PNG plots of result files)."""
 
 from __future__ import annotations
@@ -95,6 +96,21 @@ def main(argv: list[str] | None = None) -> int:
                          help="scratch directory for the databases (deleted first)")
     storage.add_argument("--repeat", type=int, default=3)
 
+    merge = commands.add_parser("merge", help="many small flushes with background merges: "
+                                              "segments, search latency, write amplification")
+    merge.add_argument("--flushes", type=int, default=1000)
+    merge.add_argument("--rows", type=int, default=100, help="rows per flush")
+    merge.add_argument("--dim", type=int, default=64)
+    merge.add_argument("--codec", default="tq4")
+    merge.add_argument("--k", type=int, default=10)
+    merge.add_argument("--fanouts", default="2,3,4,off",
+                       help="comma-separated merge fanouts; 'off' turns merges off")
+    merge.add_argument("--rounds", type=int, default=5,
+                       help="alternating timing rounds of merged and compacted searches")
+    merge.add_argument("--seed", type=int, default=0)
+    merge.add_argument("--dir", default="bench/.cache/merge",
+                       help="scratch directory for the databases (deleted first)")
+
     load = commands.add_parser("load", help="load-test a gRPC server: insert throughput, "
                                             "QPS and latency percentiles per concurrency")
     where = load.add_mutually_exclusive_group(required=True)
@@ -127,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
         return storage_command(args)
     if args.command == "load":
         return load_command(args)
+    if args.command == "merge":
+        return merge_command(args)
     return run_command(args)
 
 
@@ -173,6 +191,33 @@ def storage_command(args: argparse.Namespace) -> int:
     for row in rows:
         row.update(dataset=dataset.name, machine=machine_info())
     print(f"results: {write_results(rows, f'storage-{dataset.name}')}")
+    return 0
+
+
+def merge_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench import merge
+
+    rows = []
+    for name in [f.strip() for f in args.fanouts.split(",") if f.strip()]:
+        fanout = None if name == "off" else int(name)
+        row = merge.measure(Path(args.dir) / name, fanout, flushes=args.flushes,
+                            rows=args.rows, dim=args.dim, codec=args.codec, k=args.k,
+                            rounds=args.rounds, seed=args.seed)
+        row["machine"] = machine_info()
+        rows.append(row)
+        print(f"fanout {name:>3}: {args.flushes} flushes of {args.rows} rows in "
+              f"{row['write_s']:.1f} s; segments max {row['segments_max']}, "
+              f"{row['segments_at_last_flush']} at the last flush, "
+              f"{row['segments_settled']} settled; write amplification "
+              f"{row['write_amplification']:.2f}; 1-query search {row['search_ms']:.2f} ms "
+              f"vs {row['compacted_search_ms']:.2f} ms compacted "
+              f"({row['latency_ratio']:.2f}x); during writes p50 "
+              f"{row['search_during_writes_p50_ms']:.2f} ms, p99 "
+              f"{row['search_during_writes_p99_ms']:.2f} ms "
+              f"({row['searches_during_writes']} searches)", flush=True)
+    print(f"results: {write_results(rows, 'merge')}")
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from vecstore._validate import MAX_RESULTS
 from vecstore.collection import Collection, SearchResult
 
 # Most queries stacked into one search (the embedded search's own query block).
@@ -76,9 +77,11 @@ class SearchBatcher:
         """Run one batch of ``kind`` (the leader's call first), then hand the lead on."""
         with self._lock:
             queued = self._queued[kind]
+            # A batch stays within one search's result limit (queries * k).
+            limit = min(self.max_queries, max(1, MAX_RESULTS // max(1, kind.k)))
             taken, total = 0, 0
             while taken < len(queued) and (
-                    taken == 0 or total + len(queued[taken].queries) <= self.max_queries):
+                    taken == 0 or total + len(queued[taken].queries) <= limit):
                 total += len(queued[taken].queries)
                 taken += 1
             batch, queued[:taken] = queued[:taken], []

@@ -258,7 +258,9 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
         return pb.StatsResponse(rows=stats["rows"], segments=stats["segments"],
                                 memtable_rows=stats["memtable_rows"],
                                 deleted_rows=stats["deleted_rows"],
-                                code_bytes=stats["code_bytes"], codec=collection.codec.spec,
+                                code_bytes=stats["code_bytes"], merges=stats["merges"],
+                                write_amplification=stats["write_amplification"],
+                                codec=collection.codec.spec,
                                 device=search_device(collection))
 
     @_errors_to_status

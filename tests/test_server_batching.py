@@ -100,6 +100,18 @@ def test_batches_hold_at_most_max_queries():
     assert not batcher._queued
 
 
+def test_batches_stay_within_one_search_result_limit(monkeypatch):
+    """Stacked calls never ask one search for more than MAX_RESULTS (queries * k) slots,
+    which a lone call of the same size would be allowed."""
+    monkeypatch.setattr("vecstore.server.batching.MAX_RESULTS", 12)
+    collection, batcher = GatedCollection(), SearchBatcher()
+    kind = SearchKind(collection, 3, None, "", None)
+    calls = [queries_of(i, n=2) for i in range(5)]
+    results = run_calls(batcher, kind, collection, calls)
+    assert collection.sizes == [1, 4, 4, 2]
+    assert [r.distances[0, 0] for r in results] == [float(i) for i in range(5)]
+
+
 def test_calls_of_different_kinds_never_share_a_batch():
     collection, batcher = GatedCollection(), SearchBatcher()
     blocked = SearchKind(collection, 1, None, "", None)

@@ -19,6 +19,7 @@ from vecstore.errors import (
     Unavailable,
     VecstoreError,
 )
+from vecstore.merge_policy import TieredMergePolicy
 
 __version__ = "0.1.0"
 
@@ -38,6 +39,7 @@ __all__ = [
     "PermissionDenied",
     "ResourceExhausted",
     "SearchResult",
+    "TieredMergePolicy",
     "Unauthenticated",
     "Unavailable",
     "VecstoreError",

@@ -252,12 +252,13 @@ class RemoteCollection:
         return codec_from_config(self.config()["codec"])
 
     def stats(self) -> dict:
-        """``rows``, ``segments``, ``memtable_rows``, ``deleted_rows`` and ``code_bytes``,
-        as ``Collection.stats()``."""
+        """``rows``, ``segments``, ``memtable_rows``, ``deleted_rows``, ``code_bytes``,
+        ``merges`` and ``write_amplification``, as ``Collection.stats()``."""
         stats = self._call("Stats", pb.StatsRequest(collection=self.name))
         return {"rows": stats.rows, "segments": stats.segments,
                 "memtable_rows": stats.memtable_rows, "deleted_rows": stats.deleted_rows,
-                "code_bytes": stats.code_bytes}
+                "code_bytes": stats.code_bytes, "merges": stats.merges,
+                "write_amplification": stats.write_amplification}
 
     def search_device(self) -> str:
         """Where the server runs this collection's searches: "cpu" or "gpu"."""

@@ -9,6 +9,7 @@ segment and persists tombstones, ``compact`` rewrites segments without deleted r
 from __future__ import annotations
 
 import threading
+import time
 import warnings
 from typing import Literal, NamedTuple
 
@@ -27,6 +28,7 @@ from vecstore.errors import (
     NotFound,
 )
 from vecstore.id_index import IdIndex
+from vecstore.merge_policy import TieredMergePolicy
 from vecstore.parts import Memtable, Part, Segment, gather, grow, search_mask
 from vecstore.search import cpu
 from vecstore.search.rescore import rerank
@@ -85,7 +87,7 @@ class Collection:
     def __init__(self, name: str, codec: Codec, metric: Metric, *,
                  store_vectors: str | None = None, rescore_codec: Codec | None = None,
                  store=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 device: str = "auto"):
+                 device: str = "auto", merge_policy: TieredMergePolicy | None = None):
         self.name = name
         self.codec = codec
         self.metric = metric
@@ -93,6 +95,7 @@ class Collection:
         self.store_vectors = store_vectors
         self.rescore_codec = rescore_codec
         self.segment_bytes = segment_bytes
+        self.merge_policy = merge_policy
         self.device = check_device(device)
         self._gpu = None
         self._store = store
@@ -104,6 +107,9 @@ class Collection:
         self._index = IdIndex()
         self._closed = False
         self._dropped = False
+        self._merger: threading.Thread | None = None
+        self._merging = merge_policy is not None
+        self._written = {"flushed": 0, "rewritten": 0, "merged": 0, "merges": 0}
 
     def __repr__(self) -> str:
         return (f"Collection(name={self.name!r}, dim={self.dim}, metric={self.metric!r}, "
@@ -169,13 +175,22 @@ class Collection:
 
     def stats(self) -> dict:
         """Counts: live ``rows``, ``segments``, ``memtable_rows``, ``deleted_rows`` not yet
-        compacted away, and ``code_bytes`` (bytes of codes and rescoring data of live rows)."""
+        compacted away, and ``code_bytes`` (bytes of codes and rescoring data of live rows).
+
+        Since the collection was opened: ``merges`` done in the background, and
+        ``write_amplification``, the bytes of rows written to segments (flushes, rewrites
+        by flush and compact, merges) over the bytes flushed from the memtable (1.0 until
+        something is rewritten; 0.0 before the first flush)."""
         with self._lock:
             dead = sum(s.dead for s in self._segments) + self._memtable.dead
+            written = self._written
+            total = written["flushed"] + written["rewritten"] + written["merged"]
             return {
                 "rows": len(self._index), "segments": len(self._segments),
                 "memtable_rows": self._memtable.count - self._memtable.dead,
                 "deleted_rows": dead, "code_bytes": len(self._index) * self.bytes_per_vector,
+                "merges": written["merges"],
+                "write_amplification": total / written["flushed"] if written["flushed"] else 0.0,
             }
 
     # --- lifecycle ----------------------------------------------------------------------
@@ -188,7 +203,8 @@ class Collection:
 
     def close(self) -> None:
         """Flush to disk (on-disk collections) and close. Safe to call more than once;
-        the collection raises Closed afterwards."""
+        the collection raises Closed afterwards. A merge in progress finishes first."""
+        self._stop_merging()
         with self._lock:
             if self._closed:
                 return
@@ -203,6 +219,7 @@ class Collection:
     def _abandon(self) -> None:
         """Close without flushing: the collection is being dropped, and calls on it raise
         NotFound from now on (never Closed, which a client would retry)."""
+        self._stop_merging()
         with self._lock:
             self._dropped = True
             self._closed = True
@@ -490,6 +507,9 @@ class Collection:
             columns = {n: c[: mem.count] for n, c in mem.columns.items() if n != "live"}
             sources.append((columns, live, tuple(mem.metadata), tuple(mem.sizes)))
         sealed = self._seal(sources)
+        row_bytes = self._row_bytes()
+        self._written["rewritten"] += sum(s.rows - s.dead for s in rewrite) * row_bytes
+        self._written["flushed"] += (mem.count - mem.dead) * row_bytes
         for segment in keep:
             if segment.tombstones_changed and self._store is not None:
                 deleted = segment.columns[rows.ID][~segment.live]
@@ -502,6 +522,98 @@ class Collection:
         self._segments = segments
         self._memtable = self._new_memtable()
         self._rebuild_index()
+        self._schedule_merge()
+
+    # --- background merges --------------------------------------------------------------
+
+    def _merge_plan(self) -> list[Segment]:
+        """The segments the merge policy would merge next (the lock is held)."""
+        if not self._merging or self._closed:
+            return []
+        row_bytes = self._row_bytes()
+        sizes = [(s.rows - s.dead) * row_bytes for s in self._segments]
+        return [self._segments[i] for i in self.merge_policy.plan(sizes, self.segment_bytes)]
+
+    def _schedule_merge(self) -> None:
+        """Start the merge thread when a merge is due and none runs (the lock is held)."""
+        if self._merger is None and self._merge_plan():
+            self._merger = threading.Thread(target=self._merge_loop, daemon=True,
+                                            name=f"vecstore-merge {self.name}")
+            self._merger.start()
+
+    def _merge_loop(self) -> None:
+        """Merge while the policy finds work. Sources are read and the merged segment
+        written outside the lock, so searches and writes go on; only the swap locks."""
+        while True:
+            with self._lock:
+                sources = self._merge_plan()
+                if not sources:
+                    self._merger = None
+                    return
+                lives = [s.live for s in sources]
+            try:
+                merged = self._seal([(s.columns, live, (s.metadata,), (s.rows,))
+                                     for s, live in zip(sources, lives, strict=True)])
+                with self._lock:
+                    self._install_merge(sources, lives, merged)
+            except Exception as exc:  # the segments stay as they are; a later flush retries
+                warnings.warn(f"collection {self.name!r}: background merge failed: {exc}",
+                              RuntimeWarning, stacklevel=1)
+                with self._lock:
+                    self._merger = None
+                return
+
+    def _install_merge(self, sources: list[Segment], lives: list, merged: list[Segment]
+                       ) -> None:
+        """Swap ``merged`` in for ``sources`` (the lock is held). Rows deleted since the
+        sources were read become tombstones of the merged segment. Nothing is swapped, and
+        the new files are removed, when a flush or compaction rewrote a source meanwhile."""
+        if self._closed or not all(any(s is t for t in self._segments) for s in sources):
+            if self._store is not None:
+                for segment in merged:
+                    self._store.discard(segment.record)
+            return
+        gone = [s.columns[rows.ID][(np.ones(s.rows, bool) if before is None else before)
+                                   & ~s.live]
+                for s, before in zip(sources, lives, strict=True) if s.live is not before]
+        deleted = np.concatenate(gone) if gone else np.empty(0, dtype=np.int64)
+        for segment in merged:
+            live = ~np.isin(segment.columns[rows.ID], deleted)
+            if not live.all():
+                segment.live = live
+                if self._store is not None:
+                    segment.record = self._store.write_tombstones(
+                        segment.record, segment.columns[rows.ID][~live])
+        first = next(i for i, s in enumerate(self._segments) if s is sources[0])
+        rest = [s for s in self._segments if not any(s is t for t in sources)]
+        segments = rest[:first] + merged + rest[first:]
+        if self._store is not None:
+            self._store.replace_segments(tuple(s.record for s in segments))
+        self._segments = segments
+        self._rebuild_index()
+        self._written["merged"] += sum(s.rows for s in merged) * self._row_bytes()
+        self._written["merges"] += 1
+
+    def _stop_merging(self) -> None:
+        """Let a running merge finish and start no more (the lock is not held)."""
+        with self._lock:
+            self._merging = False
+            merger = self._merger
+        if merger is not None:
+            merger.join()
+
+    def wait_for_merges(self, timeout: float | None = None) -> bool:
+        """Block until no background merge is due or running; False if ``timeout`` seconds
+        passed first."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with self._lock:
+                merger = self._merger
+            if merger is None:
+                return True
+            merger.join(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            if merger.is_alive():
+                return False
 
     def _seal(self, sources) -> list[Segment]:
         """New segments holding the live rows of ``sources`` (columns, live mask, metadata
@@ -561,6 +673,8 @@ class Collection:
             raise DataLoss(f"{self._store.directory}: an id is stored in more than one row")
         for record in records:
             self._replay(record)
+        with self._lock:
+            self._schedule_merge()
 
     def _replay(self, record) -> None:
         batch, meta = rows.from_table(record.table)

@@ -16,9 +16,11 @@ from vecstore.collection import (
     check_device,
 )
 from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
+from vecstore.merge_policy import TieredMergePolicy
 
 DURABILITIES = ("sync", "batch")
 DEFAULT_SYNC_INTERVAL = 0.05
+DEFAULT_MERGE_POLICY = TieredMergePolicy()
 
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -62,8 +64,10 @@ class Database:
 
     def __init__(self, path: Path | None = None, *, durability: str = "sync",
                  sync_interval: float = DEFAULT_SYNC_INTERVAL,
-                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto"):
+                 segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto",
+                 merge_policy: TieredMergePolicy | None = DEFAULT_MERGE_POLICY):
         self.path = path
+        self.merge_policy = merge_policy
         self.device = check_device(device)
         self.durability = durability
         self.sync_interval = sync_interval
@@ -121,7 +125,8 @@ class Database:
         return Collection(config["name"], codec, config["metric"],
                           store_vectors=config.get("store_vectors"),
                           rescore_codec=codec_from_config(finer) if finer else None,
-                          store=store, segment_bytes=self.segment_bytes, device=self.device)
+                          store=store, segment_bytes=self.segment_bytes, device=self.device,
+                          merge_policy=self.merge_policy)
 
     def create_collection(self, name: str, *, dim: int, metric: str = "cosine",
                           codec: str = "tq4", seed: int = 0, rotation: str = "auto",
@@ -160,7 +165,7 @@ class Database:
                 raise AlreadyExists(f"collection {name!r} already exists")
             collection = Collection(name, coder, metric, store_vectors=store_vectors,
                                     rescore_codec=finer, segment_bytes=self.segment_bytes,
-                                    device=self.device)
+                                    device=self.device, merge_policy=self.merge_policy)
             if self._dir is not None:
                 collection._store = self._dir.create_collection(
                     name, collection.config(), self.durability, self.sync_interval)
@@ -233,7 +238,8 @@ def _each(collections: list[Collection], action) -> None:
 
 def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # noqa: A001
          sync_interval: float = DEFAULT_SYNC_INTERVAL,
-         segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto") -> Database:
+         segment_bytes: int = DEFAULT_SEGMENT_BYTES, device: str = "auto",
+         merge_policy: TieredMergePolicy | None = DEFAULT_MERGE_POLICY) -> Database:
     """Open a database: in memory with no ``path``, else the directory at ``path``,
     created if absent.
 
@@ -245,6 +251,9 @@ def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # 
         of the last interval.
     segment_bytes : int
         The memtable is sealed into a segment file once its rows take this many bytes.
+    merge_policy : TieredMergePolicy or None
+        How sealed segments below ``segment_bytes`` merge in the background (size-tiered,
+        three segments of a tier at a time by default); None leaves them to ``compact()``.
     device : {"auto", "cpu", "gpu"}
         Where searches scan codes. ``auto`` uses the GPU when CuPy sees a CUDA device and
         the codec has a GPU kernel (``tq{b}``, ``tq{b}c``, PQ, asymmetric MIB), else the
@@ -261,6 +270,9 @@ def open(path: str | os.PathLike | None = None, *, durability: str = "sync",  # 
     if isinstance(segment_bytes, bool) or not isinstance(segment_bytes, int) \
             or segment_bytes < 1:
         raise InvalidArgument(f"segment_bytes must be a positive integer, got {segment_bytes!r}")
+    if merge_policy is not None and not isinstance(merge_policy, TieredMergePolicy):
+        raise InvalidArgument(f"merge_policy must be a TieredMergePolicy or None, got "
+                              f"{type(merge_policy).__name__}")
     return Database(None if path is None else Path(path), durability=durability,
                     sync_interval=float(sync_interval), segment_bytes=segment_bytes,
-                    device=check_device(device))
+                    device=check_device(device), merge_policy=merge_policy)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,7 @@ class CollectionStore:
         # Files written since open that no manifest has listed yet (a merge in progress
         # commits them later): commits leave them alone.
         self._pending: set[str] = set()
+        self._files_lock = threading.Lock()
 
     # --- creation and loading -----------------------------------------------------------
 
@@ -146,16 +148,20 @@ class CollectionStore:
         self.seq += 1
 
     def _file_name(self, prefix: str) -> Path:
-        name = f"{prefix}-{self._next_file:08d}.arrow"
-        self._next_file += 1
+        """A new file's path, pending until a manifest lists it. Safe to call from a
+        background merge while the collection writes."""
+        with self._files_lock:
+            name = f"{prefix}-{self._next_file:08d}.arrow"
+            self._next_file += 1
+            self._pending.add(name)
         return self.directory / name
 
     def _origin(self, path: Path) -> Origin:
         """The origin to record in a new file: the next manifest version and the last
         logged write, which is made durable first so the log always covers the file."""
+        seq = self.seq
         self.sync()
-        self._pending.add(path.name)
-        return Origin(self.manifest.version + 1, self.seq)
+        return Origin(self.manifest.version + 1, seq)
 
     def write_segment(self, columns: rows.Columns, metadata: pa.Table
                       ) -> tuple[rows.Columns, pa.Table, None, SegmentRecord]:
@@ -183,19 +189,41 @@ class CollectionStore:
             next_id=next_id, wal_seq=self.seq, next_file=self._next_file, segments=segments,
             metadata_schema=metadata_schema,
         )
-        save_manifest(self.directory, manifest)
-        self.manifest = manifest
-        self._pending -= manifest.files()
+        self._save(manifest)
         if self._writer is not None:
             self._writer.close()
             self._writer = None
         self._remove_unreferenced()
 
+    def replace_segments(self, segments: tuple[SegmentRecord, ...]) -> None:
+        """Swap in a manifest listing ``segments`` that covers the log no further than the
+        current one (a merge: the memtable's rows stay in the log), and remove the files
+        only the old manifest listed."""
+        self._save(self.manifest.evolve(segments=segments, next_file=self._next_file))
+        self._remove_unreferenced()
+
+    def discard(self, record: SegmentRecord) -> None:
+        """Remove the files of a segment no manifest will list (a merge given up)."""
+        for entry in (record.segment, record.tombstones):
+            if entry is not None:
+                with self._files_lock:
+                    self._pending.discard(entry.file)
+                remove_quietly(self.directory / entry.file)
+
+    def _save(self, manifest: Manifest) -> None:
+        save_manifest(self.directory, manifest)
+        self.manifest = manifest
+        with self._files_lock:
+            self._pending -= manifest.files()
+
     def _remove_unreferenced(self) -> None:
         """Delete files the manifest does not reference: replaced segments and tombstones,
         temp files, and (when no log file is open) logs the manifest fully covers."""
-        live = self.manifest.files() | self._pending
-        for path in self.directory.iterdir():
+        # Listed before the pending names are read: a file is pending before it exists.
+        paths = list(self.directory.iterdir())
+        with self._files_lock:
+            live = self.manifest.files() | self._pending
+        for path in paths:
             name = path.name
             if name.endswith(".tmp") or (name.endswith(".arrow") and name not in live):
                 remove_quietly(path)

@@ -239,7 +239,7 @@ class StatsRequest(_message.Message):
     def __init__(self, collection: _Optional[str] = ...) -> None: ...
 
 class StatsResponse(_message.Message):
-    __slots__ = ("rows", "segments", "memtable_rows", "deleted_rows", "code_bytes", "codec", "device")
+    __slots__ = ("rows", "segments", "memtable_rows", "deleted_rows", "code_bytes", "codec", "device", "merges", "write_amplification")
     ROWS_FIELD_NUMBER: _ClassVar[int]
     SEGMENTS_FIELD_NUMBER: _ClassVar[int]
     MEMTABLE_ROWS_FIELD_NUMBER: _ClassVar[int]
@@ -247,6 +247,8 @@ class StatsResponse(_message.Message):
     CODE_BYTES_FIELD_NUMBER: _ClassVar[int]
     CODEC_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    MERGES_FIELD_NUMBER: _ClassVar[int]
+    WRITE_AMPLIFICATION_FIELD_NUMBER: _ClassVar[int]
     rows: int
     segments: int
     memtable_rows: int
@@ -254,7 +256,9 @@ class StatsResponse(_message.Message):
     code_bytes: int
     codec: str
     device: str
-    def __init__(self, rows: _Optional[int] = ..., segments: _Optional[int] = ..., memtable_rows: _Optional[int] = ..., deleted_rows: _Optional[int] = ..., code_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., device: _Optional[str] = ...) -> None: ...
+    merges: int
+    write_amplification: float
+    def __init__(self, rows: _Optional[int] = ..., segments: _Optional[int] = ..., memtable_rows: _Optional[int] = ..., deleted_rows: _Optional[int] = ..., code_bytes: _Optional[int] = ..., codec: _Optional[str] = ..., device: _Optional[str] = ..., merges: _Optional[int] = ..., write_amplification: _Optional[float] = ...) -> None: ...
 
 class ServerInfoRequest(_message.Message):
     __slots__ = ()
