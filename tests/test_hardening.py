@@ -218,3 +218,32 @@ def test_calls_on_a_dropped_collection_are_not_found_not_retryable(on_disk, word
             call()
     assert len(again) == 0
 
+
+
+def test_a_remote_insert_racing_a_drop_is_not_retried_into_the_new_collection(wordnet,
+                                                                               monkeypatch):
+    """The servicer has the collection in hand when it is dropped (and re-created): the
+    insert fails NOT_FOUND, which the client does not retry, so nothing lands in the new
+    collection of the same name."""
+    pytest.importorskip("grpc")
+    from vecstore.server import serve
+    from vecstore.server.servicer import VecstoreServicer
+
+    original = VecstoreServicer._collection
+    raced = []
+
+    def collection_then_drop(self, name):
+        found = original(self, name)
+        if not raced:
+            raced.append(name)
+            self.db.drop_collection(name)
+            self.db.create_collection(name, dim=384, codec="tq4")
+        return found
+
+    monkeypatch.setattr(VecstoreServicer, "_collection", collection_then_drop)
+    with serve(None, port=0) as server, vecstore.Client(server.address) as client:
+        docs = client.create_collection("docs", dim=384, codec="tq4")
+        with pytest.raises(NotFound, match="'docs' was dropped"):
+            docs.add(wordnet["base"][:3])
+        assert raced == ["docs"]
+        assert len(client.get_collection("docs")) == 0
