@@ -185,3 +185,36 @@ def test_merges_off_leave_every_flushed_segment(tmp_path):
         _flushed(c, 12)
         assert c.wait_for_merges(1)
         assert c.stats()["segments"] == 12 and c.stats()["merges"] == 0
+
+
+def _flush_while_merges_lag(tmp_path, monkeypatch, backlog: int) -> int:
+    """The most segments seen after 80 fast flushes with slowed-down merges."""
+    import time
+
+    monkeypatch.setattr("vecstore.collection.MERGE_BACKLOG", backlog)
+    original = Collection._seal
+
+    def slow_seal(self, sources):
+        if threading.current_thread().name.startswith("vecstore-merge"):
+            time.sleep(0.05)
+        return original(self, sources)
+
+    monkeypatch.setattr(Collection, "_seal", slow_seal)
+    most = 0
+    with vecstore.open(tmp_path / "db", durability="batch") as db:
+        c = db.create_collection("slow", dim=DIM, metric="ip", codec="flat")
+        for b in range(80):
+            ids = np.arange(b * 20, (b + 1) * 20)
+            c.add(vectors(ids), ids=ids)
+            c.flush()
+            most = max(most, c.stats()["segments"])
+        assert c.wait_for_merges(30) and len(c) == 1600
+    return most
+
+
+def test_flushes_wait_for_merges_that_fall_behind(tmp_path, monkeypatch):
+    """Flushing keeps going while merges lag, but leaves at most MERGE_BACKLOG small
+    segments (plus the one a flush adds) for searches to visit; without the wait, the
+    same writes pile up more."""
+    assert _flush_while_merges_lag(tmp_path / "a", monkeypatch, backlog=12) <= 13
+    assert _flush_while_merges_lag(tmp_path / "b", monkeypatch, backlog=10**6) > 13

@@ -50,6 +50,9 @@ GATHER_FRACTION = 0.25
 SCAN_CANDIDATES = 1 << 22
 # The largest id; automatic ids stop there.
 MAX_ID = int(np.iinfo(np.int64).max)
+# Explicit flushes wait for background merges while more segments than this are below
+# full size (the policy keeps far fewer once merges settle).
+MERGE_BACKLOG = 48
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
 DEVICES = ("auto", "cpu", "gpu")
 
@@ -472,8 +475,10 @@ class Collection:
 
     def flush(self) -> None:
         """Seal the memtable into a segment and persist deletions; on disk, the log is
-        then empty. Segments mostly deleted are rewritten on the way."""
+        then empty. Segments mostly deleted are rewritten on the way. While background
+        merges lag more than MERGE_BACKLOG small segments behind, it waits for them."""
         self._check_open()
+        self._wait_for_merge_backlog()
         with self._lock:
             self._check_open()
             self._checkpoint(merge=False)
@@ -601,6 +606,20 @@ class Collection:
             merger = self._merger
         if merger is not None:
             merger.join()
+
+    def _wait_for_merge_backlog(self) -> None:
+        """Wait while a merge runs and more than MERGE_BACKLOG segments are below full size
+        (the lock is not held), so that flushes faster than merges cannot pile up
+        segments for every search to visit."""
+        while True:
+            with self._lock:
+                merger = self._merger
+                row_bytes = self._row_bytes()
+                small = sum((s.rows - s.dead) * row_bytes < self.segment_bytes
+                            for s in self._segments)
+            if merger is None or small <= MERGE_BACKLOG:
+                return
+            merger.join(0.05)
 
     def wait_for_merges(self, timeout: float | None = None) -> bool:
         """Block until no background merge is due or running; False if ``timeout`` seconds
