@@ -16,27 +16,45 @@ drawn from SEED, of
 * ``add`` of fresh ids (sometimes re-adding deleted ones), explicit or auto-assigned;
 * ``upsert`` of present ids, deleted ids and fresh ids, with new vectors;
 * ``delete`` of present ids (and an absent one now and then);
-* explicit ``flush()`` and ``compact()``.
+* explicit ``flush()`` and ``compact()``;
+
+and, on a second collection ``trained`` (codec ``pq2x8``, which learns from data, with
+the float32 vectors stored so that ``get`` returns them exactly), of its life cycle:
+
+* ``create`` while it is absent;
+* ``train`` on the seeded sample ``training_sample(s)`` while it is new and empty;
+* ``add`` of fresh ids and ``delete`` of present ones once it is trained;
+* ``drop`` (``Database.drop_collection``), trained or not, empty or not.
 
 The vector of id ``i`` written at version ``v`` is ``vector(i, v)``, so the test
 regenerates every row exactly. Before each operation it prints
 ``{"intent": {...}}`` and after it returns ``{...}`` (the acknowledgement, the same
-operation with the ids actually written and, for delete, the count removed); for flush and
-compact the two lines are ``{"begin": "flush"}`` and ``{"end": "flush"}``. Each line is
-flushed at once, so every acknowledged write is on the test's pipe before the next
-operation starts.
+operation with the ids actually written, for delete the count removed, for train the
+digest of the trained codec's config); operations on ``trained`` name it in
+``"collection"``. For flush and compact the two lines are ``{"begin": "flush"}`` and
+``{"end": "flush"}``. Each line is flushed at once, so every acknowledged write is on the
+test's pipe before the next operation starts.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 import time
 
 import numpy as np
 
+import vecstore
+
 DIM = 16
 COLLECTION = "crash"
+TRAINED = "trained"
+TRAINED_CODEC = "pq2x8"  # 256 centroids in each of two 8-d halves: k-means to train
+CODEC_SEED = 7
+TRAIN_ROWS = 2048
+# The trained collection stays small: past this size its deletes dominate.
+TRAINED_ROWS = 200
 # 64-byte flat codes + 12 bytes of id and norm: about 100 rows a segment, so adds
 # trigger automatic flushes and compaction has many small segments to merge.
 SEGMENT_BYTES = 8192
@@ -45,9 +63,14 @@ TARGET_ROWS = 1500
 # Safety net should the test die without killing us.
 MAX_SECONDS = 120.0
 
-# Operation weights: flush about every 4 operations, compact about every 9.
+# Operation weights: flush about every 4 operations, compact about every 9. The trained
+# collection's operations (each only in the states that allow it) take about one step in
+# seven, and a life cycle, creation to drop, lasts about 50 steps.
 WEIGHTS = {"add": 0.22, "add_auto": 0.08, "upsert": 0.16, "delete": 0.19,
-           "flush": 0.24, "compact": 0.11}
+           "flush": 0.24, "compact": 0.11,
+           "create": 0.10, "train": 0.10, "drop": 0.04, "add_trained": 0.10,
+           "delete_trained": 0.04}
+TRAINED_OPS = ("create", "train", "drop", "add_trained", "delete_trained")
 
 
 def vector(id_: int, version: int) -> np.ndarray:
@@ -63,19 +86,34 @@ def vectors(ids, version: int) -> np.ndarray:
     return out
 
 
+def training_sample(seed: int) -> np.ndarray:
+    """The (TRAIN_ROWS, DIM) float32 sample the trained collection is trained on."""
+    rng = np.random.default_rng([int(seed), TRAIN_ROWS])
+    return rng.standard_normal((TRAIN_ROWS, DIM), dtype=np.float32)
+
+
+def codec_digest(config: dict) -> str:
+    """A short digest of a codec's ``to_config()``, equal for equal configs."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def emit(obj) -> None:
     sys.stdout.write(json.dumps(obj) + "\n")
     sys.stdout.flush()
 
 
 class Writer:
-    def __init__(self, collection, state: dict, rng: np.random.Generator):
+    def __init__(self, db, collection, state: dict, rng: np.random.Generator):
+        self.db = db
         self.c = collection
         self.rng = rng
         self.present = {int(k): int(v) for k, v in state["present"].items()}
         self.dead = [int(i) for i in state["dead"]]
         self.max_used = int(state["max_used"])
         self.version = int(state["next_version"])
+        self.t = db.get_collection(TRAINED) if TRAINED in db else None
+        self.t_present = {int(k): int(v) for k, v in state["trained"]["present"].items()}
+        self.t_max_used = int(state["trained"]["max_used"])
 
     def fresh(self, n: int) -> list[int]:
         return list(range(self.max_used + 1, self.max_used + 1 + n))
@@ -108,10 +146,22 @@ class Writer:
             weights["upsert"] = weights["delete"] = 0.0
         elif len(self.present) > TARGET_ROWS:
             weights["delete"] *= 4
+        weights.update(self.trained_weights())
         names = list(weights)
         p = np.array([weights[n] for n in names])
         op = names[self.rng.choice(len(names), p=p / p.sum())]
         getattr(self, "op_" + op)()
+
+    def trained_weights(self) -> dict[str, float]:
+        """The trained collection's operation weights, zero where its state rules one out."""
+        allowed = ["create"]
+        if self.t is not None:
+            allowed = ["drop", "add_trained"] if self.t.codec.is_trained else ["drop", "train"]
+        weights = {op: WEIGHTS[op] if op in allowed else 0.0 for op in TRAINED_OPS}
+        if self.t_present:
+            scale = 4 if len(self.t_present) > TRAINED_ROWS else 1
+            weights["delete_trained"] = WEIGHTS["delete_trained"] * scale
+        return weights
 
     def op_add(self) -> None:
         ids = self.fresh(int(self.rng.integers(1, 41)))
@@ -169,11 +219,53 @@ class Writer:
         self.c.compact()
         emit({"end": "compact"})
 
+    def op_create(self) -> None:
+        emit({"intent": {"op": "create", "collection": TRAINED}})
+        self.t = self.db.create_collection(TRAINED, dim=DIM, metric="ip", codec=TRAINED_CODEC,
+                                           seed=CODEC_SEED, store_vectors="float32")
+        emit({"op": "create", "collection": TRAINED})
+
+    def op_train(self) -> None:
+        sample = int(self.rng.integers(0, 1 << 31))
+        emit({"intent": {"op": "train", "collection": TRAINED, "sample": sample}})
+        self.t.train(training_sample(sample))
+        emit({"op": "train", "collection": TRAINED, "sample": sample,
+              "codec": codec_digest(self.t.config()["codec"])})
+
+    def op_drop(self) -> None:
+        emit({"intent": {"op": "drop", "collection": TRAINED}})
+        self.db.drop_collection(TRAINED)
+        self.t = None
+        self.t_present = {}
+        emit({"op": "drop", "collection": TRAINED})
+
+    def op_add_trained(self) -> None:
+        ids = list(range(self.t_max_used + 1, self.t_max_used + 1 + int(self.rng.integers(1, 31))))
+        version = self.version
+        self.version += 1
+        emit({"intent": {"op": "add", "collection": TRAINED, "ids": ids, "version": version}})
+        got = self.t.add(vectors(ids, version), ids=np.array(ids, dtype=np.int64))
+        self.t_present.update(dict.fromkeys(ids, version))
+        self.t_max_used = ids[-1]
+        emit({"op": "add", "collection": TRAINED, "ids": [int(i) for i in got],
+              "version": version})
+
+    def op_delete_trained(self) -> None:
+        keys = list(self.t_present)
+        most = 20 if len(keys) <= TRAINED_ROWS else 60
+        n = int(self.rng.integers(1, min(most, len(keys)) + 1))
+        ids = [keys[i] for i in sorted(self.rng.choice(len(keys), size=n, replace=False))]
+        if self.rng.random() < 0.2:
+            ids.append(self.t_max_used + 1)  # absent: ignored
+        emit({"intent": {"op": "delete", "collection": TRAINED, "ids": ids}})
+        count = self.t.delete(np.array(ids, dtype=np.int64))
+        for id_ in ids:
+            self.t_present.pop(id_, None)
+        emit({"op": "delete", "collection": TRAINED, "ids": ids, "count": int(count)})
+
 
 def main(argv: list[str]) -> int:
     directory, seed, state_path, durability = argv[1], int(argv[2]), argv[3], argv[4]
-    import vecstore
-
     emit({"ready": True})
     if not sys.stdin.readline():
         return 0  # the test went away before starting us
@@ -185,7 +277,7 @@ def main(argv: list[str]) -> int:
     else:
         collection = db.create_collection(COLLECTION, dim=DIM, metric="ip", codec="flat")
     emit({"opened": len(collection)})
-    writer = Writer(collection, state, np.random.default_rng(seed))
+    writer = Writer(db, collection, state, np.random.default_rng(seed))
     deadline = time.monotonic() + MAX_SECONDS
     while time.monotonic() < deadline:
         writer.step()

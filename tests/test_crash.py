@@ -1,25 +1,33 @@
 """Crash recovery: a writer process killed with SIGKILL loses no acknowledged write.
 
 Each cycle starts ``tests/crash_writer.py`` on the same database directory, lets it write
-(adds, upserts, deletes, flushes, compactions; it prints an intent line before each
+(adds, upserts, deletes, flushes, compactions in collection ``crash``; creation, training,
+adds, deletes and drops of collection ``trained``; it prints an intent line before each
 operation and an acknowledgement after it), kills it with SIGKILL at a random moment,
 then reopens the database in this process and checks it against a model built from the
 acknowledgements:
 
 * the ids present are exactly the model's (no phantom, no duplicate, deleted ids absent),
-  each with exactly the vector the model says (codec ``flat`` stores float32 exactly);
+  each with exactly the vector the model says (codec ``flat`` stores float32 exactly,
+  ``trained`` keeps its float32 vectors);
+* ``trained`` exists exactly when the model says (an acknowledged drop is final), and its
+  codec's config is the untrained one or, once a training was acknowledged, the one that
+  training ``pq2x8`` on the same sample gives in this process;
 * the one operation in flight at the kill (intent printed, no acknowledgement) is
   all-or-nothing: the database equals the model without it or with it, nothing between;
 * ids auto-assigned by ``add`` continue from the largest id ever used;
 * search results equal a brute-force float32 scan of the model (distances to 1e-5,
-  ids wherever the distances are distinct).
+  ids wherever the distances are distinct); in ``trained`` after reranking every row.
 
-Kills are timed three ways: a random 20-150 ms after the writer's first acknowledgement,
-a few milliseconds after it announces a flush or compaction, and right after it is told
-to open the database (so some land during recovery itself). The test asserts that some
-kills landed inside flush or compact; the counts, and the kills that left a temporary
-manifest or unreferenced files behind (a checkpoint or manifest swap cut short), are
-printed (``pytest -s``). Half the cycles check a copy of the directory, so that the next
+Kills are timed four ways: a random 20-150 ms after the writer's first acknowledgement,
+a few milliseconds after it announces a flush or compaction, a few milliseconds after it
+announces a creation, training or drop, and right after it is told to open the database
+(so some land during recovery itself). Background merges run in the writer all along, so
+kills land in them too. The test asserts that some kills landed inside flush or compact
+and some inside train or drop; the kills inside each kind of operation, the operations in
+flight that were applied or lost, and the kills that left a temporary manifest or
+unreferenced files behind (a checkpoint or manifest swap cut short), are printed
+(``pytest -s``). Half the cycles check a copy of the directory, so that the next
 writer itself recovers the database as the kill left it (replays the log) and writes on.
 
 ``test_sigkill_while_creating_the_database`` kills a process stalled inside the creation
@@ -39,6 +47,7 @@ Environment:
 from __future__ import annotations
 
 import collections
+import functools
 import importlib.util
 import json
 import os
@@ -50,14 +59,15 @@ import sys
 import threading
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import vecstore
-from vecstore import NotFound
+from vecstore import NotFound, make_codec
+from vecstore._validate import MAX_RESCORE
 
 REPO = Path(__file__).resolve().parent.parent
 WRITER_SCRIPT = Path(__file__).resolve().parent / "crash_writer.py"
@@ -71,6 +81,15 @@ BASE_SEED = int(os.environ.get("VECSTORE_CRASH_SEED", str(np.random.SeedSequence
                                                           % (1 << 31))))
 LOOKAHEAD = 2  # writers started ahead of their cycle
 STARTUP_TIMEOUT = 60.0  # seconds for a writer to import vecstore and acknowledge a write
+TRAINED = crash_writer.TRAINED
+# The operations of the trained collection's life cycle a "lifecycle" kill aims at, how
+# often, and how long after the writer announces one the kill may come: training is
+# k-means on 2,048 rows plus a manifest swap (25-35 ms on an idle core, more while other
+# writers start), a drop or a creation a few renames and fsyncs (about 1 ms; a kill as
+# soon as the test reads the announcement lands before the rename, 1 ms later mostly
+# after it).
+LIFECYCLE_TARGETS = {"train": 0.4, "drop": 0.45, "create": 0.15}
+LIFECYCLE_KILL_DELAY = {"train": 0.04, "drop": 0.0015, "create": 0.0015}
 
 
 # --- the writer process -------------------------------------------------------------------
@@ -161,6 +180,63 @@ class WriterProcess:
 # --- the model ----------------------------------------------------------------------------
 
 
+def untrained_codec():
+    return make_codec(crash_writer.TRAINED_CODEC, dim=crash_writer.DIM,
+                      seed=crash_writer.CODEC_SEED)
+
+
+UNTRAINED = crash_writer.codec_digest(untrained_codec().to_config())
+
+
+@functools.cache
+def trained_digest(sample: int) -> str:
+    """The digest of the trained collection's codec config once trained on ``sample``."""
+    codec = untrained_codec()
+    codec.train(crash_writer.training_sample(sample))
+    return crash_writer.codec_digest(codec.to_config())
+
+
+def on_trained(op: dict | None) -> bool:
+    return op is not None and op.get("collection") == TRAINED
+
+
+def kind(op: dict) -> str:
+    """The operation's name in the summary: ``add`` ... ``drop``, ``add trained``."""
+    if on_trained(op) and op["op"] in ("add", "delete"):
+        return f"{op['op']} trained"
+    return op["op"]
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """What collection ``trained`` must be: absent (``codec`` None), or present with the
+    digest of its codec's config and id -> version of its rows."""
+
+    codec: str | None = None
+    present: dict[int, int] = field(default_factory=dict)
+    max_used: int = -1
+
+    def applied(self, op: dict) -> TrainedModel:
+        """The collection after ``op`` (create, train, add, delete or drop)."""
+        if op["op"] == "create":
+            return replace(self, codec=UNTRAINED, present={})
+        if op["op"] == "drop":
+            return replace(self, codec=None, present={})
+        if op["op"] == "train":
+            return replace(self, codec=trained_digest(op["sample"]))
+        present = dict(self.present)
+        if op["op"] == "delete":
+            for id_ in op["ids"]:
+                present.pop(id_, None)
+            return replace(self, present=present)
+        present.update(dict.fromkeys(op["ids"], op["version"]))
+        return replace(self, present=present, max_used=max(self.max_used, *op["ids"]))
+
+    def state(self) -> dict:
+        return {"present": {str(k): v for k, v in self.present.items()},
+                "max_used": self.max_used}
+
+
 class Model:
     """What the database must hold: id -> version of its vector, and the history."""
 
@@ -169,6 +245,7 @@ class Model:
         self.dead: set[int] = set()  # ids deleted and not present now
         self.max_used = -1
         self.next_version = 1
+        self.trained = TrainedModel()
         self._vectors: dict[tuple[int, int], np.ndarray] = {}
 
     def vector(self, id_: int, version: int) -> np.ndarray:
@@ -189,6 +266,10 @@ class Model:
         return present
 
     def apply(self, op: dict) -> None:
+        self.next_version = max(self.next_version, op.get("version", 0) + 1)
+        if on_trained(op):
+            self.trained = self.trained.applied(op)
+            return
         after = self.applied(op)
         if op["op"] == "delete":
             self.dead |= set(self.present) - set(after)
@@ -196,7 +277,6 @@ class Model:
             self.dead -= set(op["ids"])
             self.max_used = max(self.max_used, *op["ids"])
         self.present = after
-        self.next_version = max(self.next_version, op.get("version", 0) + 1)
 
     def state(self, rng: np.random.Generator) -> dict:
         """The writer's starting state (a sample of the deleted ids)."""
@@ -204,7 +284,8 @@ class Model:
         if len(dead) > 300:
             dead = sorted(int(i) for i in rng.choice(dead, size=300, replace=False))
         return {"present": {str(k): v for k, v in self.present.items()}, "dead": dead,
-                "max_used": self.max_used, "next_version": self.next_version}
+                "max_used": self.max_used, "next_version": self.next_version,
+                "trained": self.trained.state()}
 
     def matrix(self, present: dict[int, int]) -> tuple[np.ndarray, np.ndarray]:
         ids = np.array(sorted(present), dtype=np.int64)
@@ -221,14 +302,16 @@ class Model:
 class Summary:
     cycles: int = 0
     kill_modes: dict[str, int] = field(default_factory=dict)
-    killed_in: dict[str, int] = field(default_factory=dict)  # flush/compact/open/write/idle
-    in_flight_applied: int = 0
-    in_flight_lost: int = 0
+    # open, idle, flush, compact, or the kind() of the operation in flight
+    killed_in: dict[str, int] = field(default_factory=dict)
+    in_flight_applied: dict[str, int] = field(default_factory=dict)  # by kind()
+    in_flight_lost: dict[str, int] = field(default_factory=dict)
     torn_tails: int = 0
     tmp_manifest: int = 0
     unreferenced_files: int = 0
     acknowledged_ops: int = 0
     max_rows: int = 0
+    rows_checked: int = 0
     checked_on_copy: int = 0
     seconds: dict[str, float] = field(default_factory=dict)  # starting, writing, checking
 
@@ -259,7 +342,7 @@ def replay_output(lines: list[str], model: Model, where: str) -> tuple[dict | No
         elif "intent" in event:
             assert pending is None, f"{where}: intent {event} while {pending} is in flight"
             pending = event["intent"]
-            phase = "write"
+            phase = kind(pending)
         elif "begin" in event:
             assert pending is None, f"{where}: {event} while {pending} is in flight"
             phase = event["begin"]
@@ -267,21 +350,31 @@ def replay_output(lines: list[str], model: Model, where: str) -> tuple[dict | No
             assert phase == event["end"], f"{where}: {event} without a begin"
             phase = "idle"
         else:
-            assert pending is not None and event["op"] == pending["op"], \
+            assert pending is not None and kind(event) == kind(pending), \
                 f"{where}: acknowledgement {event} for intent {pending}"
-            if event["op"] == "delete":
-                expected = len(set(event["ids"]) & set(model.present))
-                assert event["count"] == expected, \
-                    f"{where}: delete of {event['ids']} removed {event['count']}, " \
-                    f"{expected} were present"
-            else:
-                assert event["ids"] == pending["ids"], (
-                    f"{where}: {event['op']} acknowledged ids {event['ids']}, expected "
-                    f"{pending['ids']} (auto ids continue from the largest id ever used)")
+            check_acknowledgement(event, pending, model, where)
             model.apply(event)
             pending = None
             phase = "idle"
     return pending, phase
+
+
+def check_acknowledgement(event: dict, pending: dict, model: Model, where: str) -> None:
+    """The writer's acknowledgement agrees with the model before it is applied."""
+    if event["op"] == "delete":
+        present = model.trained.present if on_trained(event) else model.present
+        expected = len(set(event["ids"]) & set(present))
+        assert event["count"] == expected, \
+            f"{where}: {kind(event)} of {event['ids']} removed {event['count']}, " \
+            f"{expected} were present"
+    elif event["op"] == "train":
+        assert event["codec"] == trained_digest(event["sample"]), \
+            f"{where}: trained on sample {event['sample']}, the codec's config is not the " \
+            "one training it here gives"
+    elif event["op"] in ("add", "upsert"):
+        assert event["ids"] == pending["ids"], (
+            f"{where}: {kind(event)} acknowledged ids {event['ids']}, expected "
+            f"{pending['ids']} (auto ids continue from the largest id ever used)")
 
 
 def read_database(c, where: str) -> dict[int, np.ndarray]:
@@ -289,6 +382,9 @@ def read_database(c, where: str) -> dict[int, np.ndarray]:
     which also shows duplicates and phantoms the id index might hide."""
     n = len(c)
     assert c.stats()["rows"] == n, f"{where}: stats()['rows'] != len()"
+    if not c.codec.is_trained:  # an untrained codec cannot score a query
+        assert n == 0, f"{where}: {n} rows in {c.name!r}, whose codec is untrained"
+        return {}
     q = np.ones((1, crash_writer.DIM), dtype=np.float32)
     found = c.search(q, k=n + 3).ids[0]
     assert (found[n:] == -1).all(), f"{where}: search returns more than len(c)={n} rows"
@@ -318,12 +414,16 @@ def mismatch(found: dict[int, np.ndarray], model: Model, present: dict[int, int]
             f"{missing[:10]}, {len(wrong)} ids with the wrong vector {wrong[:10]}")
 
 
-def check_search(c, model: Model, rng: np.random.Generator, where: str) -> None:
-    """Search results equal a brute-force float32 scan over the model's rows."""
-    k = 10
+def check_search(c, ids: np.ndarray, x: np.ndarray, rng: np.random.Generator, where: str,
+                 *, rerank_all: bool = False) -> None:
+    """Search results equal a brute-force float32 scan over rows ``x`` with ``ids``; with
+    ``rerank_all``, a search that reranks every row by its stored vector."""
+    k, rescore = 10, None
+    if rerank_all:
+        k = max(k, -(-ids.size // MAX_RESCORE))
+        rescore = max(1, -(-ids.size // k))
     queries = rng.standard_normal((6, crash_writer.DIM)).astype(np.float32)
-    result = c.search(queries, k=k)
-    ids, x = model.matrix(model.present)
+    result = c.search(queries, k=k, rescore=rescore)
     scores = queries @ x.T  # (nq, n) float32
     kept = min(k, ids.size)
     assert (result.ids[:, kept:] == -1).all(), f"{where}: padding is not -1"
@@ -370,7 +470,8 @@ def inspect_files(directory: Path, summary: Summary) -> None:
 
 def check_cycle(path: Path, model: Model, pending: dict | None, rng: np.random.Generator,
                 summary: Summary, where: str, copy: Path | None = None) -> None:
-    """Reopen the database, settle the in-flight operation, and check every row.
+    """Reopen the database, settle the in-flight operation, and check every row of both
+    collections.
 
     With ``copy``, the check runs on a copy of the directory made there, and the database
     is left as the kill left it: the next writer recovers it (replays its log, cuts torn
@@ -385,13 +486,16 @@ def check_cycle(path: Path, model: Model, pending: dict | None, rng: np.random.G
         db = vecstore.open(path, segment_bytes=crash_writer.SEGMENT_BYTES)
         try:
             assert not db.damaged, f"{where}: damaged collections {db.damaged}"
+            on_crash = None if on_trained(pending) else pending
             if crash_writer.COLLECTION in db:
-                check_collection(db.get_collection(crash_writer.COLLECTION), model, pending,
+                check_collection(db.get_collection(crash_writer.COLLECTION), model, on_crash,
                                  rng, summary, where)
             else:
                 # Killed before the first writer created the collection.
                 assert not model.present and not model.dead and pending is None, \
                     f"{where}: the collection is gone"
+            check_trained(db, model, pending if on_trained(pending) else None, rng, summary,
+                          where)
         finally:
             db.close()
     for w in caught:
@@ -404,26 +508,95 @@ def check_collection(c, model: Model, pending: dict | None, rng: np.random.Gener
                      summary: Summary, where: str) -> None:
     """The rows equal the model's, with or without the write in flight; search agrees."""
     found = read_database(c, where)
-    candidates = [("without", model.present)]
-    if pending is not None:
-        candidates.append(("with", model.applied(pending)))
-    diffs = [mismatch(found, model, present) for _, present in candidates]
-    if pending is not None and not diffs[1] and diffs[0]:
-        model.apply(pending)
-        summary.in_flight_applied += 1
-    elif not diffs[0]:
-        summary.in_flight_lost += pending is not None
-    else:
-        detail = "; ".join(f"model {name} it: {d}"
-                           for (name, _), d in zip(candidates, diffs, strict=True))
-        raise CycleFailure(f"{where}: the database holds {len(found)} rows that match "
-                           f"neither model (in flight: {pending}): {detail}")
+    settle(mismatch(found, model, model.present),
+           lambda: mismatch(found, model, model.applied(pending)), pending, model, summary,
+           f"{where}: the database holds {len(found)} rows that")
     summary.max_rows = max(summary.max_rows, len(found))
+    summary.rows_checked += len(found)
     for id_ in list(model.dead)[:20]:
         assert id_ not in c, f"{where}: deleted id {id_} is back"
         with pytest.raises(NotFound):
             c.get([id_])
-    check_search(c, model, rng, where)
+    check_search(c, *model.matrix(model.present), rng, where)
+
+
+def settle(without: str, with_it, pending: dict | None, model: Model, summary: Summary,
+           what: str) -> None:
+    """Settle the operation in flight: lost when the database matches the model without
+    it (``without``, how it differs, is ''), else applied to ``model`` when it matches the
+    model with it (``with_it()`` says how it differs); fail when neither matches."""
+    if not without:
+        if pending is not None:
+            summary.count(summary.in_flight_lost, kind(pending))
+        return
+    detail = f"model without it: {without}"
+    if pending is not None:
+        diff = with_it()
+        if not diff:
+            model.apply(pending)
+            summary.count(summary.in_flight_applied, kind(pending))
+            return
+        detail += f"; model with it: {diff}"
+    raise CycleFailure(f"{what} match neither model (in flight: {pending}): {detail}")
+
+
+def check_trained(db, model: Model, pending: dict | None, rng: np.random.Generator,
+                  summary: Summary, where: str) -> None:
+    """Collection ``trained`` is absent or present, with its codec config and rows, as the
+    model says with or without its operation in flight; search (reranked) agrees."""
+    c = db.get_collection(TRAINED) if TRAINED in db else None
+    found = None
+    if c is not None:
+        found = crash_writer.codec_digest(c.config()["codec"]), read_database(c, where)
+    settle(trained_mismatch(found, model, model.trained),
+           lambda: trained_mismatch(found, model, model.trained.applied(pending)), pending,
+           model, summary, f"{where}: collection {TRAINED!r} and its rows")
+    if found is not None and found[1]:
+        summary.rows_checked += len(found[1])
+        check_search(c, *model.matrix(model.trained.present), rng, where, rerank_all=True)
+
+
+def trained_mismatch(found: tuple[str, dict] | None, model: Model,
+                     state: TrainedModel) -> str:
+    """'' when ``found`` (None when absent, else the codec digest and the rows) is ``state``,
+    else what differs."""
+    if found is None or state.codec is None:
+        if (found is None) == (state.codec is None):
+            return ""
+        return "absent, expected present" if found is None else "present, expected absent"
+    codec, rows = found
+    if codec != state.codec:
+        expected = "untrained" if state.codec == UNTRAINED else "trained"
+        actual = "untrained" if codec == UNTRAINED else "another"
+        return f"{actual} codec config {codec}, expected the {expected} one {state.codec}"
+    return mismatch(rows, model, state.present)
+
+
+def wait_to_kill(writer: WriterProcess, rng: np.random.Generator, where: str) -> str:
+    """Wait for the moment to kill the writer, timed one of four ways; return which."""
+    mode = str(rng.choice(["random", "checkpoint", "lifecycle", "open"],
+                          p=[0.4, 0.3, 0.2, 0.1]))
+    if mode == "open":
+        time.sleep(rng.uniform(0.0, 0.03))
+        return mode
+    acked = writer.wait_for(lambda e: "op" in e or "end" in e, STARTUP_TIMEOUT)
+    if acked is None:
+        raise CycleFailure(f"{where}: no acknowledgement:\n{writer.stderr()}")
+    if mode == "random":
+        time.sleep(rng.uniform(0.02, 0.15))
+        return mode
+    # A few milliseconds into the next flush or compaction, or the next creation,
+    # training or drop of the trained collection.
+    time.sleep(rng.uniform(0.0, 0.05))
+    if mode == "checkpoint":
+        begun = writer.wait_for(lambda e: "begin" in e, 5.0)
+        longest = 0.03 if begun and begun["begin"] == "compact" else 0.008
+    else:
+        target = str(rng.choice(list(LIFECYCLE_TARGETS), p=list(LIFECYCLE_TARGETS.values())))
+        writer.wait_for(lambda e: e.get("intent", {}).get("op") == target, 5.0)
+        longest = LIFECYCLE_KILL_DELAY[target]
+    time.sleep(rng.uniform(0.0, longest))
+    return mode
 
 
 def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summary:
@@ -452,21 +625,7 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
                 raise CycleFailure(f"{where}: writer did not start:\n{writer.stderr()}")
             t = summary.clock("starting", t)
             writer.go()
-            mode = str(rng.choice(["random", "checkpoint", "open"], p=[0.5, 0.4, 0.1]))
-            if mode == "open":
-                time.sleep(rng.uniform(0.0, 0.03))
-            else:
-                acked = writer.wait_for(lambda e: "op" in e or "end" in e, STARTUP_TIMEOUT)
-                if acked is None:
-                    raise CycleFailure(f"{where}: no acknowledgement:\n{writer.stderr()}")
-                if mode == "random":
-                    time.sleep(rng.uniform(0.02, 0.15))
-                else:
-                    # Kill a few milliseconds into the next flush or compaction.
-                    time.sleep(rng.uniform(0.0, 0.05))
-                    begun = writer.wait_for(lambda e: "begin" in e, 5.0)
-                    longest = 0.03 if begun and begun["begin"] == "compact" else 0.008
-                    time.sleep(rng.uniform(0.0, longest))
+            mode = wait_to_kill(writer, rng, where)
             rc = writer.kill()
             if rc != -signal.SIGKILL:
                 raise CycleFailure(f"{where}: writer exited with {rc}:\n{writer.stderr()}")
@@ -493,8 +652,9 @@ def run_cycles(tmp_path: Path, durability: str, cycles: int, seed: int) -> Summa
 def _report(durability: str, seed: int, summary: Summary) -> str:
     return (f"crash test ({durability}, VECSTORE_CRASH_SEED={seed}): {summary.cycles} cycles, "
             f"{summary.acknowledged_ops} acknowledged writes, kill modes {summary.kill_modes}, "
-            f"killed in {summary.killed_in}, in-flight write applied "
-            f"{summary.in_flight_applied} / lost {summary.in_flight_lost}, torn log tails "
+            f"killed in {summary.killed_in}, in flight and applied "
+            f"{summary.in_flight_applied}, in flight and lost {summary.in_flight_lost}, "
+            f"{summary.rows_checked} rows checked, torn log tails "
             f"{summary.torn_tails}, temporary manifest left {summary.tmp_manifest}, "
             f"unreferenced files left {summary.unreferenced_files}, checked on a copy "
             f"{summary.checked_on_copy} times, "
@@ -508,6 +668,8 @@ def test_sigkill_loses_no_acknowledged_write(tmp_path):
     print(report)
     inside = summary.killed_in.get("flush", 0) + summary.killed_in.get("compact", 0)
     assert inside >= min(3, CYCLES // 10), f"too few kills inside flush or compact: {report}"
+    inside = summary.killed_in.get("train", 0) + summary.killed_in.get("drop", 0)
+    assert inside >= min(3, CYCLES // 10), f"too few kills inside train or drop: {report}"
 
 
 def test_sigkill_in_batch_durability_loses_no_acknowledged_write(tmp_path):
