@@ -6,6 +6,7 @@ from typing import Literal
 
 import numpy as np
 
+from vecstore import _native
 from vecstore.codecs.base import Codec
 from vecstore.search.topk import TopK
 
@@ -17,6 +18,8 @@ MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 65536
 # Queries are scored in blocks of at most this many, so scores stay bounded for any batch.
 QUERY_BLOCK = 4096
+# Up to this many queries, codecs with byte tables scan in the compiled kernels.
+NATIVE_MAX_QUERIES = 16
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -57,10 +60,17 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
     top-k over row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
-    top = TopK(nq, k)
     if state is None:
         state = codec.prepare_query(queries)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
+    if codes.shape[0] and nq <= NATIVE_MAX_QUERIES:
+        path = _native.scan_path()
+        tables = getattr(codec, "score_tables", lambda state: None)(state) \
+            if path != _native.NUMPY else None
+        if tables is not None:
+            return _scan_native(codec, tables, codes, queries, k, metric, live, row_ids,
+                                query_sq_norms, path)
+    top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
         chunk = codes[start : start + step]
@@ -73,3 +83,19 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
                 keys[:, dead] = np.inf
         top.push(keys, start, None if row_ids is None else row_ids[start : start + step])
     return top
+
+
+def _scan_native(codec: Codec, tables: np.ndarray, codes: np.ndarray, queries: np.ndarray,
+                 k: int, metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
+                 query_sq_norms: np.ndarray | None, path: str) -> TopK:
+    """``scan`` by the compiled byte-table kernel: the same keys as the numpy path."""
+    n = codes.shape[0]
+    ties = np.arange(n, dtype=np.int64) if row_ids is None else \
+        np.ascontiguousarray(row_ids, dtype=np.int64)
+    sq = np.zeros(queries.shape[0], np.float32) if query_sq_norms is None else \
+        np.ascontiguousarray(query_sq_norms, dtype=np.float32)
+    keys, rows, found_ties = _native.lut_topk(
+        np.ascontiguousarray(tables, dtype=np.float32), codes, codec.norms(codes),
+        None if live is None else np.ascontiguousarray(live, dtype=bool), ties, k,
+        metric == "l2", sq, path)
+    return TopK.of(keys, rows, found_ties)

@@ -1,0 +1,69 @@
+"""vecstore's compiled CPU scan kernels (``_scan``: C++17 bound with nanobind, built by
+scikit-build-core) and the choice of scan path.
+
+Paths, fastest first: ``scalar`` (portable C++, exact byte-table scans with a fused top-k)
+and ``numpy`` (the reference, always there). The fastest is used unless the
+``VECSTORE_SIMD`` environment variable names another. Scans split rows
+across ``set_num_threads(n)`` threads (all cores by default) and release the GIL.
+"""
+
+from __future__ import annotations
+
+import os
+
+from vecstore.errors import InvalidArgument
+
+try:
+    from vecstore._native import _scan
+except ImportError:  # a source tree that was never built: the numpy path only
+    _scan = None
+
+PATH_VARIABLE = "VECSTORE_SIMD"
+NUMPY = "numpy"
+_threads = os.cpu_count() or 1
+
+
+def available_paths() -> list[str]:
+    """The scan paths this machine can run, fastest first; ``numpy`` is always last."""
+    return [*(_scan.available_paths() if _scan is not None else []), NUMPY]
+
+
+def scan_path() -> str:
+    """The path scans take: ``VECSTORE_SIMD`` when set, else the fastest available.
+
+    Raises InvalidArgument when ``VECSTORE_SIMD`` names a path this machine cannot run.
+    """
+    paths = available_paths()
+    chosen = os.environ.get(PATH_VARIABLE, "").strip().lower()
+    if not chosen:
+        return paths[0]
+    if chosen not in paths:
+        raise InvalidArgument(f"{PATH_VARIABLE}={chosen!r:.40}: this machine runs {paths}")
+    return chosen
+
+
+def set_num_threads(n: int) -> None:
+    """Scan with ``n`` threads (>= 1); like ``faiss.omp_set_num_threads``."""
+    global _threads
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InvalidArgument(f"the number of threads must be a positive integer, got {n!r}")
+    _threads = n
+
+
+def get_num_threads() -> int:
+    """The number of threads scans use."""
+    return _threads
+
+
+def cpu_features() -> dict:
+    """What runs here: ``path`` (the scan path in use), ``paths`` (all this machine runs),
+    ``threads``, and ``module`` (the compiled module's file, None without one)."""
+    return {"path": scan_path(), "paths": available_paths(), "threads": _threads,
+            "module": None if _scan is None else _scan.__file__}
+
+
+def lut_topk(tables, codes, norms, live, ties, k: int, l2: bool, query_sq_norms, path: str):
+    """Per query the k best rows of byte-table codes (see ``_scan.lut_topk``): keys,
+    rows and ties (nq, k)."""
+    return _scan.lut_topk(tables, codes, norms, live, ties, k, 1 if l2 else 0,
+                          query_sq_norms, path, _threads)
