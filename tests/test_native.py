@@ -18,8 +18,11 @@ pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled scan module i
 
 
 def sorted_top(top):
+    """Keys and rows best first; slots without a finite key (the numpy path keeps masked
+    rows there with +inf keys) read as row -1."""
     order = np.lexsort((top.ties, top.keys), axis=-1)
-    return (np.take_along_axis(top.keys, order, 1), np.take_along_axis(top.rows, order, 1))
+    keys, rows = np.take_along_axis(top.keys, order, 1), np.take_along_axis(top.rows, order, 1)
+    return keys, np.where(np.isfinite(keys), rows, -1)
 
 
 def scan_with(path, monkeypatch, *args, **kwargs):
@@ -137,3 +140,39 @@ def test_collection_searches_equal_the_numpy_path(tmp_path, wordnet, monkeypatch
             want = c.search(q, **kwargs)
             np.testing.assert_array_equal(got.ids, want.ids)
             np.testing.assert_array_equal(got.distances, want.distances)
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4"])
+@pytest.mark.parametrize("dim", [50, 97, 384])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_the_fastscan_pass_keeps_the_exact_result(real, monkeypatch, path, spec, dim, metric):
+    """Stable codes take the FastScan pass on the SIMD paths: keys and rows still equal
+    the numpy path's bit for bit, with masks, duplicate codes (ties) and k past the rows."""
+    base, queries = real
+    x = np.concatenate([base[:, :dim], base[:500, :dim]])        # 500 duplicated rows
+    codec = make_codec(spec, dim=dim, seed=5)
+    codes = codec.encode(x)
+    live = np.random.default_rng(dim + 1).random(x.shape[0]) > 0.5
+    for q in (queries[:1, :dim], queries[5:7, :dim]):
+        for k, mask in ((1, None), (10, None), (64, live), (7000, live)):
+            keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask,
+                                   stable=True)
+            want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k,
+                                             metric, mask)
+            np.testing.assert_array_equal(keys, want_keys)
+            np.testing.assert_array_equal(rows, want_rows)
+
+
+def test_blocked_layouts_are_kept_per_array_and_dropped_with_it(real, monkeypatch):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(base[:1000])
+    if "avx2" not in COMPILED and "avx512" not in COMPILED:
+        pytest.skip("no SIMD path on this CPU")
+    before = len(cpu._BLOCKED)
+    scan_with(COMPILED[0], monkeypatch, codec, codes, queries[:1], 5, "ip", stable=True)
+    scan_with(COMPILED[0], monkeypatch, codec, codes, queries[1:2], 5, "ip", stable=True)
+    assert len(cpu._BLOCKED) == before + 1
+    del codes
+    assert len(cpu._BLOCKED) == before

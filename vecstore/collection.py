@@ -832,6 +832,7 @@ class Collection:
                 top.merge(local, chosen + offset)
             else:
                 local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
+                                 stable=part.stream is None,
                                  row_ids=ids)
                 top.merge(local, offset=offset)
         return top

@@ -1,9 +1,13 @@
 """vecstore's compiled CPU scan kernels (``_scan``: C++17 bound with nanobind, built by
 scikit-build-core) and the choice of scan path.
 
-Paths, fastest first: ``scalar`` (portable C++, exact byte-table scans with a fused top-k)
-and ``numpy`` (the reference, always there). The fastest is used unless the
-``VECSTORE_SIMD`` environment variable names another. Scans split rows
+Paths, fastest first: ``avx512`` (AVX-512 F/BW/VL), ``avx2``, ``scalar`` (portable C++)
+and ``numpy`` (the reference, always there). Every compiled path scores exactly with the
+byte-table scan; on ``avx512`` and ``avx2``, sealed segments of 1-, 2- and 4-bit codes
+first take a FastScan pass (quantized nibble tables in SIMD registers over a blocked copy
+of the codes) that bounds each row's score, so only rows that can reach the top k are
+scored exactly. The fastest path is used unless the ``VECSTORE_SIMD`` environment
+variable names another. Scans split rows
 across ``set_num_threads(n)`` threads (all cores by default) and release the GIL.
 """
 
@@ -62,8 +66,21 @@ def cpu_features() -> dict:
             "module": None if _scan is None else _scan.__file__}
 
 
-def lut_topk(tables, codes, norms, live, ties, k: int, l2: bool, query_sq_norms, path: str):
+def lut_topk(tables, codes, norms, live, ties, k: int, l2: bool, query_sq_norms):
     """Per query the k best rows of byte-table codes (see ``_scan.lut_topk``): keys,
     rows and ties (nq, k)."""
     return _scan.lut_topk(tables, codes, norms, live, ties, k, 1 if l2 else 0,
-                          query_sq_norms, path, _threads)
+                          query_sq_norms, _threads)
+
+
+def nibble_topk(nibble_tables, blocked, tables, codes, norms, live, ties, k: int, l2: bool,
+                query_sq_norms, path: str):
+    """``lut_topk``'s result through a FastScan pass on ``path`` over ``blocked`` codes."""
+    return _scan.nibble_topk(nibble_tables, blocked, tables, codes, norms, live, ties, k,
+                             1 if l2 else 0, query_sq_norms, path, _threads)
+
+
+def block_codes(codes, n_bytes: int):
+    """The first ``n_bytes`` of each row of ``codes`` (n, >= n_bytes) uint8 in FastScan's
+    blocked layout (1-D uint8)."""
+    return _scan.block_codes(codes, n_bytes)

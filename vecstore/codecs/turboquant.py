@@ -88,6 +88,21 @@ def byte_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
     return padded.reshape(-1, n_bytes, per_byte) @ slot_levels
 
 
+def nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
+                  ) -> np.ndarray:
+    """Per query, what each 4-bit half of a code byte contributes: (nq, 2 * n_bytes, 16)
+    float32, entry [2b + h, v] for the low (h = 0) or high (h = 1) nibble v of byte b, for
+    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4)."""
+    per_nibble = 4 // bits
+    mask = (1 << bits) - 1
+    values = np.arange(16)
+    slot_levels = np.stack([np.asarray(levels, dtype=np.float32)[(values >> (s * bits)) & mask]
+                            for s in range(per_nibble)], axis=1)
+    padded = np.zeros((queries.shape[0], 2 * n_bytes * per_nibble), dtype=np.float32)
+    padded[:, : queries.shape[1]] = queries
+    return padded.reshape(-1, 2 * n_bytes, per_nibble) @ slot_levels.T
+
+
 def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,
                        bits: int) -> np.ndarray:
     """Sum_j q_j * levels[v_j] for b-bit values v packed per ``bitpack``, by byte tables.
@@ -263,6 +278,13 @@ class TurboQuantMSE(_TurboQuantBase):
         if 8 % self.mse_bits:
             return None
         return byte_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
+
+    def score_nibble_tables(self, state: RotatedQueries) -> np.ndarray | None:
+        """``score_tables`` split by half bytes, (nq, 2 * index_bytes, 16) float32, for a
+        FastScan pass that bounds scores; None for widths that do not divide 4."""
+        if 4 % self.mse_bits:
+            return None
+        return nibble_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
 
     def to_config(self) -> dict:
         return self._config("tq")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import weakref
 from typing import Literal
 
 import numpy as np
@@ -20,6 +21,9 @@ MAX_CHUNK_ROWS = 65536
 QUERY_BLOCK = 4096
 # Up to this many queries, codecs with byte tables scan in the compiled kernels.
 NATIVE_MAX_QUERIES = 16
+# Blocked layouts of stable code arrays by (id of the array, bytes a row), each dropped
+# when its array is.
+_BLOCKED: dict[tuple[int, int], np.ndarray] = {}
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -51,13 +55,15 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
          live: np.ndarray | None = None, state=None,
-         row_ids: np.ndarray | None = None) -> TopK:
+         row_ids: np.ndarray | None = None, stable: bool = False) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
     ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
-    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). Returns the running
-    top-k over row positions; ``TopK.sorted`` turns it into final results.
+    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says
+    ``codes`` is an array that never changes (a sealed segment's), so the compiled scan
+    may keep a layout of it for as long as it lives. Returns the running top-k over row
+    positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
     if state is None:
@@ -68,8 +74,8 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
         tables = getattr(codec, "score_tables", lambda state: None)(state) \
             if path != _native.NUMPY else None
         if tables is not None:
-            return _scan_native(codec, tables, codes, queries, k, metric, live, row_ids,
-                                query_sq_norms, path)
+            return _scan_native(codec, state, tables, codes, queries, k, metric, live,
+                                row_ids, query_sq_norms, path, stable)
     top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
@@ -85,17 +91,38 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
     return top
 
 
-def _scan_native(codec: Codec, tables: np.ndarray, codes: np.ndarray, queries: np.ndarray,
-                 k: int, metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
-                 query_sq_norms: np.ndarray | None, path: str) -> TopK:
-    """``scan`` by the compiled byte-table kernel: the same keys as the numpy path."""
+def _scan_native(codec: Codec, state, tables: np.ndarray, codes: np.ndarray,
+                 queries: np.ndarray, k: int, metric: Metric, live: np.ndarray | None,
+                 row_ids: np.ndarray | None, query_sq_norms: np.ndarray | None, path: str,
+                 stable: bool) -> TopK:
+    """``scan`` by the compiled kernels: the same keys as the numpy path. Stable codes of
+    widths dividing 4 take the FastScan pass over their blocked layout, kept per array."""
     n = codes.shape[0]
     ties = np.arange(n, dtype=np.int64) if row_ids is None else \
         np.ascontiguousarray(row_ids, dtype=np.int64)
     sq = np.zeros(queries.shape[0], np.float32) if query_sq_norms is None else \
         np.ascontiguousarray(query_sq_norms, dtype=np.float32)
-    keys, rows, found_ties = _native.lut_topk(
-        np.ascontiguousarray(tables, dtype=np.float32), codes, codec.norms(codes),
-        None if live is None else np.ascontiguousarray(live, dtype=bool), ties, k,
-        metric == "l2", sq, path)
+    live = None if live is None else np.ascontiguousarray(live, dtype=bool)
+    tables = np.ascontiguousarray(tables, dtype=np.float32)
+    nibbles = getattr(codec, "score_nibble_tables", lambda state: None)(state) \
+        if stable and path != "scalar" else None
+    if nibbles is not None and 2 * tables.shape[1] < 32768:
+        keys, rows, found_ties = _native.nibble_topk(
+            np.ascontiguousarray(nibbles, dtype=np.float32), _blocked(codes, tables.shape[1]),
+            tables, codes, codec.norms(codes), live, ties, k, metric == "l2", sq, path)
+    else:
+        keys, rows, found_ties = _native.lut_topk(tables, codes, codec.norms(codes), live,
+                                                  ties, k, metric == "l2", sq)
     return TopK.of(keys, rows, found_ties)
+
+
+def _blocked(codes: np.ndarray, n_bytes: int) -> np.ndarray:
+    """FastScan's blocked layout of ``codes``' first ``n_bytes`` per row, built once per
+    array and kept while the array lives."""
+    key = (id(codes), n_bytes)
+    blocked = _BLOCKED.get(key)
+    if blocked is None:
+        blocked = _native.block_codes(codes, n_bytes)
+        _BLOCKED[key] = blocked
+        weakref.finalize(codes, _BLOCKED.pop, key, None)
+    return blocked

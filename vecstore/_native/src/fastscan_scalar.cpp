@@ -49,11 +49,17 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
 
 }  // namespace scalar
 
+#if defined(__x86_64__) || defined(_M_X64)
 bool cpu_has_avx2() { return __builtin_cpu_supports("avx2"); }
 
 bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
          __builtin_cpu_supports("avx512vl");
 }
+#else
+// Other architectures (aarch64) build the scalar kernel only.
+bool cpu_has_avx2() { return false; }
+bool cpu_has_avx512() { return false; }
+#endif
 
 }  // namespace vecstore::fastscan

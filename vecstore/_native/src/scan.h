@@ -65,4 +65,21 @@ namespace scalar {
 void lut_scan(const LutScan& scan, std::ptrdiff_t begin, std::ptrdiff_t end, TopK& top);
 }
 
+// A FastScan accumulate (fastscan.h): uint16 sums of quantized nibble tables, 32 rows a
+// block.
+using NibbleAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                                  std::ptrdiff_t n_bytes, const uint8_t* tables,
+                                  uint16_t* sums);
+
+// Whether codes of n_bytes bytes can take the nibble scan (its sums fit 16 bits).
+bool nibble_fits(std::ptrdiff_t n_bytes);
+
+// The exact k best of rows [0, n) of `exact` into `top`, through the quantized nibble
+// tables (2 * n_bytes, 16) float32 of the same query over the blocked codes: a FastScan
+// pass on `workers` threads bounds each row's key, and rows that can reach the k-th best
+// bound are scored exactly.
+void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t* blocked,
+                 std::ptrdiff_t n, NibbleAccumulate accumulate, std::size_t workers,
+                 TopK& top, std::size_t k);
+
 }  // namespace vecstore
