@@ -170,9 +170,9 @@ def test_blocked_layouts_are_kept_per_array_and_dropped_with_it(real, monkeypatc
     codes = codec.encode(base[:1000])
     if "avx2" not in COMPILED and "avx512" not in COMPILED:
         pytest.skip("no SIMD path on this CPU")
-    before = len(cpu._BLOCKED)
+    before = len(cpu._LAYOUTS)
     scan_with(COMPILED[0], monkeypatch, codec, codes, queries[:1], 5, "ip", stable=True)
     scan_with(COMPILED[0], monkeypatch, codec, codes, queries[1:2], 5, "ip", stable=True)
-    assert len(cpu._BLOCKED) == before + 1
+    assert len(cpu._LAYOUTS) == before + 1
     del codes
-    assert len(cpu._BLOCKED) == before
+    assert len(cpu._LAYOUTS) == before

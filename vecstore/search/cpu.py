@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import weakref
 from typing import Literal
 
@@ -21,9 +22,9 @@ MAX_CHUNK_ROWS = 65536
 QUERY_BLOCK = 4096
 # Up to this many queries, codecs with byte tables scan in the compiled kernels.
 NATIVE_MAX_QUERIES = 16
-# Blocked layouts of stable code arrays by (id of the array, bytes a row), each dropped
-# when its array is.
-_BLOCKED: dict[tuple[int, int], np.ndarray] = {}
+# Blocked layouts and norms of stable code arrays by (id of the array, bytes a row),
+# each dropped when its array is.
+_LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -55,15 +56,17 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
          live: np.ndarray | None = None, state=None,
-         row_ids: np.ndarray | None = None, stable: bool = False) -> TopK:
+         row_ids: np.ndarray | None = None, stable: bool = False,
+         tables: QueryTables | None = None) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
     ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
     the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says
     ``codes`` is an array that never changes (a sealed segment's), so the compiled scan
-    may keep a layout of it for as long as it lives. Returns the running top-k over row
-    positions; ``TopK.sorted`` turns it into final results.
+    may keep a layout of it for as long as it lives; ``tables`` holds the lookup tables of
+    ``state`` when the caller scans several parts with it. Returns the running top-k over
+    row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
     if state is None:
@@ -71,11 +74,10 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
     if codes.shape[0] and nq <= NATIVE_MAX_QUERIES:
         path = _native.scan_path()
-        tables = getattr(codec, "score_tables", lambda state: None)(state) \
-            if path != _native.NUMPY else None
-        if tables is not None:
-            return _scan_native(codec, state, tables, codes, queries, k, metric, live,
-                                row_ids, query_sq_norms, path, stable)
+        tables = tables or QueryTables(codec, state)
+        if path != _native.NUMPY and tables.bytes is not None:
+            return _scan_native(codec, tables, codes, k, metric, live, row_ids,
+                                query_sq_norms, path, stable)
     top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
@@ -91,38 +93,65 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
     return top
 
 
-def _scan_native(codec: Codec, state, tables: np.ndarray, codes: np.ndarray,
-                 queries: np.ndarray, k: int, metric: Metric, live: np.ndarray | None,
-                 row_ids: np.ndarray | None, query_sq_norms: np.ndarray | None, path: str,
-                 stable: bool) -> TopK:
+class QueryTables:
+    """The lookup tables of one query state (``codec.score_tables`` and
+    ``score_nibble_tables``, float32, C-contiguous, or None where the codec has none),
+    computed at first use and shared by every part a search scans."""
+
+    def __init__(self, codec: Codec, state):
+        self.codec, self.state = codec, state
+
+    @functools.cached_property
+    def bytes(self) -> np.ndarray | None:
+        return _contiguous(getattr(self.codec, "score_tables", _none)(self.state))
+
+    @functools.cached_property
+    def nibbles(self) -> np.ndarray | None:
+        return _contiguous(getattr(self.codec, "score_nibble_tables", _none)(self.state))
+
+
+def _none(state) -> None:
+    return None
+
+
+def _contiguous(tables: np.ndarray | None) -> np.ndarray | None:
+    return None if tables is None else np.ascontiguousarray(tables, dtype=np.float32)
+
+
+def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,
+                 metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
+                 query_sq_norms: np.ndarray | None, path: str, stable: bool) -> TopK:
     """``scan`` by the compiled kernels: the same keys as the numpy path. Stable codes of
     widths dividing 4 take the FastScan pass over their blocked layout, kept per array."""
-    n = codes.shape[0]
+    n, n_bytes = codes.shape[0], tables.bytes.shape[1]
+    nq = tables.bytes.shape[0]
     ties = np.arange(n, dtype=np.int64) if row_ids is None else \
         np.ascontiguousarray(row_ids, dtype=np.int64)
-    sq = np.zeros(queries.shape[0], np.float32) if query_sq_norms is None else \
+    sq = np.zeros(nq, np.float32) if query_sq_norms is None else \
         np.ascontiguousarray(query_sq_norms, dtype=np.float32)
     live = None if live is None else np.ascontiguousarray(live, dtype=bool)
-    tables = np.ascontiguousarray(tables, dtype=np.float32)
-    nibbles = getattr(codec, "score_nibble_tables", lambda state: None)(state) \
-        if stable and path != "scalar" else None
-    if nibbles is not None and 2 * tables.shape[1] < 32768:
-        keys, rows, found_ties = _native.nibble_topk(
-            np.ascontiguousarray(nibbles, dtype=np.float32), _blocked(codes, tables.shape[1]),
-            tables, codes, codec.norms(codes), live, ties, k, metric == "l2", sq, path)
+    fastscan = stable and path != "scalar" and 2 * n_bytes < 32768 \
+        and tables.nibbles is not None
+    if fastscan:
+        blocked, norms = _stable_layout(codec, codes, n_bytes)
+        keys, rows, found_ties = _native.nibble_topk(tables.nibbles, blocked, tables.bytes,
+                                                     codes, norms, live, ties, k,
+                                                     metric == "l2", sq, path)
     else:
-        keys, rows, found_ties = _native.lut_topk(tables, codes, codec.norms(codes), live,
-                                                  ties, k, metric == "l2", sq)
+        norms = _stable_layout(codec, codes, n_bytes)[1] if stable else codec.norms(codes)
+        keys, rows, found_ties = _native.lut_topk(tables.bytes, codes, norms, live, ties, k,
+                                                  metric == "l2", sq)
     return TopK.of(keys, rows, found_ties)
 
 
-def _blocked(codes: np.ndarray, n_bytes: int) -> np.ndarray:
-    """FastScan's blocked layout of ``codes``' first ``n_bytes`` per row, built once per
-    array and kept while the array lives."""
+def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """FastScan's blocked layout of ``codes``' first ``n_bytes`` a row and the codes'
+    norms, built once per array and kept while the array lives."""
     key = (id(codes), n_bytes)
-    blocked = _BLOCKED.get(key)
-    if blocked is None:
-        blocked = _native.block_codes(codes, n_bytes)
-        _BLOCKED[key] = blocked
-        weakref.finalize(codes, _BLOCKED.pop, key, None)
-    return blocked
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = (_native.block_codes(codes, n_bytes), codec.norms(codes))
+        _LAYOUTS[key] = layout
+        weakref.finalize(codes, _LAYOUTS.pop, key, None)
+    return layout
