@@ -176,3 +176,21 @@ def test_blocked_layouts_are_kept_per_array_and_dropped_with_it(real, monkeypatc
     assert len(cpu._LAYOUTS) == before + 1
     del codes
     assert len(cpu._LAYOUTS) == before
+
+
+@pytest.mark.parametrize("path", [p for p in COMPILED if p != "scalar"])
+def test_large_batches_take_the_fastscan_pass_in_blocks(real, monkeypatch, path):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(base)
+    many = np.concatenate([queries] * 3)                       # 48 queries, three blocks
+    keys, rows = scan_with(path, monkeypatch, codec, codes, many, 10, "l2", stable=True)
+    one = [scan_with(path, monkeypatch, codec, codes, q[None], 10, "l2", stable=True)
+           for q in many]
+    # The rotation of a block of queries rounds as a matrix product, not per query.
+    np.testing.assert_allclose(keys, np.concatenate([k for k, _ in one]), rtol=1e-6,
+                               atol=1e-6)
+    assert np.mean(rows == np.concatenate([r for _, r in one])) > 0.99
+    want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, many, 10, "l2")
+    np.testing.assert_allclose(keys, want_keys, rtol=1e-5, atol=1e-5)
+    assert np.mean(rows == want_rows) > 0.99

@@ -72,12 +72,15 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
     if state is None:
         state = codec.prepare_query(queries)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
-    if codes.shape[0] and nq <= NATIVE_MAX_QUERIES:
-        path = _native.scan_path()
+    path = _native.scan_path() if codes.shape[0] else _native.NUMPY
+    if path != _native.NUMPY and nq <= NATIVE_MAX_QUERIES:
         tables = tables or QueryTables(codec, state)
-        if path != _native.NUMPY and tables.bytes is not None:
+        if tables.bytes is not None:
             return _scan_native(codec, tables, codes, k, metric, live, row_ids,
                                 query_sq_norms, path, stable)
+    elif path not in (_native.NUMPY, "scalar") and stable and codec_has_fastscan(codec):
+        return _scan_native_blocks(codec, codes, queries, k, metric, live, row_ids,
+                                   query_sq_norms, path)
     top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
@@ -116,6 +119,30 @@ def _none(state) -> None:
 
 def _contiguous(tables: np.ndarray | None) -> np.ndarray | None:
     return None if tables is None else np.ascontiguousarray(tables, dtype=np.float32)
+
+
+def codec_has_fastscan(codec: Codec) -> bool:
+    """Whether ``codec``'s codes take the FastScan pass (TurboQuant widths dividing 4)."""
+    bits = getattr(codec, "mse_bits", None)
+    return hasattr(codec, "score_nibble_tables") and bits is not None and 4 % bits == 0
+
+
+def _scan_native_blocks(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int,
+                        metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
+                        query_sq_norms: np.ndarray | None, path: str) -> TopK:
+    """A batch of queries through the FastScan pass, NATIVE_MAX_QUERIES at a time, so
+    each block's tables stay small; its keys round as the one-query scan's."""
+    keys, rows, ties = [], [], []
+    for start in range(0, queries.shape[0], NATIVE_MAX_QUERIES):
+        block = slice(start, start + NATIVE_MAX_QUERIES)
+        tables = QueryTables(codec, codec.prepare_query(queries[block]))
+        top = _scan_native(codec, tables, codes, k, metric, live, row_ids,
+                           None if query_sq_norms is None else query_sq_norms[block], path,
+                           stable=True)
+        keys.append(top.keys)
+        rows.append(top.rows)
+        ties.append(top.ties)
+    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties))
 
 
 def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,

@@ -94,24 +94,32 @@ void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t
   for (auto& t : pool) t.join();
 
   const double err = q.delta * exact.n_bytes + 4.0 * positions * FLT_EPSILON * q.abs_sum;
-  std::vector<double> lows(n), highs;
-  highs.reserve(n);
-  for (std::ptrdiff_t r = 0; r < n; ++r) {
-    if (exact.live != nullptr && !exact.live[r]) continue;
-    double high;
+  auto bounds = [&](std::ptrdiff_t r, double& low, double& high) {
     key_bounds(q.low_sum + q.delta * sums[r], err, exact.norms[r], exact.metric,
-               exact.query_sq_norm, lows[r], high);
-    highs.push_back(high);
-  }
-  if (highs.empty()) return;
-  double threshold = INFINITY;
-  if (highs.size() > k) {
-    std::nth_element(highs.begin(), highs.begin() + (k - 1), highs.end());
-    threshold = highs[k - 1];
-  }
+               exact.query_sq_norm, low, high);
+  };
+  // The k-th smallest upper bound, by a max-heap of the k smallest seen.
+  std::vector<double> heap;
+  heap.reserve(k);
   for (std::ptrdiff_t r = 0; r < n; ++r) {
     if (exact.live != nullptr && !exact.live[r]) continue;
-    if (lows[r] <= threshold) scalar::lut_scan(exact, r, r + 1, top);
+    double low, high;
+    bounds(r, low, high);
+    if (heap.size() < k) {
+      heap.push_back(high);
+      std::push_heap(heap.begin(), heap.end());
+    } else if (high < heap.front()) {
+      std::pop_heap(heap.begin(), heap.end());
+      heap.back() = high;
+      std::push_heap(heap.begin(), heap.end());
+    }
+  }
+  const double threshold = heap.size() < k ? INFINITY : heap.front();
+  for (std::ptrdiff_t r = 0; r < n; ++r) {
+    if (exact.live != nullptr && !exact.live[r]) continue;
+    double low, high;
+    bounds(r, low, high);
+    if (low <= threshold) scalar::lut_scan(exact, r, r + 1, top);
   }
 }
 
