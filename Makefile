@@ -47,7 +47,7 @@ bench-plot: $(STAMP) ## draw recall vs bytes and vs QPS from bench/results/*.jso
 	$(PY) -m bench plot bench/results/*.jsonl
 
 lint: $(STAMP) ## check style with ruff
-	$(PY) -m ruff check vecstore bench tests server
+	$(PY) -m ruff check vecstore bench tests
 
 serve: $(STAMP) ## serve the database in DATA over gRPC on HOST:PORT (127.0.0.1:50051)
 	$(PY) -m vecstore serve --data $(DATA) --host $(HOST) --port $(PORT)

@@ -96,6 +96,17 @@ def main(argv: list[str] | None = None) -> int:
                          help="scratch directory for the databases (deleted first)")
     storage.add_argument("--repeat", type=int, default=3)
 
+    cpu = commands.add_parser("cpu", help="one-thread CPU search through Collection.search "
+                                          "beside faiss: QPS, recall, GB/s")
+    cpu.add_argument("--dataset", default="wordnet-minilm384")
+    cpu.add_argument("--codecs", default="tq4,tq2,tq1,tq8,tq3,flat")
+    cpu.add_argument("--k", type=int, default=10)
+    cpu.add_argument("--single", type=int, default=200, help="queries timed one per call")
+    cpu.add_argument("--batch", type=int, default=1000, help="queries timed in one call")
+    cpu.add_argument("--no-peers", action="store_true", help="leave faiss out")
+    cpu.add_argument("--dir", default="bench/.cache/cpu",
+                     help="scratch directory for the collections (deleted first)")
+
     merge = commands.add_parser("merge", help="many small flushes with background merges: "
                                               "segments, search latency, write amplification")
     merge.add_argument("--flushes", type=int, default=1000)
@@ -145,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
         return load_command(args)
     if args.command == "merge":
         return merge_command(args)
+    if args.command == "cpu":
+        return cpu_command(args)
     return run_command(args)
 
 
@@ -191,6 +204,27 @@ def storage_command(args: argparse.Namespace) -> int:
     for row in rows:
         row.update(dataset=dataset.name, machine=machine_info())
     print(f"results: {write_results(rows, f'storage-{dataset.name}')}")
+    return 0
+
+
+def cpu_command(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from bench import cpu
+
+    dataset = load_dataset(args.dataset)
+    rows = cpu.measure(dataset, codecs=[c.strip() for c in args.codecs.split(",") if c.strip()],
+                       k=args.k, single=args.single, batch=args.batch, directory=Path(args.dir),
+                       peers=not args.no_peers)
+    for row in rows:
+        row.update(dataset=dataset.name, n=dataset.base.shape[0], k=args.k, threads=1,
+                   machine=machine_info())
+        print(f"{row['method']:<22} {row['bytes_per_vector']:>5} B  1 query/call "
+              f"{row['single_qps']:>9,.1f} QPS  {args.batch}/call {row['batch_qps']:>9,.1f} QPS"
+              f"  recall@{args.k} {row['recall_single']:.3f}", flush=True)
+    print(f"single-core read bandwidth {rows[0]['read_gb_per_s']:.1f} GB/s; scan path "
+          f"{rows[0]['path']}")
+    print(f"results: {write_results(rows, f'cpu-{dataset.name}')}")
     return 0
 
 

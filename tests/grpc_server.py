@@ -10,8 +10,8 @@ from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from vecstore.server.process import spawn
 
+from vecstore.server.process import spawn
 from vecstore.v1 import vecstore_pb2
 
 REPO_ROOT = Path(__file__).resolve().parents[1]

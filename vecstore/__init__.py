@@ -1,5 +1,6 @@
 """vecstore: a compressed vector database."""
 
+from vecstore._native import cpu_features, get_num_threads, set_num_threads
 from vecstore.codecs import available_specs, codec_from_config, make_codec
 from vecstore.collection import Collection, SearchResult
 from vecstore.database import Database, open
@@ -45,8 +46,11 @@ __all__ = [
     "VecstoreError",
     "available_specs",
     "codec_from_config",
+    "cpu_features",
+    "get_num_threads",
     "make_codec",
     "open",
+    "set_num_threads",
 ]
 
 

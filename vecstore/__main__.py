@@ -15,13 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="serve a database directory over gRPC")
     try:
-        try:
-            from vecstore.server import cli
-        except ModuleNotFoundError as exc:
-            if exc.name != "vecstore.server":
-                raise
-            # A source checkout on sys.path without an install: server/ is beside vecstore/.
-            from server import cli
+        from vecstore.server import cli
     except ImportError as exc:
         print(f"vecstore: the server needs gRPC: pip install 'vecstore[server]' ({exc})",
               file=sys.stderr)

@@ -821,6 +821,7 @@ class Collection:
     def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
         top = TopK(q.shape[0], k)
         state = self.codec.prepare_query(q)
+        tables = cpu.QueryTables(self.codec, state)
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
             codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
             if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
@@ -828,11 +829,11 @@ class Collection:
                 if not chosen.size:
                     continue
                 local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state,
-                                 row_ids=ids[chosen])
+                                 row_ids=ids[chosen], tables=tables)
                 top.merge(local, chosen + offset)
             else:
                 local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
-                                 row_ids=ids)
+                                 stable=part.stream is None, row_ids=ids, tables=tables)
                 top.merge(local, offset=offset)
         return top
 

@@ -76,6 +76,33 @@ def decode_bytes(items: np.ndarray, packed: np.ndarray, count: int) -> np.ndarra
 _SIGN_ITEMS = byte_items(_SIGN_LEVELS, 1)
 
 
+def byte_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
+                ) -> np.ndarray:
+    """Per query, the partial sum each byte value contributes at each byte position:
+    (nq, n_bytes, 256) float32 for queries (nq, D) float32, D <= 8 * n_bytes / bits, and
+    ``levels`` (2**bits,) float32 (bits divides 8)."""
+    per_byte = 8 // bits
+    slot_levels = byte_levels(levels, bits).T
+    padded = np.zeros((queries.shape[0], n_bytes * per_byte), dtype=np.float32)
+    padded[:, : queries.shape[1]] = queries
+    return padded.reshape(-1, n_bytes, per_byte) @ slot_levels
+
+
+def nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
+                  ) -> np.ndarray:
+    """Per query, what each 4-bit half of a code byte contributes: (nq, 2 * n_bytes, 16)
+    float32, entry [2b + h, v] for the low (h = 0) or high (h = 1) nibble v of byte b, for
+    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4)."""
+    per_nibble = 4 // bits
+    mask = (1 << bits) - 1
+    values = np.arange(16)
+    slot_levels = np.stack([np.asarray(levels, dtype=np.float32)[(values >> (s * bits)) & mask]
+                            for s in range(per_nibble)], axis=1)
+    padded = np.zeros((queries.shape[0], 2 * n_bytes * per_nibble), dtype=np.float32)
+    padded[:, : queries.shape[1]] = queries
+    return padded.reshape(-1, 2 * n_bytes, per_nibble) @ slot_levels.T
+
+
 def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,
                        bits: int) -> np.ndarray:
     """Sum_j q_j * levels[v_j] for b-bit values v packed per ``bitpack``, by byte tables.
@@ -86,12 +113,8 @@ def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarr
     Returns (nq, n) float32. Each query gets a (P, 256) table of the partial sums a byte
     contributes, so a code costs P lookups instead of D multiply-adds.
     """
-    per_byte = 8 // bits
     n_bytes = packed.shape[1]
-    slot_levels = byte_levels(levels, bits).T
-    padded = np.zeros((queries.shape[0], n_bytes * per_byte), dtype=np.float32)
-    padded[:, : queries.shape[1]] = queries
-    tables = padded.reshape(-1, n_bytes, per_byte) @ slot_levels
+    tables = byte_tables(queries, levels, bits, n_bytes)
     columns = np.ascontiguousarray(packed.T)
     out = np.zeros((queries.shape[0], packed.shape[0]), dtype=np.float32)
     for i in range(queries.shape[0]):
@@ -247,6 +270,21 @@ class TurboQuantMSE(_TurboQuantBase):
     def score(self, state: RotatedQueries, codes: np.ndarray) -> np.ndarray:
         """Estimated <q, x>, (nq, n) float32."""
         return self._mse_scores(state.rotated, codes) * self.norms(codes)[None, :]
+
+    def score_tables(self, state: RotatedQueries) -> np.ndarray | None:
+        """Byte tables (nq, index_bytes, 256) float32 such that a code's score is its norm
+        times the sum, in byte order, of the tables at its index bytes (what ``score``
+        computes for one or two queries); None for widths that do not divide 8."""
+        if 8 % self.mse_bits:
+            return None
+        return byte_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
+
+    def score_nibble_tables(self, state: RotatedQueries) -> np.ndarray | None:
+        """``score_tables`` split by half bytes, (nq, 2 * index_bytes, 16) float32, for a
+        FastScan pass that bounds scores; None for widths that do not divide 4."""
+        if 4 % self.mse_bits:
+            return None
+        return nibble_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
 
     def to_config(self) -> dict:
         return self._config("tq")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import weakref
 from typing import Literal
 
 import numpy as np
 
+from vecstore import _native
 from vecstore.codecs.base import Codec
 from vecstore.search.topk import TopK
 
@@ -17,6 +20,11 @@ MIN_CHUNK_ROWS = 256
 MAX_CHUNK_ROWS = 65536
 # Queries are scored in blocks of at most this many, so scores stay bounded for any batch.
 QUERY_BLOCK = 4096
+# Up to this many queries, codecs with byte tables scan in the compiled kernels.
+NATIVE_MAX_QUERIES = 16
+# Blocked layouts and norms of stable code arrays by (id of the array, bytes a row),
+# each dropped when its array is.
+_LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -48,19 +56,32 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
          live: np.ndarray | None = None, state=None,
-         row_ids: np.ndarray | None = None) -> TopK:
+         row_ids: np.ndarray | None = None, stable: bool = False,
+         tables: QueryTables | None = None) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
     ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
-    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). Returns the running
-    top-k over row positions; ``TopK.sorted`` turns it into final results.
+    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says
+    ``codes`` is an array that never changes (a sealed segment's), so the compiled scan
+    may keep a layout of it for as long as it lives; ``tables`` holds the lookup tables of
+    ``state`` when the caller scans several parts with it. Returns the running top-k over
+    row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
-    top = TopK(nq, k)
     if state is None:
         state = codec.prepare_query(queries)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
+    path = _native.scan_path() if codes.shape[0] else _native.NUMPY
+    if path != _native.NUMPY and nq <= NATIVE_MAX_QUERIES:
+        tables = tables or QueryTables(codec, state)
+        if tables.bytes is not None:
+            return _scan_native(codec, tables, codes, k, metric, live, row_ids,
+                                query_sq_norms, path, stable)
+    elif path not in (_native.NUMPY, "scalar") and stable and codec_has_fastscan(codec):
+        return _scan_native_blocks(codec, codes, queries, k, metric, live, row_ids,
+                                   query_sq_norms, path)
+    top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
         chunk = codes[start : start + step]
@@ -73,3 +94,91 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
                 keys[:, dead] = np.inf
         top.push(keys, start, None if row_ids is None else row_ids[start : start + step])
     return top
+
+
+class QueryTables:
+    """The lookup tables of one query state (``codec.score_tables`` and
+    ``score_nibble_tables``, float32, C-contiguous, or None where the codec has none),
+    computed at first use and shared by every part a search scans."""
+
+    def __init__(self, codec: Codec, state):
+        self.codec, self.state = codec, state
+
+    @functools.cached_property
+    def bytes(self) -> np.ndarray | None:
+        return _contiguous(getattr(self.codec, "score_tables", _none)(self.state))
+
+    @functools.cached_property
+    def nibbles(self) -> np.ndarray | None:
+        return _contiguous(getattr(self.codec, "score_nibble_tables", _none)(self.state))
+
+
+def _none(state) -> None:
+    return None
+
+
+def _contiguous(tables: np.ndarray | None) -> np.ndarray | None:
+    return None if tables is None else np.ascontiguousarray(tables, dtype=np.float32)
+
+
+def codec_has_fastscan(codec: Codec) -> bool:
+    """Whether ``codec``'s codes take the FastScan pass (TurboQuant widths dividing 4)."""
+    bits = getattr(codec, "mse_bits", None)
+    return hasattr(codec, "score_nibble_tables") and bits is not None and 4 % bits == 0
+
+
+def _scan_native_blocks(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int,
+                        metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
+                        query_sq_norms: np.ndarray | None, path: str) -> TopK:
+    """A batch of queries through the FastScan pass, NATIVE_MAX_QUERIES at a time, so
+    each block's tables stay small; its keys round as the one-query scan's."""
+    keys, rows, ties = [], [], []
+    for start in range(0, queries.shape[0], NATIVE_MAX_QUERIES):
+        block = slice(start, start + NATIVE_MAX_QUERIES)
+        tables = QueryTables(codec, codec.prepare_query(queries[block]))
+        top = _scan_native(codec, tables, codes, k, metric, live, row_ids,
+                           None if query_sq_norms is None else query_sq_norms[block], path,
+                           stable=True)
+        keys.append(top.keys)
+        rows.append(top.rows)
+        ties.append(top.ties)
+    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties))
+
+
+def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,
+                 metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
+                 query_sq_norms: np.ndarray | None, path: str, stable: bool) -> TopK:
+    """``scan`` by the compiled kernels: the same keys as the numpy path. Stable codes of
+    widths dividing 4 take the FastScan pass over their blocked layout, kept per array."""
+    n, n_bytes = codes.shape[0], tables.bytes.shape[1]
+    nq = tables.bytes.shape[0]
+    ties = np.arange(n, dtype=np.int64) if row_ids is None else \
+        np.ascontiguousarray(row_ids, dtype=np.int64)
+    sq = np.zeros(nq, np.float32) if query_sq_norms is None else \
+        np.ascontiguousarray(query_sq_norms, dtype=np.float32)
+    live = None if live is None else np.ascontiguousarray(live, dtype=bool)
+    fastscan = stable and path != "scalar" and 2 * n_bytes < 32768 \
+        and tables.nibbles is not None
+    if fastscan:
+        blocked, norms = _stable_layout(codec, codes, n_bytes)
+        keys, rows, found_ties = _native.nibble_topk(tables.nibbles, blocked, tables.bytes,
+                                                     codes, norms, live, ties, k,
+                                                     metric == "l2", sq, path)
+    else:
+        norms = _stable_layout(codec, codes, n_bytes)[1] if stable else codec.norms(codes)
+        keys, rows, found_ties = _native.lut_topk(tables.bytes, codes, norms, live, ties, k,
+                                                  metric == "l2", sq)
+    return TopK.of(keys, rows, found_ties)
+
+
+def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """FastScan's blocked layout of ``codes``' first ``n_bytes`` a row and the codes'
+    norms, built once per array and kept while the array lives."""
+    key = (id(codes), n_bytes)
+    layout = _LAYOUTS.get(key)
+    if layout is None:
+        layout = (_native.block_codes(codes, n_bytes), codec.norms(codes))
+        _LAYOUTS[key] = layout
+        weakref.finalize(codes, _LAYOUTS.pop, key, None)
+    return layout

@@ -1,5 +1,5 @@
 """Exhaustive scan on an NVIDIA GPU: codes resident in device memory, scored and reduced to
-a top-k by the fused kernels in ``cuda/``.
+a top-k by the fused kernels in ``vecstore/_cuda/``.
 
 CuPy is imported only when a GPU path is asked for, so the CPU package never needs it.
 Kernels compile with NVRTC at first use (CuPy caches the binaries on disk).
@@ -11,7 +11,6 @@ import math
 import threading
 from dataclasses import dataclass, replace
 from functools import lru_cache, partial
-from pathlib import Path
 
 import numpy as np
 
@@ -29,7 +28,7 @@ TABLE_BYTES = 32 * 1024
 # Threads of the kernel that merges per-block candidates into each query's k best.
 MERGE_THREADS = 256
 # Up to this k, scan and merge kernels keep each warp's k best in registers (WarpTopK in
-# cuda/topk.cuh) instead of a shared list per block that is sorted with barriers; the
+# _cuda/topk.cuh) instead of a shared list per block that is sorted with barriers; the
 # merge then runs up to MERGE_WARP_THREADS threads, a lane per block's list.
 WARP_TOP_MAX_K = 32
 MERGE_WARP_THREADS = 1024
@@ -46,10 +45,10 @@ MAX_PLANS = 64
 # Batch plans kept (one per part, codec, metric, k and batch size; gpu_batch.py). Each
 # holds its search's buffers (tens to hundreds of MB), so few are kept.
 MAX_BATCH_PLANS = 2
-# Rows per block of the dequantizing kernel (DEQUANT_ROWS in cuda/tq_batch.cu).
+# Rows per block of the dequantizing kernel (DEQUANT_ROWS in _cuda/tq_batch.cu).
 DEQUANT_ROWS = 32
 CANDIDATE_BYTES = 256 << 20
-# The fused tensor-core kernel (cuda/tq_mma.cu): queries per block, warps per block (four
+# The fused tensor-core kernel (_cuda/tq_mma.cu): queries per block, warps per block (four
 # warpgroups) and rows per warp slice (as there); the most steps of code words a warp
 # keeps in flight (as many as shared memory holds, up to this; at least the fewest); work
 # units per block (the blocks take units in turn, so a unit's share of the time is the
@@ -155,15 +154,11 @@ def query_tables(codec, q: np.ndarray) -> np.ndarray:
 
 
 def kernel_source(name: str) -> str:
-    """The text of ``cuda/<name>`` with its ``#include "..."`` lines replaced by the files
-    they name (NVRTC compiles a string, not a file): from the installed package, else the
-    source tree."""
+    """The text of ``vecstore/_cuda/<name>`` with its ``#include "..."`` lines replaced by
+    the files they name (NVRTC compiles a string, not a file)."""
     from importlib import resources
 
-    try:
-        text = resources.files("vecstore._cuda").joinpath(name).read_text()
-    except (ModuleNotFoundError, FileNotFoundError):
-        text = (Path(__file__).resolve().parents[2] / "cuda" / name).read_text()
+    text = resources.files("vecstore._cuda").joinpath(name).read_text()
     lines = []
     for line in text.splitlines():
         if line.startswith('#include "'):
@@ -850,12 +845,12 @@ class GpuScanner:
 class BatchScan:
     """One search on the tensor-core path.
 
-    Every width can run the GEMM pipeline (cuda/tq_batch.cu) over all tiles of rows:
+    Every width can run the GEMM pipeline (_cuda/tq_batch.cu) over all tiles of rows:
     dequantize a tile to fp16, multiply by cuBLAS, keep each slice's Kc best, merge and
     re-score in float32. When ``scanner.batch_kernel`` picks "mma", 4-bit codes over more
     than one tile run the pipeline on one tile's worth of rows taken at an even stride
     (a strided sample: collections are often ordered, by source or by frequency), which
-    bounds each query's Kc-th best key; the fused kernel (cuda/tq_mma.cu) then scans every
+    bounds each query's Kc-th best key; the fused kernel (_cuda/tq_mma.cu) then scans every
     row against those bounds and tq_finish re-scores its candidates. A query whose
     candidates overflow their buffer is rescanned by the pipeline.
 

@@ -1,0 +1,196 @@
+"""The compiled CPU scan against the numpy reference: every compiled path, TurboQuant
+widths with byte tables, metrics, odd dimensions, masks, ties, k past the rows, threads,
+and searches through collections with segments, a memtable, deletes and filters."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import vecstore
+from vecstore import _native
+from vecstore.codecs.registry import make_codec
+from vecstore.errors import InvalidArgument
+from vecstore.search import cpu
+
+COMPILED = [p for p in _native.available_paths() if p != _native.NUMPY]
+pytestmark = pytest.mark.skipif(not COMPILED, reason="the compiled scan module is not built")
+
+
+def sorted_top(top):
+    """Keys and rows best first; slots without a finite key (the numpy path keeps masked
+    rows there with +inf keys) read as row -1."""
+    order = np.lexsort((top.ties, top.keys), axis=-1)
+    keys, rows = np.take_along_axis(top.keys, order, 1), np.take_along_axis(top.rows, order, 1)
+    return keys, np.where(np.isfinite(keys), rows, -1)
+
+
+def scan_with(path, monkeypatch, *args, **kwargs):
+    monkeypatch.setenv(_native.PATH_VARIABLE, path)
+    return sorted_top(cpu.scan(*args, **kwargs))
+
+
+@pytest.fixture(scope="module")
+def real(wordnet):
+    return wordnet["base"][:6000], wordnet["queries"][:16]
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq8"])
+@pytest.mark.parametrize("dim", [50, 97, 100, 384])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_one_or_two_queries_equal_the_numpy_path_bit_for_bit(real, monkeypatch, path, spec,
+                                                             dim, metric):
+    base, queries = real
+    x, q = base[:, :dim].copy(), queries[:2, :dim].copy()
+    codec = make_codec(spec, dim=dim, seed=3)
+    codes = codec.encode(x)
+    live = np.random.default_rng(dim).random(x.shape[0]) > 0.3
+    for k, mask in ((1, None), (10, live), (100, None)):
+        keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask)
+        want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k, metric, mask)
+        np.testing.assert_array_equal(keys, want_keys)
+        np.testing.assert_array_equal(rows, want_rows)
+        if mask is not None:
+            assert mask[rows[rows >= 0]].all()
+
+
+@pytest.mark.parametrize("path", COMPILED)
+def test_query_blocks_agree_with_the_numpy_matrix_product(real, monkeypatch, path):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(base)
+    keys, rows = scan_with(path, monkeypatch, codec, codes, queries, 20, "ip")
+    want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, queries, 20, "ip")
+    np.testing.assert_allclose(keys, want_keys, rtol=1e-5, atol=1e-6)
+    assert np.mean(rows == want_rows) > 0.99
+
+
+@pytest.mark.parametrize("path", COMPILED)
+def test_equal_scores_go_to_the_smaller_id_and_missing_rows_pad(monkeypatch, path, real):
+    base, queries = real
+    codec = make_codec("tq2", dim=384)
+    codes = np.repeat(codec.encode(base[:3]), 4, axis=0)      # every code four times
+    ids = np.array([90, 12, 55, 7, 31, 2, 64, 18, 40, 3, 71, 26], dtype=np.int64)
+    monkeypatch.setenv(_native.PATH_VARIABLE, path)
+    top = cpu.scan(codec, codes, queries[:1], 20, "ip", row_ids=ids)
+    monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+    reference = cpu.scan(codec, codes, queries[:1], 20, "ip", row_ids=ids)
+    for got in (top, reference):
+        keys, found = got.sorted(ids)
+        assert (found[0, 12:] == -1).all() and np.isinf(keys[0, 12:]).all()
+        for group in np.unique(keys[0, :12]):
+            same = found[0, :12][keys[0, :12] == group]
+            np.testing.assert_array_equal(same, np.sort(same))
+    np.testing.assert_array_equal(top.sorted(ids)[1], reference.sorted(ids)[1])
+
+
+def test_threads_change_nothing(real, monkeypatch):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(np.concatenate([base] * 3))
+    results = []
+    for threads in (1, 2, 3):
+        vecstore.set_num_threads(threads)
+        results.append(scan_with(COMPILED[0], monkeypatch, codec, codes, queries[:1], 50, "ip"))
+    vecstore.set_num_threads(vecstore.cpu_features()["threads"])
+    for keys, rows in results[1:]:
+        np.testing.assert_array_equal(keys, results[0][0])
+        np.testing.assert_array_equal(rows, results[0][1])
+
+
+def test_paths_and_threads_are_reported_and_checked(monkeypatch):
+    features = vecstore.cpu_features()
+    assert features["paths"][-1] == "numpy" and features["path"] == features["paths"][0]
+    assert features["module"].endswith((".so", ".pyd"))
+    monkeypatch.setenv(_native.PATH_VARIABLE, "avx9000")
+    with pytest.raises(InvalidArgument, match="avx9000"):
+        vecstore.cpu_features()
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(InvalidArgument, match="threads"):
+            vecstore.set_num_threads(bad)
+
+
+def test_the_numpy_path_never_calls_the_kernels(real, monkeypatch):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the compiled kernel ran")
+
+    monkeypatch.setattr(_native, "lut_topk", refuse)
+    monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+    assert cpu.scan(codec, codec.encode(base[:100]), queries[:1], 5, "ip").keys.shape == (1, 5)
+
+
+@pytest.mark.parametrize("metric", ["ip", "cosine", "l2"])
+def test_collection_searches_equal_the_numpy_path(tmp_path, wordnet, monkeypatch, metric):
+    x, q = wordnet["base"][:8000], wordnet["queries"][:2]
+    with vecstore.open(tmp_path / "db", segment_bytes=300_000, merge_policy=None,
+                       device="cpu") as db:
+        c = db.create_collection("c", dim=384, metric=metric, codec="tq4")
+        c.add(x[:7000], metadata={"group": np.arange(7000) % 5})
+        c.delete(np.arange(0, 7000, 7))
+        c.add(x[7000:], metadata={"group": np.arange(7000, 8000) % 5})
+        assert c.stats()["segments"] > 2 and c.stats()["memtable_rows"] > 0
+        for kwargs in ({"k": 10}, {"k": 10, "filter": {"group": 3}}, {"k": 9000}):
+            monkeypatch.setenv(_native.PATH_VARIABLE, COMPILED[0])
+            got = c.search(q, **kwargs)
+            monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+            want = c.search(q, **kwargs)
+            np.testing.assert_array_equal(got.ids, want.ids)
+            np.testing.assert_array_equal(got.distances, want.distances)
+
+
+@pytest.mark.parametrize("path", COMPILED)
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4"])
+@pytest.mark.parametrize("dim", [50, 97, 384])
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_the_fastscan_pass_keeps_the_exact_result(real, monkeypatch, path, spec, dim, metric):
+    """Stable codes take the FastScan pass on the SIMD paths: keys and rows still equal
+    the numpy path's bit for bit, with masks, duplicate codes (ties) and k past the rows."""
+    base, queries = real
+    x = np.concatenate([base[:, :dim], base[:500, :dim]])        # 500 duplicated rows
+    codec = make_codec(spec, dim=dim, seed=5)
+    codes = codec.encode(x)
+    live = np.random.default_rng(dim + 1).random(x.shape[0]) > 0.5
+    for q in (queries[:1, :dim], queries[5:7, :dim]):
+        for k, mask in ((1, None), (10, None), (64, live), (7000, live)):
+            keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask,
+                                   stable=True)
+            want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k,
+                                             metric, mask)
+            np.testing.assert_array_equal(keys, want_keys)
+            np.testing.assert_array_equal(rows, want_rows)
+
+
+def test_blocked_layouts_are_kept_per_array_and_dropped_with_it(real, monkeypatch):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(base[:1000])
+    if "avx2" not in COMPILED and "avx512" not in COMPILED:
+        pytest.skip("no SIMD path on this CPU")
+    before = len(cpu._LAYOUTS)
+    scan_with(COMPILED[0], monkeypatch, codec, codes, queries[:1], 5, "ip", stable=True)
+    scan_with(COMPILED[0], monkeypatch, codec, codes, queries[1:2], 5, "ip", stable=True)
+    assert len(cpu._LAYOUTS) == before + 1
+    del codes
+    assert len(cpu._LAYOUTS) == before
+
+
+@pytest.mark.parametrize("path", [p for p in COMPILED if p != "scalar"])
+def test_large_batches_take_the_fastscan_pass_in_blocks(real, monkeypatch, path):
+    base, queries = real
+    codec = make_codec("tq4", dim=384)
+    codes = codec.encode(base)
+    many = np.concatenate([queries] * 3)                       # 48 queries, three blocks
+    keys, rows = scan_with(path, monkeypatch, codec, codes, many, 10, "l2", stable=True)
+    one = [scan_with(path, monkeypatch, codec, codes, q[None], 10, "l2", stable=True)
+           for q in many]
+    # The rotation of a block of queries rounds as a matrix product, not per query.
+    np.testing.assert_allclose(keys, np.concatenate([k for k, _ in one]), rtol=1e-6,
+                               atol=1e-6)
+    assert np.mean(rows == np.concatenate([r for _, r in one])) > 0.99
+    want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, many, 10, "l2")
+    np.testing.assert_allclose(keys, want_keys, rtol=1e-5, atol=1e-5)
+    assert np.mean(rows == want_rows) > 0.99
