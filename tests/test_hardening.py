@@ -247,3 +247,10 @@ def test_a_remote_insert_racing_a_drop_is_not_retried_into_the_new_collection(wo
             docs.add(wordnet["base"][:3])
         assert raced == ["docs"]
         assert len(client.get_collection("docs")) == 0
+
+
+@pytest.mark.parametrize("codec", ["pq2x8", "mib", "fp8-pca8", "tq4"])
+def test_searching_an_empty_collection_finds_nothing_whatever_the_codec(codec):
+    c = vecstore.open().create_collection("empty", dim=16, metric="l2", codec=codec)
+    result = c.search(np.ones((2, 16), np.float32), k=3)
+    assert (result.ids == -1).all() and np.isposinf(result.distances).all()

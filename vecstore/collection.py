@@ -804,6 +804,8 @@ class Collection:
         k_keep = min(k, k_scan)
         distances = np.full((q.shape[0], k), np.inf, dtype=np.float32)
         found = np.full((q.shape[0], k), -1, dtype=np.int64)
+        if not offsets[-1]:   # nothing stored (an untrained codec has no query state yet)
+            return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
         # Queries are scanned in blocks whose candidate lists stay within SCAN_CANDIDATES.
         block_rows = int(np.clip(SCAN_CANDIDATES // k_scan, 1, cpu.QUERY_BLOCK))
         for start in range(0, q.shape[0], block_rows):
