@@ -118,7 +118,7 @@ def test_the_numpy_path_never_calls_the_kernels(real, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the compiled kernel ran")
 
-    monkeypatch.setattr(_native, "lut_topk", refuse)
+    monkeypatch.setattr(_native, "scan_topk", refuse)
     monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
     assert cpu.scan(codec, codec.encode(base[:100]), queries[:1], 5, "ip").keys.shape == (1, 5)
 
@@ -194,3 +194,34 @@ def test_large_batches_take_the_fastscan_pass_in_blocks(real, monkeypatch, path)
     want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, many, 10, "l2")
     np.testing.assert_allclose(keys, want_keys, rtol=1e-5, atol=1e-5)
     assert np.mean(rows == want_rows) > 0.99
+
+
+@pytest.mark.parametrize("path", COMPILED)
+def test_one_scan_serves_every_part_of_a_collection(tmp_path, wordnet, monkeypatch, path):
+    """Segments, the memtable, deleted rows and a selective filter (a gathered part) go to
+    the compiled kernels in one call a query block, with the numpy path's results."""
+    calls = []
+    original = _native.scan_topk
+
+    def counted(*args, **kwargs):
+        calls.append(len(args[2]))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(_native, "scan_topk", counted)
+    x, q = wordnet["base"][:9000], wordnet["queries"][:3]
+    with vecstore.open(tmp_path / "db", segment_bytes=400_000, merge_policy=None,
+                       device="cpu") as db:
+        c = db.create_collection("c", dim=384, metric="cosine", codec="tq2")
+        c.add(x[:8000], metadata={"group": np.arange(8000) % 50})
+        c.delete(np.arange(3, 8000, 11))
+        c.add(x[8000:], metadata={"group": np.arange(8000, 9000) % 50})
+        parts = c.stats()["segments"] + 1
+        for kwargs in ({"k": 10}, {"k": 25, "filter": {"group": 7}}):
+            monkeypatch.setenv(_native.PATH_VARIABLE, path)
+            calls.clear()
+            got = c.search(q, **kwargs)
+            assert calls == [parts]
+            monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+            want = c.search(q, **kwargs)
+            np.testing.assert_allclose(got.distances, want.distances, rtol=1e-5, atol=1e-6)
+            assert np.mean(got.ids == want.ids) > 0.99

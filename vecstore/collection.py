@@ -821,8 +821,13 @@ class Collection:
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
     def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+        state = self.codec.prepare_query(q) if q.shape[0] <= cpu.NATIVE_MAX_QUERIES else None
+        native = cpu.scan_many(self.codec, q, k, self.metric,
+                               self._native_parts(parts, offsets, masks), state)
+        if native is not None:
+            return native
         top = TopK(q.shape[0], k)
-        state = self.codec.prepare_query(q)
+        state = self.codec.prepare_query(q) if state is None else state
         tables = cpu.QueryTables(self.codec, state)
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
             codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
@@ -838,6 +843,21 @@ class Collection:
                                  stable=part.stream is None, row_ids=ids, tables=tables)
                 top.merge(local, offset=offset)
         return top
+
+    @staticmethod
+    def _native_parts(parts, offsets, masks) -> list[tuple]:
+        """``parts`` as ``cpu.scan_many`` takes them: a part whose filter keeps few rows
+        goes as a gathered copy of those rows, the others whole with their masks."""
+        native = []
+        for part, offset, mask in zip(parts, offsets, masks, strict=False):
+            codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
+            if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
+                chosen = np.nonzero(mask)[0]
+                if chosen.size:
+                    native.append((codes[chosen], None, ids[chosen], chosen + offset, 0, False))
+            elif part.rows:
+                native.append((codes, mask, ids, None, int(offset), part.stream is None))
+        return native
 
     def _use_gpu(self, device: str, k: int) -> bool:
         """Whether this search runs on the GPU; GpuUnavailable when ``device="gpu"`` cannot."""

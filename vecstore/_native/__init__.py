@@ -66,18 +66,14 @@ def cpu_features() -> dict:
             "module": None if _scan is None else _scan.__file__}
 
 
-def lut_topk(tables, codes, norms, live, ties, k: int, l2: bool, query_sq_norms):
-    """Per query the k best rows of byte-table codes (see ``_scan.lut_topk``): keys,
-    rows and ties (nq, k)."""
-    return _scan.lut_topk(tables, codes, norms, live, ties, k, 1 if l2 else 0,
-                          query_sq_norms, _threads)
-
-
-def nibble_topk(nibble_tables, blocked, tables, codes, norms, live, ties, k: int, l2: bool,
-                query_sq_norms, path: str):
-    """``lut_topk``'s result through a FastScan pass on ``path`` over ``blocked`` codes."""
-    return _scan.nibble_topk(nibble_tables, blocked, tables, codes, norms, live, ties, k,
-                             1 if l2 else 0, query_sq_norms, path, _threads)
+def scan_topk(nibble_tables, tables, parts, k: int, l2: bool, query_sq_norms, path: str):
+    """Per query the exact k best rows over ``parts`` (see ``_scan.scan_topk``): keys,
+    rows and ties (nq, k). Each part is (blocked or None, codes, norms, live or None,
+    ties, row map or None, offset)."""
+    blocked, codes, norms, live, ties, row_maps, offsets = (list(c) for c in zip(*parts,
+                                                                                 strict=True))
+    return _scan.scan_topk(nibble_tables, tables, blocked, codes, norms, live, ties, row_maps,
+                           offsets, k, 1 if l2 else 0, query_sq_norms, path, _threads)
 
 
 def block_codes(codes, n_bytes: int):

@@ -150,25 +150,35 @@ def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,
                  query_sq_norms: np.ndarray | None, path: str, stable: bool) -> TopK:
     """``scan`` by the compiled kernels: the same keys as the numpy path. Stable codes of
     widths dividing 4 take the FastScan pass over their blocked layout, kept per array."""
-    n, n_bytes = codes.shape[0], tables.bytes.shape[1]
+    n = codes.shape[0]
     nq = tables.bytes.shape[0]
     ties = np.arange(n, dtype=np.int64) if row_ids is None else \
         np.ascontiguousarray(row_ids, dtype=np.int64)
     sq = np.zeros(nq, np.float32) if query_sq_norms is None else \
         np.ascontiguousarray(query_sq_norms, dtype=np.float32)
     live = None if live is None else np.ascontiguousarray(live, dtype=bool)
-    fastscan = stable and path != "scalar" and 2 * n_bytes < 32768 \
-        and tables.nibbles is not None
-    if fastscan:
-        blocked, norms = _stable_layout(codec, codes, n_bytes)
-        keys, rows, found_ties = _native.nibble_topk(tables.nibbles, blocked, tables.bytes,
-                                                     codes, norms, live, ties, k,
-                                                     metric == "l2", sq, path)
-    else:
-        norms = _stable_layout(codec, codes, n_bytes)[1] if stable else codec.norms(codes)
-        keys, rows, found_ties = _native.lut_topk(tables.bytes, codes, norms, live, ties, k,
-                                                  metric == "l2", sq)
+    part = native_part(codec, tables, codes, live, ties, None, 0, path, stable)
+    keys, rows, found_ties = _native.scan_topk(tables.nibbles if part[0] is not None else None,
+                                               tables.bytes, [part], k, metric == "l2", sq,
+                                               path)
     return TopK.of(keys, rows, found_ties)
+
+
+def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
+                live: np.ndarray | None, ties: np.ndarray, row_map: np.ndarray | None,
+                offset: int, path: str, stable: bool) -> tuple:
+    """One part for ``_native.scan_topk``: stable codes of widths dividing 4 on a SIMD
+    path carry their blocked layout (the FastScan pass), the others scan exactly."""
+    n_bytes = tables.bytes.shape[1]
+    fastscan = stable and path not in ("scalar", _native.NUMPY) and 2 * n_bytes < 32768 \
+        and tables.nibbles is not None
+    if stable:
+        blocked, norms = _stable_layout(codec, codes, n_bytes)
+    else:
+        blocked, norms = None, codec.norms(codes)
+    return (blocked if fastscan else None, codes, norms,
+            None if live is None else np.ascontiguousarray(live, dtype=bool),
+            np.ascontiguousarray(ties, dtype=np.int64), row_map, offset)
 
 
 def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
@@ -182,3 +192,39 @@ def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
         _LAYOUTS[key] = layout
         weakref.finalize(codes, _LAYOUTS.pop, key, None)
     return layout
+
+
+def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: list[tuple],
+              state=None) -> TopK | None:
+    """One compiled scan of several parts with one top-k, or None where the compiled
+    kernels do not serve this codec, batch or path (then scan part by part).
+
+    ``parts`` holds (codes (n, code_size) uint8, live (n,) bool or None, ids (n,) int64
+    for ties, row map (n,) int64 or None, offset, stable) per part; rows come back
+    numbered by the row map, else by offset + row.
+    """
+    path = _native.scan_path()
+    nq = queries.shape[0]
+    if path == _native.NUMPY or not parts or \
+            (nq > NATIVE_MAX_QUERIES and not codec_has_fastscan(codec)):
+        return None
+    if state is None or nq > NATIVE_MAX_QUERIES:
+        state = None
+    query_sq_norms = np.einsum("ij,ij->i", queries, queries).astype(np.float32) \
+        if metric == "l2" else np.zeros(nq, np.float32)
+    keys, rows, ties = [], [], []
+    for start in range(0, nq, NATIVE_MAX_QUERIES):
+        block = slice(start, start + NATIVE_MAX_QUERIES)
+        tables = QueryTables(codec, state if state is not None
+                             else codec.prepare_query(queries[block]))
+        if tables.bytes is None:
+            return None
+        native = [native_part(codec, tables, codes, live, ids, row_map, offset, path, stable)
+                  for codes, live, ids, row_map, offset, stable in parts]
+        nibbles = tables.nibbles if any(p[0] is not None for p in native) else None
+        found = _native.scan_topk(nibbles, tables.bytes, native, k, metric == "l2",
+                                  query_sq_norms[block], path)
+        keys.append(found[0])
+        rows.append(found[1])
+        ties.append(found[2])
+    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties))

@@ -105,80 +105,66 @@ nb::tuple results(std::vector<std::vector<Candidate>> best, std::size_t k) {
                         Array<int64_t>(ties, 2, shape, own_ties));
 }
 
-// The exact scan of rows [0, n) split across `workers` threads, merged into one top-k.
-std::vector<Candidate> exact_topk(const LutScan& scan, std::ptrdiff_t n, std::size_t k,
-                                  std::size_t workers) {
-  std::vector<TopK> tops(workers, TopK(k));
-  std::vector<std::thread> pool;
-  const std::ptrdiff_t per = (n + workers - 1) / workers;
-  for (std::size_t w = 0; w < workers; ++w) {
-    const std::ptrdiff_t begin = std::min<std::ptrdiff_t>(n, w * per);
-    const std::ptrdiff_t end = std::min<std::ptrdiff_t>(n, begin + per);
-    if (w + 1 == workers) {
-      scalar::lut_scan(scan, begin, end, tops[w]);
-    } else {
-      pool.emplace_back([&, w, begin, end] { scalar::lut_scan(scan, begin, end, tops[w]); });
-    }
-  }
-  for (auto& t : pool) t.join();
-  TopK merged(k);
-  for (auto& top : tops)
-    for (const Candidate& c : top.sorted()) merged.push(c.key, c.tie, c.row);
-  return merged.sorted();
-}
-
 std::size_t workers_for(int threads, std::ptrdiff_t n) {
   return static_cast<std::size_t>(
       std::max<std::ptrdiff_t>(1, std::min<std::ptrdiff_t>(threads, (n + 4095) / 4096)));
 }
 
-nb::tuple lut_topk(Array<const float, nb::ndim<3>> tables, Rows codes,
-                   Array<const float, nb::ndim<1>> norms, Live live,
-                   Array<const int64_t, nb::ndim<1>> ties, std::size_t k, int metric,
-                   Array<const float, nb::ndim<1>> query_sq_norms, int threads) {
-  const std::ptrdiff_t nq = tables.shape(0), n_bytes = tables.shape(1);
-  if (tables.shape(2) != 256) throw std::invalid_argument("tables must be (nq, P, 256)");
-  const Batch batch{codes, norms, live, ties, query_sq_norms, k, static_cast<Metric>(metric)};
-  batch.check(nq, n_bytes);
-  std::vector<std::vector<Candidate>> best(nq);
-  {
-    nb::gil_scoped_release release;
-    const std::size_t workers = workers_for(threads, batch.rows());
-    for (std::ptrdiff_t q = 0; q < nq; ++q)
-      best[q] = exact_topk(batch.scan(tables.data() + q * n_bytes * 256, n_bytes, q),
-                           batch.rows(), k, workers);
-  }
-  return results(std::move(best), k);
-}
+using Blocked = std::optional<Array<const uint8_t, nb::ndim<1>>>;
+using RowMap = std::optional<Array<const int64_t, nb::ndim<1>>>;
 
-nb::tuple nibble_topk(Array<const float, nb::ndim<3>> nibble_tables,
-                      Array<const uint8_t, nb::ndim<1>> blocked,
-                      Array<const float, nb::ndim<3>> tables, Rows codes,
-                      Array<const float, nb::ndim<1>> norms, Live live,
-                      Array<const int64_t, nb::ndim<1>> ties, std::size_t k, int metric,
-                      Array<const float, nb::ndim<1>> query_sq_norms, const std::string& path,
-                      int threads) {
+// Per query, the k best rows over several parts (one list entry each): keys (nq, k)
+// float32 ascending, rows (numbered by each part's row map or offset) and ties (nq, k)
+// int64. Parts with a blocked layout take the FastScan pass on `path`, the others the
+// exact scan; every key is the exact one.
+nb::tuple scan_topk(std::optional<Array<const float, nb::ndim<3>>> nibble_tables,
+                    Array<const float, nb::ndim<3>> tables, std::vector<Blocked> blocked,
+                    std::vector<Rows> codes, std::vector<Array<const float, nb::ndim<1>>> norms,
+                    std::vector<Live> live, std::vector<Array<const int64_t, nb::ndim<1>>> ties,
+                    std::vector<RowMap> row_maps, std::vector<int64_t> offsets, std::size_t k,
+                    int metric, Array<const float, nb::ndim<1>> query_sq_norms,
+                    const std::string& path, int threads) {
   const std::ptrdiff_t nq = tables.shape(0), n_bytes = tables.shape(1);
-  if (tables.shape(2) != 256 || nibble_tables.shape(0) != static_cast<std::size_t>(nq) ||
-      nibble_tables.shape(1) != static_cast<std::size_t>(2 * n_bytes) ||
-      nibble_tables.shape(2) != 16)
-    throw std::invalid_argument("tables must be (nq, P, 256) and nibble tables (nq, 2P, 16)");
-  const Batch batch{codes, norms, live, ties, query_sq_norms, k, static_cast<Metric>(metric)};
-  batch.check(nq, n_bytes);
-  if (!nibble_fits(n_bytes)) throw std::invalid_argument("codes too wide for nibble sums");
-  if (blocked.shape(0) !=
-      static_cast<std::size_t>(fastscan::blocked_size(batch.rows(), n_bytes)))
-    throw std::invalid_argument("the blocked codes do not match the codes");
-  const NibbleAccumulate accumulate = accumulate_for(path);
+  const std::size_t n_parts = codes.size();
+  if (tables.shape(2) != 256) throw std::invalid_argument("tables must be (nq, P, 256)");
+  if (blocked.size() != n_parts || norms.size() != n_parts || live.size() != n_parts ||
+      ties.size() != n_parts || row_maps.size() != n_parts || offsets.size() != n_parts)
+    throw std::invalid_argument("every part needs its codes, norms, live, ties and rows");
+  const bool any_blocked =
+      std::any_of(blocked.begin(), blocked.end(), [](const Blocked& b) { return b.has_value(); });
+  if (any_blocked && (!nibble_tables || nibble_tables->shape(0) != static_cast<std::size_t>(nq) ||
+                      nibble_tables->shape(1) != static_cast<std::size_t>(2 * n_bytes) ||
+                      nibble_tables->shape(2) != 16 || !nibble_fits(n_bytes)))
+    throw std::invalid_argument("blocked parts need nibble tables (nq, 2P, 16), P < 16384");
+  std::ptrdiff_t total = 0;
+  for (std::size_t i = 0; i < n_parts; ++i) {
+    const Batch part{codes[i], norms[i], live[i], ties[i], query_sq_norms, k,
+                     static_cast<Metric>(metric)};
+    part.check(nq, n_bytes);
+    if (blocked[i] && blocked[i]->shape(0) != static_cast<std::size_t>(
+                          fastscan::blocked_size(part.rows(), n_bytes)))
+      throw std::invalid_argument("blocked codes do not match their part's codes");
+    if (row_maps[i] && row_maps[i]->shape(0) != codes[i].shape(0))
+      throw std::invalid_argument("a row map needs one entry per row");
+    total += part.rows();
+  }
+  const NibbleAccumulate accumulate = accumulate_for(any_blocked ? path : "scalar");
   std::vector<std::vector<Candidate>> best(nq);
   {
     nb::gil_scoped_release release;
+    const std::size_t workers = workers_for(threads, total);
     for (std::ptrdiff_t q = 0; q < nq; ++q) {
-      TopK top(k);
-      nibble_scan(batch.scan(tables.data() + q * n_bytes * 256, n_bytes, q),
-                  nibble_tables.data() + q * 2 * n_bytes * 16, blocked.data(), batch.rows(),
-                  accumulate, static_cast<std::size_t>(std::max(1, threads)), top, k);
-      best[q] = top.sorted();
+      std::vector<ScanPart> parts;
+      for (std::size_t i = 0; i < n_parts; ++i) {
+        const Batch part{codes[i], norms[i], live[i], ties[i], query_sq_norms, k,
+                         static_cast<Metric>(metric)};
+        parts.push_back(ScanPart{part.scan(tables.data() + q * n_bytes * 256, n_bytes, q),
+                                 part.rows(), blocked[i] ? blocked[i]->data() : nullptr,
+                                 row_maps[i] ? row_maps[i]->data() : nullptr, offsets[i]});
+      }
+      best[q] = scan_parts(parts, any_blocked ? nibble_tables->data() + q * 2 * n_bytes * 16
+                                              : nullptr,
+                           accumulate, workers, k);
     }
   }
   return results(std::move(best), k);
@@ -204,16 +190,12 @@ NB_MODULE(_scan, m) {
   m.doc() = "vecstore's compiled CPU scan kernels.";
   m.def("available_paths", &available_paths,
         "The compiled scan paths this CPU can run, fastest first.");
-  m.def("lut_topk", &lut_topk, nb::arg("tables"), nb::arg("codes"), nb::arg("norms"),
-        nb::arg("live").none(), nb::arg("ties"), nb::arg("k"), nb::arg("metric"),
-        nb::arg("query_sq_norms"), nb::arg("threads"),
-        "Per query, the k best rows of byte-table codes: keys (nq, k) float32 ascending, "
-        "rows and ties (nq, k) int64 (-1 rows and +inf keys where fewer rows are live).");
-  m.def("nibble_topk", &nibble_topk, nb::arg("nibble_tables"), nb::arg("blocked"),
-        nb::arg("tables"), nb::arg("codes"), nb::arg("norms"), nb::arg("live").none(),
-        nb::arg("ties"), nb::arg("k"), nb::arg("metric"), nb::arg("query_sq_norms"),
-        nb::arg("path"), nb::arg("threads"),
-        "lut_topk's exact result through a FastScan pass over the blocked codes.");
+  m.def("scan_topk", &scan_topk, nb::arg("nibble_tables").none(), nb::arg("tables"),
+        nb::arg("blocked"), nb::arg("codes"), nb::arg("norms"), nb::arg("live"),
+        nb::arg("ties"), nb::arg("row_maps"), nb::arg("offsets"), nb::arg("k"),
+        nb::arg("metric"), nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
+        "Per query, the exact k best rows over several parts: keys (nq, k) float32 "
+        "ascending, rows and ties (nq, k) int64 (-1 rows, +inf keys past the live rows).");
   m.def("block_codes", &block_codes, nb::arg("codes"), nb::arg("n_bytes"),
         "The first n_bytes of each row in FastScan's blocked layout, (blocked_size,) uint8.");
 }

@@ -1,6 +1,7 @@
-// Exact top-k through quantized nibble tables: a FastScan pass over the blocked codes
-// bounds every row's key, and only rows whose lower bound can reach the k-th best upper
-// bound are scored exactly, by the byte-table scan. So the result is the exact scan's.
+// Exact top-k over the parts of a search: parts without a blocked layout are scanned
+// exactly; a FastScan pass over the blocked ones bounds every row's key through quantized
+// nibble tables, and only rows whose lower bound can reach the k-th best upper bound are
+// scored exactly, by the byte-table scan. So the result is the exact scan's.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
@@ -63,18 +64,14 @@ void key_bounds(double sum, double err, double norm, Metric metric, double query
   high += slack;
 }
 
-}  // namespace
-
-bool nibble_fits(std::ptrdiff_t n_bytes) { return 2 * n_bytes < 32768; }
-
-void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t* blocked,
-                 std::ptrdiff_t n, NibbleAccumulate accumulate, std::size_t workers,
-                 TopK& top, std::size_t k) {
-  const std::ptrdiff_t positions = 2 * exact.n_bytes;
-  const Quantized q = quantize(nibble_tables, positions);
-  const std::ptrdiff_t n_blocks = (n + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
+// Per-row uint16 sums of the quantized tables over a part's blocked codes, blocks split
+// across `workers` threads.
+std::vector<uint16_t> part_sums(const ScanPart& part, const Quantized& q,
+                                NibbleAccumulate accumulate, std::size_t workers) {
+  const std::ptrdiff_t n_bytes = part.exact.n_bytes;
+  const std::ptrdiff_t n_blocks = (part.rows + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
   std::vector<uint16_t> sums(n_blocks * fastscan::kBlockRows);
-  const std::ptrdiff_t block_bytes = fastscan::kBlockRows * exact.n_bytes;
+  const std::ptrdiff_t block_bytes = fastscan::kBlockRows * n_bytes;
   workers = std::max<std::size_t>(1, std::min<std::size_t>(workers, (n_blocks + 127) / 128));
   const std::ptrdiff_t per = (n_blocks + workers - 1) / workers;
   std::vector<std::thread> pool;
@@ -82,7 +79,7 @@ void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t
     const std::ptrdiff_t begin = std::min<std::ptrdiff_t>(n_blocks, w * per);
     const std::ptrdiff_t count = std::min<std::ptrdiff_t>(n_blocks, begin + per) - begin;
     auto run = [&, begin, count] {
-      accumulate(blocked + begin * block_bytes, count, exact.n_bytes, q.tables.data(),
+      accumulate(part.blocked + begin * block_bytes, count, n_bytes, q.tables.data(),
                  sums.data() + begin * fastscan::kBlockRows);
     };
     if (w + 1 == workers) {
@@ -92,35 +89,87 @@ void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t
     }
   }
   for (auto& t : pool) t.join();
+  return sums;
+}
 
-  const double err = q.delta * exact.n_bytes + 4.0 * positions * FLT_EPSILON * q.abs_sum;
-  auto bounds = [&](std::ptrdiff_t r, double& low, double& high) {
-    key_bounds(q.low_sum + q.delta * sums[r], err, exact.norms[r], exact.metric,
-               exact.query_sq_norm, low, high);
-  };
-  // The k-th smallest upper bound, by a max-heap of the k smallest seen.
-  std::vector<double> heap;
-  heap.reserve(k);
-  for (std::ptrdiff_t r = 0; r < n; ++r) {
-    if (exact.live != nullptr && !exact.live[r]) continue;
-    double low, high;
-    bounds(r, low, high);
-    if (heap.size() < k) {
-      heap.push_back(high);
-      std::push_heap(heap.begin(), heap.end());
-    } else if (high < heap.front()) {
-      std::pop_heap(heap.begin(), heap.end());
-      heap.back() = high;
-      std::push_heap(heap.begin(), heap.end());
+// Keeps the k smallest values seen (a max-heap); its top bounds the k-th best key.
+class KthSmallest {
+ public:
+  explicit KthSmallest(std::size_t k) : k_(k) { heap_.reserve(k); }
+  void add(double value) {
+    if (heap_.size() < k_) {
+      heap_.push_back(value);
+      std::push_heap(heap_.begin(), heap_.end());
+    } else if (value < heap_.front()) {
+      std::pop_heap(heap_.begin(), heap_.end());
+      heap_.back() = value;
+      std::push_heap(heap_.begin(), heap_.end());
     }
   }
-  const double threshold = heap.size() < k ? INFINITY : heap.front();
-  for (std::ptrdiff_t r = 0; r < n; ++r) {
-    if (exact.live != nullptr && !exact.live[r]) continue;
-    double low, high;
-    bounds(r, low, high);
-    if (low <= threshold) scalar::lut_scan(exact, r, r + 1, top);
+  double bound() const { return heap_.size() < k_ ? INFINITY : heap_.front(); }
+
+ private:
+  std::size_t k_;
+  std::vector<double> heap_;
+};
+
+}  // namespace
+
+bool nibble_fits(std::ptrdiff_t n_bytes) { return 2 * n_bytes < 32768; }
+
+std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
+                                  const float* nibble_tables, NibbleAccumulate accumulate,
+                                  std::size_t workers, std::size_t k) {
+  TopK top(k);
+  for (const ScanPart& part : parts) {
+    if (part.blocked != nullptr) continue;
+    for (const Candidate& c : exact_topk(part.exact, part.rows, k, workers))
+      top.push(c.key, c.tie, part.global(c.row));
   }
+  std::vector<const ScanPart*> blocked;
+  for (const ScanPart& part : parts)
+    if (part.blocked != nullptr && part.rows > 0) blocked.push_back(&part);
+  if (blocked.empty()) return top.sorted();
+
+  const std::ptrdiff_t n_bytes = blocked.front()->exact.n_bytes;
+  const Quantized q = quantize(nibble_tables, 2 * n_bytes);
+  const double err = q.delta * n_bytes + 8.0 * n_bytes * FLT_EPSILON * q.abs_sum;
+  std::vector<std::vector<uint16_t>> sums;
+  for (const ScanPart* part : blocked) sums.push_back(part_sums(*part, q, accumulate, workers));
+  auto bounds = [&](std::size_t p, std::ptrdiff_t r, double& low, double& high) {
+    const LutScan& s = blocked[p]->exact;
+    key_bounds(q.low_sum + q.delta * sums[p][r], err, s.norms[r], s.metric, s.query_sq_norm,
+               low, high);
+  };
+  // The exact keys found so far are bounds too.
+  std::vector<Candidate> found = top.sorted();
+  KthSmallest kth(k);
+  for (const Candidate& c : found) {
+    kth.add(c.key);
+    top.push(c.key, c.tie, c.row);
+  }
+  for (std::size_t p = 0; p < blocked.size(); ++p) {
+    const LutScan& s = blocked[p]->exact;
+    for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
+      if (s.live != nullptr && !s.live[r]) continue;
+      double low, high;
+      bounds(p, r, low, high);
+      kth.add(high);
+    }
+  }
+  const double threshold = kth.bound();
+  for (std::size_t p = 0; p < blocked.size(); ++p) {
+    const LutScan& s = blocked[p]->exact;
+    for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
+      if (s.live != nullptr && !s.live[r]) continue;
+      double low, high;
+      bounds(p, r, low, high);
+      if (low > threshold) continue;
+      const float key = exact_key(s, r);
+      if (top.accepts(key, s.ties[r])) top.push(key, s.ties[r], blocked[p]->global(r));
+    }
+  }
+  return top.sorted();
 }
 
 }  // namespace vecstore

@@ -65,6 +65,19 @@ namespace scalar {
 void lut_scan(const LutScan& scan, std::ptrdiff_t begin, std::ptrdiff_t end, TopK& top);
 }
 
+// The exact key of one row of `scan`.
+inline float exact_key(const LutScan& scan, std::ptrdiff_t row) {
+  const uint8_t* code = scan.codes + row * scan.code_stride;
+  float sum = 0.0f;
+  for (std::ptrdiff_t b = 0; b < scan.n_bytes; ++b) sum += scan.tables[b * 256 + code[b]];
+  return to_key(sum, scan.norms[row], scan.metric, scan.query_sq_norm);
+}
+
+// The exact k best of rows [0, n) of `scan`, rows split across `workers` threads.
+std::vector<Candidate> exact_topk(const LutScan& scan, std::ptrdiff_t n, std::size_t k,
+                                  std::size_t workers);
+
+
 // A FastScan accumulate (fastscan.h): uint16 sums of quantized nibble tables, 32 rows a
 // block.
 using NibbleAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
@@ -74,12 +87,25 @@ using NibbleAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_block
 // Whether codes of n_bytes bytes can take the nibble scan (its sums fit 16 bits).
 bool nibble_fits(std::ptrdiff_t n_bytes);
 
-// The exact k best of rows [0, n) of `exact` into `top`, through the quantized nibble
-// tables (2 * n_bytes, 16) float32 of the same query over the blocked codes: a FastScan
-// pass on `workers` threads bounds each row's key, and rows that can reach the k-th best
-// bound are scored exactly.
-void nibble_scan(const LutScan& exact, const float* nibble_tables, const uint8_t* blocked,
-                 std::ptrdiff_t n, NibbleAccumulate accumulate, std::size_t workers,
-                 TopK& top, std::size_t k);
+// One part of a search over several: its exact scan (codes, norms, live rows, ties), its
+// blocked codes for the FastScan pass (nullptr: scanned exactly), and where its rows go
+// in the search's numbering (row_map[r], or offset + r without a map).
+struct ScanPart {
+  LutScan exact;
+  std::ptrdiff_t rows;
+  const uint8_t* blocked;
+  const int64_t* row_map;
+  int64_t offset;
+
+  int64_t global(std::ptrdiff_t r) const { return row_map ? row_map[r] : offset + r; }
+};
+
+// The exact k best rows of every part for one query, in one top-k: exact parts first,
+// then a FastScan pass over the blocked parts with the quantized `nibble_tables`
+// (2 * n_bytes, 16) float32 bounds every row, and rows that can reach the k-th best bound
+// (exact keys found so far included) are scored exactly.
+std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
+                                  const float* nibble_tables, NibbleAccumulate accumulate,
+                                  std::size_t workers, std::size_t k);
 
 }  // namespace vecstore

@@ -1,5 +1,6 @@
 // The portable scan: one row at a time, and the fused top-k every ISA shares.
 #include <algorithm>
+#include <thread>
 
 #include "scan.h"
 
@@ -29,13 +30,32 @@ namespace scalar {
 void lut_scan(const LutScan& scan, std::ptrdiff_t begin, std::ptrdiff_t end, TopK& top) {
   for (std::ptrdiff_t row = begin; row < end; ++row) {
     if (scan.live != nullptr && !scan.live[row]) continue;
-    const uint8_t* code = scan.codes + row * scan.code_stride;
-    float sum = 0.0f;
-    for (std::ptrdiff_t b = 0; b < scan.n_bytes; ++b) sum += scan.tables[b * 256 + code[b]];
-    const float key = to_key(sum, scan.norms[row], scan.metric, scan.query_sq_norm);
+    const float key = exact_key(scan, row);
     if (top.accepts(key, scan.ties[row])) top.push(key, scan.ties[row], row);
   }
 }
 
 }  // namespace scalar
+
+std::vector<Candidate> exact_topk(const LutScan& scan, std::ptrdiff_t n, std::size_t k,
+                                  std::size_t workers) {
+  std::vector<TopK> tops(workers, TopK(k));
+  std::vector<std::thread> pool;
+  const std::ptrdiff_t per = (n + workers - 1) / workers;
+  for (std::size_t w = 0; w < workers; ++w) {
+    const std::ptrdiff_t begin = std::min<std::ptrdiff_t>(n, w * per);
+    const std::ptrdiff_t end = std::min<std::ptrdiff_t>(n, begin + per);
+    if (w + 1 == workers) {
+      scalar::lut_scan(scan, begin, end, tops[w]);
+    } else {
+      pool.emplace_back([&, w, begin, end] { scalar::lut_scan(scan, begin, end, tops[w]); });
+    }
+  }
+  for (auto& t : pool) t.join();
+  TopK merged(k);
+  for (auto& top : tops)
+    for (const Candidate& c : top.sorted()) merged.push(c.key, c.tie, c.row);
+  return merged.sorted();
+}
+
 }  // namespace vecstore
