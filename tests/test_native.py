@@ -36,7 +36,7 @@ def real(wordnet):
 
 
 @pytest.mark.parametrize("path", COMPILED)
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq8"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq8", "tq4c", "tq2c"])
 @pytest.mark.parametrize("dim", [50, 97, 100, 384])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_one_or_two_queries_equal_the_numpy_path_bit_for_bit(real, monkeypatch, path, spec,
@@ -143,7 +143,7 @@ def test_collection_searches_equal_the_numpy_path(tmp_path, wordnet, monkeypatch
 
 
 @pytest.mark.parametrize("path", COMPILED)
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq4c", "tq1c"])
 @pytest.mark.parametrize("dim", [50, 97, 384])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_the_fastscan_pass_keeps_the_exact_result(real, monkeypatch, path, spec, dim, metric):

@@ -68,12 +68,13 @@ def cpu_features() -> dict:
 
 def scan_topk(nibble_tables, tables, parts, k: int, l2: bool, query_sq_norms, path: str):
     """Per query the exact k best rows over ``parts`` (see ``_scan.scan_topk``): keys,
-    rows and ties (nq, k). Each part is (blocked or None, codes, norms, live or None,
-    ties, row map or None, offset)."""
-    blocked, codes, norms, live, ties, row_maps, offsets = (list(c) for c in zip(*parts,
-                                                                                 strict=True))
-    return _scan.scan_topk(nibble_tables, tables, blocked, codes, norms, live, ties, row_maps,
-                           offsets, k, 1 if l2 else 0, query_sq_norms, path, _threads)
+    rows and ties (nq, k). Each part is (blocked or None, codes, scales, norms, live or
+    None, ties, row map or None, offset)."""
+    blocked, codes, scales, norms, live, ties, row_maps, offsets = (
+        list(column) for column in zip(*parts, strict=True))
+    return _scan.scan_topk(nibble_tables, tables, blocked, codes, scales, norms, live, ties,
+                           row_maps, offsets, k, 1 if l2 else 0, query_sq_norms, path,
+                           _threads)
 
 
 def block_codes(codes, n_bytes: int):

@@ -271,10 +271,15 @@ class TurboQuantMSE(_TurboQuantBase):
         """Estimated <q, x>, (nq, n) float32."""
         return self._mse_scores(state.rotated, codes) * self.norms(codes)[None, :]
 
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What ``score`` multiplies a code's table sum by, (n,) float32: its norm."""
+        return self.norms(codes)
+
     def score_tables(self, state: RotatedQueries) -> np.ndarray | None:
-        """Byte tables (nq, index_bytes, 256) float32 such that a code's score is its norm
-        times the sum, in byte order, of the tables at its index bytes (what ``score``
-        computes for one or two queries); None for widths that do not divide 8."""
+        """Byte tables (nq, index_bytes, 256) float32 such that a code's score is its
+        ``score_scales`` times the sum, in byte order, of the tables at its index bytes
+        (what ``score`` computes for one or two queries); None for widths that do not
+        divide 8."""
         if 8 % self.mse_bits:
             return None
         return byte_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)

@@ -57,10 +57,14 @@ class TurboQuantCorrected(TurboQuantMSE):
         """Reconstruct (n, d) float32, scaled so that <q, decode(x)> is the corrected score."""
         return super().decode(codes) * self.corrections(codes)[:, None]
 
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What ``score`` multiplies a code's table sum by, (n,) float32:
+        ||x|| / <y, y_mse>."""
+        return self.norms(codes) * self.corrections(codes)
+
     def score(self, state: RotatedQueries, codes: np.ndarray) -> np.ndarray:
         """Corrected estimate ||x|| <R q, y_mse> / <y, y_mse>, (nq, n) float32."""
-        scale = self.norms(codes) * self.corrections(codes)
-        return self._mse_scores(state.rotated, codes) * scale[None, :]
+        return self._mse_scores(state.rotated, codes) * self.score_scales(codes)[None, :]
 
     def to_config(self) -> dict:
         return self._config("tq-corrected")

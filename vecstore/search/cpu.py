@@ -22,9 +22,9 @@ MAX_CHUNK_ROWS = 65536
 QUERY_BLOCK = 4096
 # Up to this many queries, codecs with byte tables scan in the compiled kernels.
 NATIVE_MAX_QUERIES = 16
-# Blocked layouts and norms of stable code arrays by (id of the array, bytes a row),
-# each dropped when its array is.
-_LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+# Blocked layouts, score scales and norms of stable code arrays by (id of the array, bytes
+# a row), each dropped when its array is.
+_LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -173,22 +173,23 @@ def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
     fastscan = stable and path not in ("scalar", _native.NUMPY) and 2 * n_bytes < 32768 \
         and tables.nibbles is not None
     if stable:
-        blocked, norms = _stable_layout(codec, codes, n_bytes)
+        blocked, scales, norms = _stable_layout(codec, codes, n_bytes)
     else:
-        blocked, norms = None, codec.norms(codes)
-    return (blocked if fastscan else None, codes, norms,
+        blocked, scales, norms = None, codec.score_scales(codes), codec.norms(codes)
+    return (blocked if fastscan else None, codes, scales, norms,
             None if live is None else np.ascontiguousarray(live, dtype=bool),
             np.ascontiguousarray(ties, dtype=np.int64), row_map, offset)
 
 
 def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
-                   ) -> tuple[np.ndarray, np.ndarray]:
-    """FastScan's blocked layout of ``codes``' first ``n_bytes`` a row and the codes'
-    norms, built once per array and kept while the array lives."""
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """FastScan's blocked layout of ``codes``' first ``n_bytes`` a row, the codes' score
+    scales and their norms, built once per array and kept while the array lives."""
     key = (id(codes), n_bytes)
     layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = (_native.block_codes(codes, n_bytes), codec.norms(codes))
+        layout = (_native.block_codes(codes, n_bytes), codec.score_scales(codes),
+                  codec.norms(codes))
         _LAYOUTS[key] = layout
         weakref.finalize(codes, _LAYOUTS.pop, key, None)
     return layout

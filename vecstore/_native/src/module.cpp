@@ -55,6 +55,7 @@ using Live = std::optional<Array<const bool, nb::ndim<1>>>;
 // What every scan of one batch shares: codes and their per-row arrays, checked.
 struct Batch {
   Rows codes;
+  Array<const float, nb::ndim<1>> scales;
   Array<const float, nb::ndim<1>> norms;
   Live live;
   Array<const int64_t, nb::ndim<1>> ties;
@@ -68,14 +69,17 @@ struct Batch {
     const std::size_t n = codes.shape(0);
     if (codes.stride(1) != 1 || codes.shape(1) < static_cast<std::size_t>(n_bytes))
       throw std::invalid_argument("codes must be (n, >= P) uint8 with contiguous rows");
-    if (norms.shape(0) != n || ties.shape(0) != n || (live && live->shape(0) != n) ||
+    if (scales.shape(0) != n || norms.shape(0) != n || ties.shape(0) != n ||
+        (live && live->shape(0) != n) ||
         query_sq_norms.shape(0) != static_cast<std::size_t>(nq))
-      throw std::invalid_argument("norms, live, ties and query norms must match the codes");
+      throw std::invalid_argument(
+          "scales, norms, live, ties and query norms must match the codes");
     if (k == 0) throw std::invalid_argument("k must be positive");
   }
 
   LutScan scan(const float* tables, std::ptrdiff_t n_bytes, std::ptrdiff_t q) const {
-    return LutScan{tables, codes.data(), codes.stride(0), n_bytes, norms.data(),
+    return LutScan{tables,       codes.data(), codes.stride(0), n_bytes,
+                   scales.data(), norms.data(),
                    live ? reinterpret_cast<const uint8_t*>(live->data()) : nullptr,
                    ties.data(), metric, query_sq_norms.data()[q]};
   }
@@ -119,7 +123,8 @@ using RowMap = std::optional<Array<const int64_t, nb::ndim<1>>>;
 // exact scan; every key is the exact one.
 nb::tuple scan_topk(std::optional<Array<const float, nb::ndim<3>>> nibble_tables,
                     Array<const float, nb::ndim<3>> tables, std::vector<Blocked> blocked,
-                    std::vector<Rows> codes, std::vector<Array<const float, nb::ndim<1>>> norms,
+                    std::vector<Rows> codes, std::vector<Array<const float, nb::ndim<1>>> scales,
+                    std::vector<Array<const float, nb::ndim<1>>> norms,
                     std::vector<Live> live, std::vector<Array<const int64_t, nb::ndim<1>>> ties,
                     std::vector<RowMap> row_maps, std::vector<int64_t> offsets, std::size_t k,
                     int metric, Array<const float, nb::ndim<1>> query_sq_norms,
@@ -127,9 +132,10 @@ nb::tuple scan_topk(std::optional<Array<const float, nb::ndim<3>>> nibble_tables
   const std::ptrdiff_t nq = tables.shape(0), n_bytes = tables.shape(1);
   const std::size_t n_parts = codes.size();
   if (tables.shape(2) != 256) throw std::invalid_argument("tables must be (nq, P, 256)");
-  if (blocked.size() != n_parts || norms.size() != n_parts || live.size() != n_parts ||
+  if (blocked.size() != n_parts || scales.size() != n_parts || norms.size() != n_parts ||
+      live.size() != n_parts ||
       ties.size() != n_parts || row_maps.size() != n_parts || offsets.size() != n_parts)
-    throw std::invalid_argument("every part needs its codes, norms, live, ties and rows");
+    throw std::invalid_argument("every part needs codes, scales, norms, live, ties, rows");
   const bool any_blocked =
       std::any_of(blocked.begin(), blocked.end(), [](const Blocked& b) { return b.has_value(); });
   if (any_blocked && (!nibble_tables || nibble_tables->shape(0) != static_cast<std::size_t>(nq) ||
@@ -138,7 +144,7 @@ nb::tuple scan_topk(std::optional<Array<const float, nb::ndim<3>>> nibble_tables
     throw std::invalid_argument("blocked parts need nibble tables (nq, 2P, 16), P < 16384");
   std::ptrdiff_t total = 0;
   for (std::size_t i = 0; i < n_parts; ++i) {
-    const Batch part{codes[i], norms[i], live[i], ties[i], query_sq_norms, k,
+    const Batch part{codes[i], scales[i], norms[i], live[i], ties[i], query_sq_norms, k,
                      static_cast<Metric>(metric)};
     part.check(nq, n_bytes);
     if (blocked[i] && blocked[i]->shape(0) != static_cast<std::size_t>(
@@ -156,7 +162,7 @@ nb::tuple scan_topk(std::optional<Array<const float, nb::ndim<3>>> nibble_tables
     for (std::ptrdiff_t q = 0; q < nq; ++q) {
       std::vector<ScanPart> parts;
       for (std::size_t i = 0; i < n_parts; ++i) {
-        const Batch part{codes[i], norms[i], live[i], ties[i], query_sq_norms, k,
+        const Batch part{codes[i], scales[i], norms[i], live[i], ties[i], query_sq_norms, k,
                          static_cast<Metric>(metric)};
         parts.push_back(ScanPart{part.scan(tables.data() + q * n_bytes * 256, n_bytes, q),
                                  part.rows(), blocked[i] ? blocked[i]->data() : nullptr,
@@ -191,7 +197,8 @@ NB_MODULE(_scan, m) {
   m.def("available_paths", &available_paths,
         "The compiled scan paths this CPU can run, fastest first.");
   m.def("scan_topk", &scan_topk, nb::arg("nibble_tables").none(), nb::arg("tables"),
-        nb::arg("blocked"), nb::arg("codes"), nb::arg("norms"), nb::arg("live"),
+        nb::arg("blocked"), nb::arg("codes"), nb::arg("scales"), nb::arg("norms"),
+        nb::arg("live"),
         nb::arg("ties"), nb::arg("row_maps"), nb::arg("offsets"), nb::arg("k"),
         nb::arg("metric"), nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
         "Per query, the exact k best rows over several parts: keys (nq, k) float32 "

@@ -47,16 +47,17 @@ Quantized quantize(const float* tables, std::ptrdiff_t positions) {
   return out;
 }
 
-// The key interval [low, high] of a row with table sum in [sum - err, sum + err].
-void key_bounds(double sum, double err, double norm, Metric metric, double query_sq_norm,
-                double& low, double& high) {
+// The key interval [low, high] of a row with table sum in [sum - err, sum + err], its
+// score multiplier `scale` (>= 0) and stored norm.
+void key_bounds(double sum, double err, double scale, double norm, Metric metric,
+                double query_sq_norm, double& low, double& high) {
   if (metric == Metric::kL2) {
     const double base = query_sq_norm + norm * norm;
-    low = base - 2.0 * (sum + err) * norm;
-    high = base - 2.0 * (sum - err) * norm;
+    low = base - 2.0 * (sum + err) * scale;
+    high = base - 2.0 * (sum - err) * scale;
   } else {
-    low = -(sum + err) * norm;
-    high = -(sum - err) * norm;
+    low = -(sum + err) * scale;
+    high = -(sum - err) * scale;
   }
   // The float key computations round a few times: widen by far more than they can move.
   const double slack = 1e-5 * (std::fabs(low) + std::fabs(high)) + 1e-30;
@@ -138,8 +139,8 @@ std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
   for (const ScanPart* part : blocked) sums.push_back(part_sums(*part, q, accumulate, workers));
   auto bounds = [&](std::size_t p, std::ptrdiff_t r, double& low, double& high) {
     const LutScan& s = blocked[p]->exact;
-    key_bounds(q.low_sum + q.delta * sums[p][r], err, s.norms[r], s.metric, s.query_sq_norm,
-               low, high);
+    key_bounds(q.low_sum + q.delta * sums[p][r], err, s.scales[r], s.norms[r], s.metric,
+               s.query_sq_norm, low, high);
   };
   // The exact keys found so far are bounds too.
   std::vector<Candidate> found = top.sorted();

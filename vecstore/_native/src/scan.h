@@ -10,15 +10,16 @@ namespace vecstore {
 
 enum class Metric : int { kInnerProduct = 0, kL2 = 1 };
 
-// A scan of byte-table codes: score(row) = norm[row] * sum_b table[b][code[row][b]], the
+// A scan of byte-table codes: score(row) = scale[row] * sum_b table[b][code[row][b]], the
 // sum taken in byte order in float32 (exactly as the numpy reference adds), then turned
-// into a key where smaller is better.
+// into a key where smaller is better (l2 adds the stored norm[row] squared).
 struct LutScan {
   const float* tables;       // (n_bytes, 256) float32 of one query
   const uint8_t* codes;      // row r starts at codes + r * code_stride
   std::ptrdiff_t code_stride;
   std::ptrdiff_t n_bytes;    // table bytes read per row
-  const float* norms;        // (n,) float32 multipliers
+  const float* scales;       // (n,) float32 multipliers of the table sums
+  const float* norms;        // (n,) float32 stored norms, for l2
   const uint8_t* live;       // (n,) bool or nullptr for all rows
   const int64_t* ties;       // (n,) int64: equal keys go to the smaller
   Metric metric;
@@ -52,8 +53,8 @@ class TopK {
   std::vector<Candidate> heap_;
 };
 
-inline float to_key(float sum, float norm, Metric metric, float query_sq_norm) {
-  const float score = sum * norm;
+inline float to_key(float sum, float scale, float norm, Metric metric, float query_sq_norm) {
+  const float score = sum * scale;
   if (metric == Metric::kL2) {
     return (score * -2.0f + query_sq_norm) + norm * norm;
   }
@@ -70,7 +71,7 @@ inline float exact_key(const LutScan& scan, std::ptrdiff_t row) {
   const uint8_t* code = scan.codes + row * scan.code_stride;
   float sum = 0.0f;
   for (std::ptrdiff_t b = 0; b < scan.n_bytes; ++b) sum += scan.tables[b * 256 + code[b]];
-  return to_key(sum, scan.norms[row], scan.metric, scan.query_sq_norm);
+  return to_key(sum, scan.scales[row], scan.norms[row], scan.metric, scan.query_sq_norm);
 }
 
 // The exact k best of rows [0, n) of `scan`, rows split across `workers` threads.
@@ -87,7 +88,7 @@ using NibbleAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_block
 // Whether codes of n_bytes bytes can take the nibble scan (its sums fit 16 bits).
 bool nibble_fits(std::ptrdiff_t n_bytes);
 
-// One part of a search over several: its exact scan (codes, norms, live rows, ties), its
+// One part of a search over several: its exact scan (codes, scales, norms, live rows, ties), its
 // blocked codes for the FastScan pass (nullptr: scanned exactly), and where its rows go
 // in the search's numbering (row_map[r], or offset + r without a map).
 struct ScanPart {
