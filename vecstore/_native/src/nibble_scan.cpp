@@ -149,27 +149,26 @@ std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
     kth.add(c.key);
     top.push(c.key, c.tie, c.row);
   }
-  for (std::size_t p = 0; p < blocked.size(); ++p) {
-    const LutScan& s = blocked[p]->exact;
-    for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
-      if (s.live != nullptr && !s.live[r]) continue;
-      double low, high;
-      bounds(p, r, low, high);
-      kth.add(high);
+  // Calls visit(part, row, low, high) for every live row of the blocked parts.
+  auto each_live_row = [&](auto&& visit) {
+    for (std::size_t p = 0; p < blocked.size(); ++p) {
+      const LutScan& s = blocked[p]->exact;
+      for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
+        if (s.live != nullptr && !s.live[r]) continue;
+        double low, high;
+        bounds(p, r, low, high);
+        visit(p, r, low, high);
+      }
     }
-  }
+  };
+  each_live_row([&](std::size_t, std::ptrdiff_t, double, double high) { kth.add(high); });
   const double threshold = kth.bound();
-  for (std::size_t p = 0; p < blocked.size(); ++p) {
+  each_live_row([&](std::size_t p, std::ptrdiff_t r, double low, double) {
+    if (low > threshold) return;
     const LutScan& s = blocked[p]->exact;
-    for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
-      if (s.live != nullptr && !s.live[r]) continue;
-      double low, high;
-      bounds(p, r, low, high);
-      if (low > threshold) continue;
-      const float key = exact_key(s, r);
-      if (top.accepts(key, s.ties[r])) top.push(key, s.ties[r], blocked[p]->global(r));
-    }
-  }
+    const float key = exact_key(s, r);
+    if (top.accepts(key, s.ties[r])) top.push(key, s.ties[r], blocked[p]->global(r));
+  });
   return top.sorted();
 }
 
