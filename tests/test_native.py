@@ -225,3 +225,41 @@ def test_one_scan_serves_every_part_of_a_collection(tmp_path, wordnet, monkeypat
             want = c.search(q, **kwargs)
             np.testing.assert_allclose(got.distances, want.distances, rtol=1e-5, atol=1e-6)
             assert np.mean(got.ids == want.ids) > 0.99
+
+
+@pytest.mark.parametrize("path", [p for p in COMPILED if p != "scalar"])
+def test_the_memtable_layout_grows_with_its_rows(wordnet, monkeypatch, path):
+    """The memtable's blocked layout is extended as rows arrive (partial blocks laid out
+    again), and every search still equals the numpy path's, deletes included."""
+    x, q = wordnet["base"], wordnet["queries"][:2]
+    c = vecstore.open(device="cpu").create_collection("grow", dim=384, metric="ip",
+                                                      codec="tq4")
+    start = 0
+    for size in (5, 27, 32, 1, 200, 3000):
+        c.add(x[start : start + size])
+        start += size
+        if size == 200:
+            c.delete(np.arange(0, start, 3))
+        assert c.stats()["segments"] == 0
+        monkeypatch.setenv(_native.PATH_VARIABLE, path)
+        got = c.search(q, k=20)
+        monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+        want = c.search(q, k=20)
+        np.testing.assert_array_equal(got.ids, want.ids)
+        np.testing.assert_array_equal(got.distances, want.distances)
+    assert c._memtable_layout[1]._rows == start
+
+
+def test_a_stream_layout_serves_older_snapshots(real):
+    base, _ = real
+    codec = make_codec("tq2", dim=384)
+    codes = codec.encode(base[:100])
+    layout = cpu.StreamLayout()
+    full = layout.view(codec, codes, codec.index_bytes)
+    early = layout.view(codec, codes[:40], codec.index_bytes)
+    again = cpu.StreamLayout().view(codec, codes[:40], codec.index_bytes)
+    np.testing.assert_array_equal(early[1], again[1])
+    np.testing.assert_array_equal(early[0][: 32 * codec.index_bytes],
+                                  again[0][: 32 * codec.index_bytes])
+    assert full[0].size == 4 * 32 * codec.index_bytes
+    assert early[0].size == 2 * 32 * codec.index_bytes

@@ -111,6 +111,7 @@ class Collection:
         self._closed = False
         self._dropped = False
         self._merger: threading.Thread | None = None
+        self._memtable_layout: tuple = (None, None)
         self._merging = merge_policy is not None
         self._written = {"flushed": 0, "rewritten": 0, "merged": 0, "merges": 0}
 
@@ -844,8 +845,7 @@ class Collection:
                 top.merge(local, offset=offset)
         return top
 
-    @staticmethod
-    def _native_parts(parts, offsets, masks) -> list[tuple]:
+    def _native_parts(self, parts, offsets, masks) -> list[tuple]:
         """``parts`` as ``cpu.scan_many`` takes them: a part whose filter keeps few rows
         goes as a gathered copy of those rows, the others whole with their masks."""
         native = []
@@ -856,8 +856,19 @@ class Collection:
                 if chosen.size:
                     native.append((codes[chosen], None, ids[chosen], chosen + offset, 0, False))
             elif part.rows:
-                native.append((codes, mask, ids, None, int(offset), part.stream is None))
+                kept = True if part.stream is None else self._stream_layout(part.stream)
+                native.append((codes, mask, ids, None, int(offset), kept))
         return native
+
+    def _stream_layout(self, stream):
+        """The compiled scan's layout of the memtable named ``stream``, extended as rows
+        arrive; False for a memtable already sealed (an older snapshot's)."""
+        with self._lock:
+            if stream != self._memtable.serial:
+                return False
+            if self._memtable_layout[0] != stream:
+                self._memtable_layout = (stream, cpu.StreamLayout())
+            return self._memtable_layout[1]
 
     def _use_gpu(self, device: str, k: int) -> bool:
         """Whether this search runs on the GPU; GpuUnavailable when ``device="gpu"`` cannot."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import threading
 import weakref
 from typing import Literal
 
@@ -22,6 +23,8 @@ MAX_CHUNK_ROWS = 65536
 QUERY_BLOCK = 4096
 # Up to this many queries, codecs with byte tables scan in the compiled kernels.
 NATIVE_MAX_QUERIES = 16
+# Rows a block of FastScan's blocked layout holds.
+BLOCK_ROWS = 32
 # Blocked layouts, score scales and norms of stable code arrays by (id of the array, bytes
 # a row), each dropped when its array is.
 _LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -166,19 +169,64 @@ def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,
 
 def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
                 live: np.ndarray | None, ties: np.ndarray, row_map: np.ndarray | None,
-                offset: int, path: str, stable: bool) -> tuple:
-    """One part for ``_native.scan_topk``: stable codes of widths dividing 4 on a SIMD
-    path carry their blocked layout (the FastScan pass), the others scan exactly."""
+                offset: int, path: str, stable) -> tuple:
+    """One part for ``_native.scan_topk``. ``stable`` says how its codes may be kept:
+    False (not at all), True (the array never changes: its layout is kept while it lives)
+    or the ``StreamLayout`` of an append-only stream. Kept codes of widths dividing 4 on
+    a SIMD path carry their blocked layout (the FastScan pass), the others scan exactly."""
     n_bytes = tables.bytes.shape[1]
-    fastscan = stable and path not in ("scalar", _native.NUMPY) and 2 * n_bytes < 32768 \
-        and tables.nibbles is not None
-    if stable:
+    fastscan = bool(stable) and path not in ("scalar", _native.NUMPY) \
+        and 2 * n_bytes < 32768 and tables.nibbles is not None
+    if isinstance(stable, StreamLayout) and fastscan:
+        blocked, scales, norms = stable.view(codec, codes, n_bytes)
+    elif stable is True:
         blocked, scales, norms = _stable_layout(codec, codes, n_bytes)
     else:
         blocked, scales, norms = None, codec.score_scales(codes), codec.norms(codes)
     return (blocked if fastscan else None, codes, scales, norms,
             None if live is None else np.ascontiguousarray(live, dtype=bool),
             np.ascontiguousarray(ties, dtype=np.int64), row_map, offset)
+
+
+class StreamLayout:
+    """FastScan's blocked layout, score scales and norms of an append-only stream of codes
+    (the memtable), extended as rows arrive: rows already written never change, so only
+    the new ones (and the last partial block) are laid out. Safe to share between
+    searches; a search of an older snapshot reads the first rows only."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self._rows = 0
+        self._blocked = np.empty(0, dtype=np.uint8)
+        self._scales = np.empty(0, dtype=np.float32)
+        self._norms = np.empty(0, dtype=np.float32)
+
+    def view(self, codec: Codec, codes: np.ndarray, n_bytes: int
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The layout of ``codes`` (the stream's first n rows), (blocked, scales, norms)."""
+        n = codes.shape[0]
+        size = -(-n // BLOCK_ROWS) * BLOCK_ROWS * n_bytes
+        with self._lock:
+            if n > self._rows:
+                start = self._rows // BLOCK_ROWS * BLOCK_ROWS
+                self._blocked = _grown(self._blocked, size)
+                self._blocked[start * n_bytes : size] = _native.block_codes(codes[start:],
+                                                                            n_bytes)
+                self._scales = _grown(self._scales, n)
+                self._scales[start:n] = codec.score_scales(codes[start:])
+                self._norms = _grown(self._norms, n)
+                self._norms[start:n] = codec.norms(codes[start:])
+                self._rows = n
+            return self._blocked[:size], self._scales[:n], self._norms[:n]
+
+
+def _grown(array: np.ndarray, size: int) -> np.ndarray:
+    """``array`` if it holds ``size`` entries, else a copy with room for twice that."""
+    if array.shape[0] >= size:
+        return array
+    grown = np.empty(2 * size, dtype=array.dtype)
+    grown[: array.shape[0]] = array
+    return grown
 
 
 def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int

@@ -47,22 +47,24 @@ Quantized quantize(const float* tables, std::ptrdiff_t positions) {
   return out;
 }
 
-// The key interval [low, high] of a row with table sum in [sum - err, sum + err], its
-// score multiplier `scale` (>= 0) and stored norm.
-void key_bounds(double sum, double err, double scale, double norm, Metric metric,
-                double query_sq_norm, double& low, double& high) {
-  if (metric == Metric::kL2) {
-    const double base = query_sq_norm + norm * norm;
-    low = base - 2.0 * (sum + err) * scale;
-    high = base - 2.0 * (sum - err) * scale;
-  } else {
-    low = -(sum + err) * scale;
-    high = -(sum - err) * scale;
+// Each row's key interval [lows[r], highs[r]] for table sums in [sum - err, sum + err]
+// (sum = low_sum + delta * sums[r]), its score multiplier scale[r] >= 0 and stored norm;
+// dead rows get an empty interval (+inf). One branch-free loop the compiler vectorizes.
+void key_bounds(const LutScan& s, std::ptrdiff_t rows, const uint16_t* sums, double low_sum,
+                double delta, double err, float* lows, float* highs) {
+  const bool l2 = s.metric == Metric::kL2;
+  for (std::ptrdiff_t r = 0; r < rows; ++r) {
+    const double sum = low_sum + delta * sums[r];
+    const double scale = s.scales[r], norm = s.norms[r];
+    const double factor = l2 ? 2.0 * scale : scale;
+    const double center = (l2 ? s.query_sq_norm + norm * norm : 0.0) - sum * factor;
+    // The float key computations, and these bounds' own rounding to float, move a key
+    // by far less than this slack.
+    const double width = err * factor + 2e-5 * (std::fabs(center) + err * factor) + 1e-30;
+    const bool dead = s.live != nullptr && !s.live[r];
+    lows[r] = dead ? INFINITY : static_cast<float>(center - width);
+    highs[r] = dead ? INFINITY : static_cast<float>(center + width);
   }
-  // The float key computations round a few times: widen by far more than they can move.
-  const double slack = 1e-5 * (std::fabs(low) + std::fabs(high)) + 1e-30;
-  low -= slack;
-  high += slack;
 }
 
 // Per-row uint16 sums of the quantized tables over a part's blocked codes, blocks split
@@ -135,40 +137,35 @@ std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
   const std::ptrdiff_t n_bytes = blocked.front()->exact.n_bytes;
   const Quantized q = quantize(nibble_tables, 2 * n_bytes);
   const double err = q.delta * n_bytes + 8.0 * n_bytes * FLT_EPSILON * q.abs_sum;
-  std::vector<std::vector<uint16_t>> sums;
-  for (const ScanPart* part : blocked) sums.push_back(part_sums(*part, q, accumulate, workers));
-  auto bounds = [&](std::size_t p, std::ptrdiff_t r, double& low, double& high) {
-    const LutScan& s = blocked[p]->exact;
-    key_bounds(q.low_sum + q.delta * sums[p][r], err, s.scales[r], s.norms[r], s.metric,
-               s.query_sq_norm, low, high);
-  };
-  // The exact keys found so far are bounds too.
-  std::vector<Candidate> found = top.sorted();
+  // Every live row's key interval, and the k-th smallest upper bound; the exact keys
+  // found so far are bounds too.
+  std::vector<std::vector<float>> lows(blocked.size()), highs(blocked.size());
   KthSmallest kth(k);
+  std::vector<Candidate> found = top.sorted();
   for (const Candidate& c : found) {
     kth.add(c.key);
     top.push(c.key, c.tie, c.row);
   }
-  // Calls visit(part, row, low, high) for every live row of the blocked parts.
-  auto each_live_row = [&](auto&& visit) {
-    for (std::size_t p = 0; p < blocked.size(); ++p) {
-      const LutScan& s = blocked[p]->exact;
-      for (std::ptrdiff_t r = 0; r < blocked[p]->rows; ++r) {
-        if (s.live != nullptr && !s.live[r]) continue;
-        double low, high;
-        bounds(p, r, low, high);
-        visit(p, r, low, high);
-      }
-    }
-  };
-  each_live_row([&](std::size_t, std::ptrdiff_t, double, double high) { kth.add(high); });
+  for (std::size_t p = 0; p < blocked.size(); ++p) {
+    const ScanPart& part = *blocked[p];
+    const std::vector<uint16_t> sums = part_sums(part, q, accumulate, workers);
+    lows[p].resize(part.rows);
+    highs[p].resize(part.rows);
+    key_bounds(part.exact, part.rows, sums.data(), q.low_sum, q.delta, err, lows[p].data(),
+               highs[p].data());
+    for (const float high : highs[p])
+      if (high < kth.bound()) kth.add(high);
+  }
   const double threshold = kth.bound();
-  each_live_row([&](std::size_t p, std::ptrdiff_t r, double low, double) {
-    if (low > threshold) return;
-    const LutScan& s = blocked[p]->exact;
-    const float key = exact_key(s, r);
-    if (top.accepts(key, s.ties[r])) top.push(key, s.ties[r], blocked[p]->global(r));
-  });
+  for (std::size_t p = 0; p < blocked.size(); ++p) {
+    const ScanPart& part = *blocked[p];
+    for (std::ptrdiff_t r = 0; r < part.rows; ++r) {
+      if (!(lows[p][r] <= threshold) || (part.exact.live && !part.exact.live[r])) continue;
+      const float key = exact_key(part.exact, r);
+      if (top.accepts(key, part.exact.ties[r])) top.push(key, part.exact.ties[r],
+                                                          part.global(r));
+    }
+  }
   return top.sorted();
 }
 
