@@ -31,6 +31,7 @@ import numpy as np
 import pytest
 
 import vecstore
+from tests.crash_image import settle_merges
 from vecstore import DataLoss, NotFound
 from vecstore.storage import wal
 from vecstore.storage.files import crc32c, file_crc32c
@@ -164,6 +165,7 @@ def image(tmp_path_factory) -> Image:
         for base, name in zip((0, 100_000), NAMES, strict=True):
             model = Model(db.create_collection(name, dim=DIM, metric="ip", codec="flat"))
             states[name] = _populate(model, rng, base)
+        settle_merges(db)
         shutil.copytree(live, root)  # a crash image: the log tails were never flushed
     finally:
         db.close()
@@ -358,6 +360,7 @@ def test_wal_truncated_recovers_the_complete_records(image, tmp_path, spec):
         np.testing.assert_array_equal(collection.get([77_777, 77_778]), x)
         # ...and a crash now leaves a log that replays cleanly, without warnings.
         crashed = tmp_path / "crashed"
+        settle_merges(db)
         shutil.copytree(path, crashed)
     finally:
         db.close()

@@ -19,6 +19,7 @@ import pyarrow as pa
 import pytest
 
 import vecstore
+from tests.crash_image import settle_merges
 from vecstore import rows
 from vecstore.errors import DataLoss
 from vecstore.storage import collection_store, records, wal
@@ -180,6 +181,7 @@ def test_a_merge_cut_short_after_other_commits_is_removed_silently(tmp_path):
         c.add(vectors(5, seed=seed) + seed)
         c.flush()
     c.delete([0])
+    settle_merges(db)
     shutil.copytree(root, image)
     db.close()
     with vecstore.open(image) as reopened:
@@ -204,6 +206,7 @@ def log_image(tmp_path_factory) -> Path:
         c.flush()
         c.add(vectors(4, seed=1), ids=[20, 21, 22, 23], metadata={"year": np.arange(4)})
         c.delete([20])
+    settle_merges(db)
     shutil.copytree(root, image)
     db.close()
     return image

@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 )
 
 import vecstore
+from tests.crash_image import settle_merges
 from vecstore import AlreadyExists, Closed, InvalidArgument, NotFound
 
 DIM = 8
@@ -288,7 +289,7 @@ class StorageMachine(RuleBasedStateMachine):
         database is open (every acknowledged write has reached the files), so the log
         since the last flush is replayed. Background merges settle first, since a copy,
         unlike a crash, is not one instant (the kill tests cover merges cut short)."""
-        assert self.c.wait_for_merges(30)
+        settle_merges(self.db)
         crashed = Path(tempfile.mkdtemp(prefix="vecstore-sm-crash-")) / "db"
         shutil.copytree(self.path, crashed)
         self.db.close()
