@@ -208,8 +208,10 @@ def storage_command(args: argparse.Namespace) -> int:
 
 
 def cpu_command(args: argparse.Namespace) -> int:
+    import os
     from pathlib import Path
 
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")   # turbovec, like every method: one thread
     from bench import cpu
 
     dataset = load_dataset(args.dataset)

@@ -117,7 +117,32 @@ def measure(dataset: Dataset, *, codecs: list[str], k: int, single: int, batch: 
             shutil.rmtree(directory / codec, ignore_errors=True)
         if peers:
             rows += measure_faiss(dataset, k=k, single=single, batch=batch)
+            rows += measure_turbovec(dataset, k=k, single=single, batch=batch)
     vecstore.set_num_threads(vecstore.cpu_features()["threads"])
+    return rows
+
+
+def measure_turbovec(dataset: Dataset, *, k: int, single: int, batch: int) -> list[dict]:
+    """turbovec 4-bit and 2-bit (uncalibrated, its default), one thread (RAYON_NUM_THREADS
+    is set to 1 by ``python -m bench cpu`` before turbovec loads); none if it is not
+    installed (the peers extra)."""
+    try:
+        import turbovec  # noqa: F401
+    except ImportError:
+        return []
+    from bench.peers import TurboVecPeer
+
+    truth = dataset.ground_truth("ip")
+    rows = []
+    for bits in (4, 2):
+        peer = TurboVecPeer(dataset.dim, 0, bits, calibrated=False)
+        peer.build(dataset.base, "ip")
+        single_qps, single_ids = timed_single(peer.search, dataset.queries[:single], k)
+        batch_qps, batch_ids = timed_batch(peer.search, dataset.queries[:batch], k)
+        rows.append({"method": f"turbovec {bits}-bit", "bytes_per_vector": peer.bytes_per_vector,
+                     "single_qps": single_qps, "batch_qps": batch_qps,
+                     "recall_single": recall_at_k(single_ids, truth[:single], k),
+                     "recall_batch": recall_at_k(batch_ids, truth[:batch], k)})
     return rows
 
 
