@@ -829,7 +829,6 @@ class Collection:
             return native
         top = TopK(q.shape[0], k)
         state = self.codec.prepare_query(q) if state is None else state
-        tables = cpu.QueryTables(self.codec, state)
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
             codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
             if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
@@ -837,11 +836,11 @@ class Collection:
                 if not chosen.size:
                     continue
                 local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state,
-                                 row_ids=ids[chosen], tables=tables)
+                                 row_ids=ids[chosen])
                 top.merge(local, chosen + offset)
             else:
                 local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
-                                 stable=part.stream is None, row_ids=ids, tables=tables)
+                                 stable=part.stream is None, row_ids=ids)
                 top.merge(local, offset=offset)
         return top
 

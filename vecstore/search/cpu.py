@@ -59,31 +59,26 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
          live: np.ndarray | None = None, state=None,
-         row_ids: np.ndarray | None = None, stable: bool = False,
-         tables: QueryTables | None = None) -> TopK:
+         row_ids: np.ndarray | None = None, stable: bool = False) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
     ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
     the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says
     ``codes`` is an array that never changes (a sealed segment's), so the compiled scan
-    may keep a layout of it for as long as it lives; ``tables`` holds the lookup tables of
-    ``state`` when the caller scans several parts with it. Returns the running top-k over
-    row positions; ``TopK.sorted`` turns it into final results.
+    may keep a layout of it for as long as it lives. Returns the running top-k over row
+    positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
     if state is None:
         state = codec.prepare_query(queries)
+    if codes.shape[0]:
+        ties = np.arange(codes.shape[0], dtype=np.int64) if row_ids is None else row_ids
+        native = scan_many(codec, queries, k, metric, [(codes, live, ties, None, 0, stable)],
+                           state)
+        if native is not None:
+            return native
     query_sq_norms = np.einsum("ij,ij->i", queries, queries) if metric == "l2" else None
-    path = _native.scan_path() if codes.shape[0] else _native.NUMPY
-    if path != _native.NUMPY and nq <= NATIVE_MAX_QUERIES:
-        tables = tables or QueryTables(codec, state)
-        if tables.bytes is not None:
-            return _scan_native(codec, tables, codes, k, metric, live, row_ids,
-                                query_sq_norms, path, stable)
-    elif path not in (_native.NUMPY, "scalar") and stable and codec_has_fastscan(codec):
-        return _scan_native_blocks(codec, codes, queries, k, metric, live, row_ids,
-                                   query_sq_norms, path)
     top = TopK(nq, k)
     step = chunk_rows(nq, codec.dim)
     for start in range(0, codes.shape[0], step):
@@ -128,43 +123,6 @@ def codec_has_fastscan(codec: Codec) -> bool:
     """Whether ``codec``'s codes take the FastScan pass (TurboQuant widths dividing 4)."""
     bits = getattr(codec, "mse_bits", None)
     return hasattr(codec, "score_nibble_tables") and bits is not None and 4 % bits == 0
-
-
-def _scan_native_blocks(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int,
-                        metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
-                        query_sq_norms: np.ndarray | None, path: str) -> TopK:
-    """A batch of queries through the FastScan pass, NATIVE_MAX_QUERIES at a time, so
-    each block's tables stay small; its keys round as the one-query scan's."""
-    keys, rows, ties = [], [], []
-    for start in range(0, queries.shape[0], NATIVE_MAX_QUERIES):
-        block = slice(start, start + NATIVE_MAX_QUERIES)
-        tables = QueryTables(codec, codec.prepare_query(queries[block]))
-        top = _scan_native(codec, tables, codes, k, metric, live, row_ids,
-                           None if query_sq_norms is None else query_sq_norms[block], path,
-                           stable=True)
-        keys.append(top.keys)
-        rows.append(top.rows)
-        ties.append(top.ties)
-    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties))
-
-
-def _scan_native(codec: Codec, tables: QueryTables, codes: np.ndarray, k: int,
-                 metric: Metric, live: np.ndarray | None, row_ids: np.ndarray | None,
-                 query_sq_norms: np.ndarray | None, path: str, stable: bool) -> TopK:
-    """``scan`` by the compiled kernels: the same keys as the numpy path. Stable codes of
-    widths dividing 4 take the FastScan pass over their blocked layout, kept per array."""
-    n = codes.shape[0]
-    nq = tables.bytes.shape[0]
-    ties = np.arange(n, dtype=np.int64) if row_ids is None else \
-        np.ascontiguousarray(row_ids, dtype=np.int64)
-    sq = np.zeros(nq, np.float32) if query_sq_norms is None else \
-        np.ascontiguousarray(query_sq_norms, dtype=np.float32)
-    live = None if live is None else np.ascontiguousarray(live, dtype=bool)
-    part = native_part(codec, tables, codes, live, ties, None, 0, path, stable)
-    keys, rows, found_ties = _native.scan_topk(tables.nibbles if part[0] is not None else None,
-                                               tables.bytes, [part], k, metric == "l2", sq,
-                                               path)
-    return TopK.of(keys, rows, found_ties)
 
 
 def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
@@ -254,8 +212,10 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
     """
     path = _native.scan_path()
     nq = queries.shape[0]
-    if path == _native.NUMPY or not parts or \
-            (nq > NATIVE_MAX_QUERIES and not codec_has_fastscan(codec)):
+    # Batches beyond one block pay off only through the FastScan pass over kept layouts;
+    # otherwise the numpy path's matrix product is faster.
+    batch_ok = path != "scalar" and codec_has_fastscan(codec) and all(p[5] for p in parts)
+    if path == _native.NUMPY or not parts or (nq > NATIVE_MAX_QUERIES and not batch_ok):
         return None
     if state is None or nq > NATIVE_MAX_QUERIES:
         state = None
