@@ -257,7 +257,7 @@ class Collection:
                 raise InvalidArgument(
                     f"{what} at rows {_preview(zero)} are zero; cosine needs non-zero vectors"
                 )
-            x = (x / norms[:, None].astype(np.float64)).astype(np.float32)
+            x = x / norms[:, None]
         return x, norms
 
     def add(self, vectors, ids=None, metadata=None) -> np.ndarray:
@@ -822,29 +822,22 @@ class Collection:
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
     def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+        """One compiled scan of every part when the kernels serve it, else a scan and a
+        merge per part."""
+        pieces = self._scan_pieces(parts, offsets, masks)
         state = self.codec.prepare_query(q) if q.shape[0] <= cpu.NATIVE_MAX_QUERIES else None
-        native = cpu.scan_many(self.codec, q, k, self.metric,
-                               self._native_parts(parts, offsets, masks), state)
+        native = cpu.scan_many(self.codec, q, k, self.metric, pieces, state)
         if native is not None:
             return native
         top = TopK(q.shape[0], k)
         state = self.codec.prepare_query(q) if state is None else state
-        for part, offset, mask in zip(parts, offsets, masks, strict=False):
-            codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
-            if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
-                chosen = np.nonzero(mask)[0]
-                if not chosen.size:
-                    continue
-                local = cpu.scan(self.codec, codes[chosen], q, k, self.metric, state=state,
-                                 row_ids=ids[chosen])
-                top.merge(local, chosen + offset)
-            else:
-                local = cpu.scan(self.codec, codes, q, k, self.metric, mask, state=state,
-                                 stable=part.stream is None, row_ids=ids)
-                top.merge(local, offset=offset)
+        for codes, live, ids, row_map, offset, kept in pieces:
+            local = cpu.scan(self.codec, codes, q, k, self.metric, live, state=state,
+                             row_ids=ids, stable=kept)
+            top.merge(local, row_map, offset)
         return top
 
-    def _native_parts(self, parts, offsets, masks) -> list[tuple]:
+    def _scan_pieces(self, parts, offsets, masks) -> list[tuple]:
         """``parts`` as ``cpu.scan_many`` takes them: a part whose filter keeps few rows
         goes as a gathered copy of those rows, the others whole with their masks."""
         native = []

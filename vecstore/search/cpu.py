@@ -59,15 +59,14 @@ def keys_to_distances(keys: np.ndarray, metric: Metric) -> np.ndarray:
 
 def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: Metric,
          live: np.ndarray | None = None, state=None,
-         row_ids: np.ndarray | None = None, stable: bool = False) -> TopK:
+         row_ids: np.ndarray | None = None, stable=False) -> TopK:
     """Score ``queries`` (nq, d) float32 against ``codes`` (n, code_size) uint8.
 
     Rows where ``live`` (n,) bool is False are never returned. ``state`` is
     ``codec.prepare_query(queries)`` when the caller already has it. Equal scores go to
-    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says
-    ``codes`` is an array that never changes (a sealed segment's), so the compiled scan
-    may keep a layout of it for as long as it lives. Returns the running top-k over row
-    positions; ``TopK.sorted`` turns it into final results.
+    the smaller of ``row_ids`` (n,) int64 (default: the smaller row). ``stable`` says how
+    the compiled scan may keep a layout of ``codes`` (see ``native_part``). Returns the
+    running top-k over row positions; ``TopK.sorted`` turns it into final results.
     """
     nq = queries.shape[0]
     if state is None:
@@ -217,22 +216,23 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
     batch_ok = path != "scalar" and codec_has_fastscan(codec) and all(p[5] for p in parts)
     if path == _native.NUMPY or not parts or (nq > NATIVE_MAX_QUERIES and not batch_ok):
         return None
-    if state is None or nq > NATIVE_MAX_QUERIES:
-        state = None
+    blocks = [slice(start, start + NATIVE_MAX_QUERIES)
+              for start in range(0, nq, NATIVE_MAX_QUERIES)]
+    first = QueryTables(codec, state if state is not None and nq <= NATIVE_MAX_QUERIES
+                        else codec.prepare_query(queries[blocks[0]]))
+    if first.bytes is None:
+        return None
+    # The parts' layouts depend on the codec and the path, not on the queries.
+    native = [native_part(codec, first, codes, live, ids, row_map, offset, path, stable)
+              for codes, live, ids, row_map, offset, stable in parts]
+    fastscan = any(p[0] is not None for p in native)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries).astype(np.float32) \
         if metric == "l2" else np.zeros(nq, np.float32)
     keys, rows, ties = [], [], []
-    for start in range(0, nq, NATIVE_MAX_QUERIES):
-        block = slice(start, start + NATIVE_MAX_QUERIES)
-        tables = QueryTables(codec, state if state is not None
-                             else codec.prepare_query(queries[block]))
-        if tables.bytes is None:
-            return None
-        native = [native_part(codec, tables, codes, live, ids, row_map, offset, path, stable)
-                  for codes, live, ids, row_map, offset, stable in parts]
-        nibbles = tables.nibbles if any(p[0] is not None for p in native) else None
-        found = _native.scan_topk(nibbles, tables.bytes, native, k, metric == "l2",
-                                  query_sq_norms[block], path)
+    for i, block in enumerate(blocks):
+        tables = first if i == 0 else QueryTables(codec, codec.prepare_query(queries[block]))
+        found = _native.scan_topk(tables.nibbles if fastscan else None, tables.bytes, native,
+                                  k, metric == "l2", query_sq_norms[block], path)
         keys.append(found[0])
         rows.append(found[1])
         ties.append(found[2])
