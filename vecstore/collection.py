@@ -815,9 +815,8 @@ class Collection:
             if fetch_column is not None:
                 fetch = self._rescore_fetch(parts, offsets, fetch_column)
                 top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
-            ids = np.full(top.rows.shape, -1, dtype=np.int64)
-            filled = top.rows >= 0
-            ids[filled] = gather(parts, offsets, top.rows[filled], rows.ID)
+            # Every scan breaks ties by id, so a candidate's tie is its id.
+            ids = np.where(top.rows >= 0, top.ties, -1)
             distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 

@@ -80,27 +80,35 @@ def byte_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
                 ) -> np.ndarray:
     """Per query, the partial sum each byte value contributes at each byte position:
     (nq, n_bytes, 256) float32 for queries (nq, D) float32, D <= 8 * n_bytes / bits, and
-    ``levels`` (2**bits,) float32 (bits divides 8)."""
-    per_byte = 8 // bits
-    slot_levels = byte_levels(levels, bits).T
-    padded = np.zeros((queries.shape[0], n_bytes * per_byte), dtype=np.float32)
+    ``levels`` (2**bits,) float32 (bits divides 8). For widths dividing 4 an entry is the
+    float32 sum of its two ``nibble_tables`` entries (low half first), which the compiled
+    kernels rebuild from the nibble tables alone."""
+    if 4 % bits == 0:
+        nibbles = nibble_tables(queries, levels, bits, n_bytes)
+        values = np.arange(256)
+        return nibbles[:, 0::2, :][:, :, values & 15] + nibbles[:, 1::2, :][:, :, values >> 4]
+    padded = np.zeros((queries.shape[0], n_bytes), dtype=np.float32)
     padded[:, : queries.shape[1]] = queries
-    return padded.reshape(-1, n_bytes, per_byte) @ slot_levels
+    return padded[:, :, None] * np.asarray(levels, dtype=np.float32)[None, None, :]
 
 
 def nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
                   ) -> np.ndarray:
     """Per query, what each 4-bit half of a code byte contributes: (nq, 2 * n_bytes, 16)
     float32, entry [2b + h, v] for the low (h = 0) or high (h = 1) nibble v of byte b, for
-    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4)."""
+    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4). The
+    products of a nibble's coordinates are added in slot order, in float32."""
     per_nibble = 4 // bits
     mask = (1 << bits) - 1
     values = np.arange(16)
-    slot_levels = np.stack([np.asarray(levels, dtype=np.float32)[(values >> (s * bits)) & mask]
-                            for s in range(per_nibble)], axis=1)
+    levels = np.asarray(levels, dtype=np.float32)
     padded = np.zeros((queries.shape[0], 2 * n_bytes * per_nibble), dtype=np.float32)
     padded[:, : queries.shape[1]] = queries
-    return padded.reshape(-1, 2 * n_bytes, per_nibble) @ slot_levels.T
+    slots = padded.reshape(-1, 2 * n_bytes, per_nibble)
+    tables = slots[:, :, :1] * levels[values & mask]
+    for slot in range(1, per_nibble):
+        tables = tables + slots[:, :, slot : slot + 1] * levels[(values >> (slot * bits)) & mask]
+    return tables
 
 
 def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,

@@ -94,20 +94,27 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
 
 
 class QueryTables:
-    """The lookup tables of one query state (``codec.score_tables`` and
-    ``score_nibble_tables``, float32, C-contiguous, or None where the codec has none),
-    computed at first use and shared by every part a search scans."""
+    """The lookup tables of one query state, computed at first use and shared by every
+    part a search scans: ``nibbles`` (``codec.score_nibble_tables``) where the codec has
+    them, else ``bytes`` (``codec.score_tables``); float32, C-contiguous, or None."""
 
     def __init__(self, codec: Codec, state):
         self.codec, self.state = codec, state
 
     @functools.cached_property
-    def bytes(self) -> np.ndarray | None:
-        return _contiguous(getattr(self.codec, "score_tables", _none)(self.state))
-
-    @functools.cached_property
     def nibbles(self) -> np.ndarray | None:
         return _contiguous(getattr(self.codec, "score_nibble_tables", _none)(self.state))
+
+    @functools.cached_property
+    def bytes(self) -> np.ndarray | None:
+        if self.nibbles is not None:
+            return None
+        return _contiguous(getattr(self.codec, "score_tables", _none)(self.state))
+
+    @property
+    def n_bytes(self) -> int:
+        """Code bytes a row's table sum reads."""
+        return self.nibbles.shape[1] // 2 if self.nibbles is not None else self.bytes.shape[1]
 
 
 def _none(state) -> None:
@@ -130,10 +137,10 @@ def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
     """One part for ``_native.scan_topk``. ``stable`` says how its codes may be kept:
     False (not at all), True (the array never changes: its layout is kept while it lives)
     or the ``StreamLayout`` of an append-only stream. Kept codes of widths dividing 4 on
-    a SIMD path carry their blocked layout (the FastScan pass), the others scan exactly."""
-    n_bytes = tables.bytes.shape[1]
+    a SIMD path carry their blocked layout; the kernels lay out the others per call."""
+    n_bytes = tables.n_bytes
     fastscan = bool(stable) and path not in ("scalar", _native.NUMPY) \
-        and 2 * n_bytes < 32768 and tables.nibbles is not None
+        and tables.nibbles is not None
     if isinstance(stable, StreamLayout) and fastscan:
         blocked, scales, norms = stable.view(codec, codes, n_bytes)
     elif stable is True:
@@ -162,13 +169,13 @@ class StreamLayout:
              ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """The layout of ``codes`` (the stream's first n rows), (blocked, scales, norms)."""
         n = codes.shape[0]
-        size = -(-n // BLOCK_ROWS) * BLOCK_ROWS * n_bytes
+        size = _native.blocked_size(n, n_bytes)
         with self._lock:
             if n > self._rows:
                 start = self._rows // BLOCK_ROWS * BLOCK_ROWS
+                first = _native.blocked_size(start, n_bytes)
                 self._blocked = _grown(self._blocked, size)
-                self._blocked[start * n_bytes : size] = _native.block_codes(codes[start:],
-                                                                            n_bytes)
+                self._blocked[first:size] = _native.block_codes(codes[start:], n_bytes)
                 self._scales = _grown(self._scales, n)
                 self._scales[start:n] = codec.score_scales(codes[start:])
                 self._norms = _grown(self._norms, n)
@@ -220,20 +227,22 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
               for start in range(0, nq, NATIVE_MAX_QUERIES)]
     first = QueryTables(codec, state if state is not None and nq <= NATIVE_MAX_QUERIES
                         else codec.prepare_query(queries[blocks[0]]))
-    if first.bytes is None:
+    if first.nibbles is None and first.bytes is None:
         return None
     # The parts' layouts depend on the codec and the path, not on the queries.
     native = [native_part(codec, first, codes, live, ids, row_map, offset, path, stable)
               for codes, live, ids, row_map, offset, stable in parts]
-    fastscan = any(p[0] is not None for p in native)
     query_sq_norms = np.einsum("ij,ij->i", queries, queries).astype(np.float32) \
         if metric == "l2" else np.zeros(nq, np.float32)
     keys, rows, ties = [], [], []
     for i, block in enumerate(blocks):
         tables = first if i == 0 else QueryTables(codec, codec.prepare_query(queries[block]))
-        found = _native.scan_topk(tables.nibbles if fastscan else None, tables.bytes, native,
-                                  k, metric == "l2", query_sq_norms[block], path)
+        found = _native.scan_topk(tables.nibbles, tables.bytes, tables.n_bytes, native, k,
+                                  metric == "l2", query_sq_norms[block], path)
         keys.append(found[0])
         rows.append(found[1])
         ties.append(found[2])
-    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties))
+    if len(blocks) == 1:
+        return TopK.of(keys[0], rows[0], ties[0], ordered=True)
+    return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties),
+                   ordered=True)

@@ -39,12 +39,17 @@ class TopK:
         self.keys = np.full((nq, k), np.inf, dtype=np.float32)
         self.rows = np.full((nq, k), -1, dtype=np.int64)
         self.ties = np.full((nq, k), EMPTY_TIE, dtype=np.int64)
+        self.ordered = False
 
     @classmethod
-    def of(cls, keys: np.ndarray, rows: np.ndarray, ties: np.ndarray) -> TopK:
-        """A TopK holding given keys (nq, k) float32, rows and ties (nq, k) int64."""
-        top = cls(*keys.shape)
-        top.keys, top.rows, top.ties = keys, rows, ties
+    def of(cls, keys: np.ndarray, rows: np.ndarray, ties: np.ndarray,
+           ordered: bool = False) -> TopK:
+        """A TopK holding given keys (nq, k) float32, rows and ties (nq, k) int64;
+        ``ordered`` says each query's candidates are already best first (by key, then
+        tie) with empty slots (+inf, row -1) last and every other key finite."""
+        top = cls.__new__(cls)
+        top.k = keys.shape[1]
+        top.keys, top.rows, top.ties, top.ordered = keys, rows, ties, ordered
         return top
 
     def push(self, keys: np.ndarray, first_row: int, ties: np.ndarray | None = None) -> None:
@@ -81,6 +86,7 @@ class TopK:
         self.keys = np.take_along_axis(all_keys, best, axis=1)
         self.rows = np.take_along_axis(all_rows, best, axis=1)
         self.ties = np.take_along_axis(all_ties, best, axis=1)
+        self.ordered = False
 
     def sorted(self, row_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Keys (nq, k) float32 ascending and their ids (nq, k) int64, ties to the smaller id.
@@ -95,6 +101,8 @@ class TopK:
 
     def sorted_ids(self, ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Like ``sorted``, given the ids (nq, k) int64 of the current rows (-1 if empty)."""
+        if self.ordered:
+            return self.keys, ids
         filled = np.isfinite(self.keys) & (self.rows >= 0)
         keys = np.where(filled, self.keys, np.float32(np.inf))
         ids = np.where(filled, ids, -1)

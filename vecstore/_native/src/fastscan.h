@@ -1,14 +1,19 @@
-// FastScan: 4-bit product-quantization codes scored with 16-entry uint8 lookup tables.
+// FastScan: 4-bit codes scored with 16-entry uint8 lookup tables held in SIMD registers.
 //
 // A row has n_bytes code bytes; byte b holds nibble position 2b in its low 4 bits and
-// position 2b+1 in its high 4 bits. A query gives tables of shape (2*n_bytes, 16): entry
-// [p][v] is what nibble value v contributes at nibble position p. The score of a row is
-//   sum over b of tables[2b][code_b & 15] + tables[2b+1][code_b >> 4]   (mod 2^16).
+// position 2b+1 in its high 4 bits. A query's quantized tables give entry [p][v], what
+// nibble value v contributes at nibble position p, and a row's sum is
+//   sum over b of table[2b][code_b & 15] + table[2b+1][code_b >> 4]   (uint32, exact).
 //
-// Blocked layout (what block_codes writes and every accumulate reads): rows are grouped
-// into blocks of kBlockRows = 32, the last block zero-filled past n. Block i occupies
-// 32*n_bytes bytes starting at i*32*n_bytes; inside it, byte position b of row 32i+j is at
-// offset b*32 + j, i.e. [block i][byte position b][32 rows of block i].
+// Blocked layout (what block_codes writes and every accumulate reads), row-major within
+// groups of four bytes so that a 32-bit lane holds one row: rows are grouped into blocks
+// of kBlockRows = 32 (the last block zero-filled past n) and bytes into quads of four
+// (n_bytes padded with zero bytes to a multiple of 4). Byte 4g + j of row 32i + r is at
+//   i * 32 * padded_bytes + g * 128 + 4r + j.
+//
+// Kernel tables: (n_quads, 2, 64) uint8; entry [g][h][16j + v] is the table of nibble
+// position 2(4g + j) + h (h = 0 low, 1 high nibble) at value v, so a byte's position in its
+// lane picks its own 16 entries (vpermb's 6-bit index).
 #pragma once
 
 #include <cstddef>
@@ -17,8 +22,13 @@
 namespace vecstore::fastscan {
 
 constexpr std::ptrdiff_t kBlockRows = 32;
+// Queries one accumulate call scores at once, sharing each load of codes.
+constexpr int kMaxGroup = 4;
 
-// Bytes of the blocked layout of n rows: ceil(n/32)*32*n_bytes.
+// Code bytes a row occupies in the blocked layout: n_bytes rounded up to a multiple of 4.
+inline std::ptrdiff_t padded_bytes(std::ptrdiff_t n_bytes) { return (n_bytes + 3) / 4 * 4; }
+
+// Bytes of the blocked layout of n rows: ceil(n/32) * 32 * padded_bytes(n_bytes).
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes);
 
 // Writes the blocked layout of n rows (row r at codes + r*stride) into out, which holds
@@ -26,22 +36,28 @@ std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes);
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
                  std::ptrdiff_t n_bytes, uint8_t* out);
 
-// Each accumulate writes sums[32*i + j] = score of row j of block i for the n_blocks
-// blocks of blocked, from tables of shape (2*n_bytes, 16). All three give equal sums.
+// For each of nq <= kMaxGroup queries q, writes sums[q][32*i + r] = the sum of row r of
+// block i, for the n_blocks blocks starting at blocked, from tables[q] (kernel tables of
+// n_quads quads). All paths give equal sums.
+using Accumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                            std::ptrdiff_t n_quads, const uint8_t* const* tables, int nq,
+                            uint32_t* const* sums);
+
 namespace scalar {
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_bytes,
-                const uint8_t* tables, uint16_t* sums);
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, uint32_t* const* sums);
 }
 namespace avx2 {
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_bytes,
-                const uint8_t* tables, uint16_t* sums);
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, uint32_t* const* sums);
 }
 namespace avx512 {
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_bytes,
-                const uint8_t* tables, uint16_t* sums);
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, uint32_t* const* sums);
 }
 
-// Whether this CPU can run avx2::accumulate / avx512::accumulate.
+// Whether this CPU can run avx2::accumulate / avx512::accumulate (AVX-512 F, BW, VL,
+// VBMI and VNNI).
 bool cpu_has_avx2();
 bool cpu_has_avx512();
 

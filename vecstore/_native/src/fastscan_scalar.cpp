@@ -6,22 +6,25 @@
 namespace vecstore::fastscan {
 
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
-  return (n + kBlockRows - 1) / kBlockRows * kBlockRows * n_bytes;
+  return (n + kBlockRows - 1) / kBlockRows * kBlockRows * padded_bytes(n_bytes);
 }
 
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
                  std::ptrdiff_t n_bytes, uint8_t* out) {
+  const std::ptrdiff_t padded = padded_bytes(n_bytes), n_quads = padded / 4;
   const std::ptrdiff_t n_blocks = (n + kBlockRows - 1) / kBlockRows;
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-    uint8_t* block = out + i * kBlockRows * n_bytes;
+    uint8_t* block = out + i * kBlockRows * padded;
     const std::ptrdiff_t rows = n - i * kBlockRows < kBlockRows ? n - i * kBlockRows : kBlockRows;
-    if (rows < kBlockRows) {
-      std::memset(block, 0, static_cast<std::size_t>(kBlockRows * n_bytes));
+    if (rows < kBlockRows || padded != n_bytes) {
+      std::memset(block, 0, static_cast<std::size_t>(kBlockRows * padded));
     }
-    for (std::ptrdiff_t j = 0; j < rows; ++j) {
-      const uint8_t* row = codes + (i * kBlockRows + j) * stride;
-      for (std::ptrdiff_t b = 0; b < n_bytes; ++b) {
-        block[b * kBlockRows + j] = row[b];
+    for (std::ptrdiff_t r = 0; r < rows; ++r) {
+      const uint8_t* row = codes + (i * kBlockRows + r) * stride;
+      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+        const std::ptrdiff_t take = n_bytes - 4 * g < 4 ? n_bytes - 4 * g : 4;
+        std::memcpy(block + g * 4 * kBlockRows + 4 * r, row + 4 * g,
+                    static_cast<std::size_t>(take));
       }
     }
   }
@@ -29,21 +32,25 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
 
 namespace scalar {
 
-// One block at a time: for each byte position, add both nibble lookups to all 32 rows.
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_bytes,
-                const uint8_t* tables, uint16_t* sums) {
-  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-    const uint8_t* block = blocked + i * kBlockRows * n_bytes;
-    uint16_t acc[kBlockRows] = {};
-    for (std::ptrdiff_t b = 0; b < n_bytes; ++b) {
-      const uint8_t* lo = tables + 32 * b;
-      const uint8_t* hi = lo + 16;
-      const uint8_t* col = block + b * kBlockRows;
-      for (std::ptrdiff_t j = 0; j < kBlockRows; ++j) {
-        acc[j] = static_cast<uint16_t>(acc[j] + lo[col[j] & 15] + hi[col[j] >> 4]);
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+  for (int q = 0; q < nq; ++q) {
+    for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+      const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
+      uint32_t acc[kBlockRows] = {};
+      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+        const uint8_t* lo = tables[q] + 128 * g;
+        const uint8_t* hi = lo + 64;
+        const uint8_t* quad = block + g * 4 * kBlockRows;
+        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r) {
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t c = quad[4 * r + j];
+            acc[r] += lo[16 * j + (c & 15)] + hi[16 * j + (c >> 4)];
+          }
+        }
       }
+      std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
     }
-    std::memcpy(sums + i * kBlockRows, acc, sizeof(acc));
   }
 }
 
@@ -54,7 +61,8 @@ bool cpu_has_avx2() { return __builtin_cpu_supports("avx2"); }
 
 bool cpu_has_avx512() {
   return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-         __builtin_cpu_supports("avx512vl");
+         __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512vbmi") &&
+         __builtin_cpu_supports("avx512vnni");
 }
 #else
 // Other architectures (aarch64) build the scalar kernel only.

@@ -1,29 +1,46 @@
-// Shared declarations of the CPU scan kernels: the exact byte-table scan and the fused
-// top-k.
+// Shared declarations of the CPU scan: the parts a search scans, the exact keys of rows,
+// the fused top-k, and the searches themselves (exact, and FastScan-bounded).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <vector>
 
+#include "fastscan.h"
+
 namespace vecstore {
 
 enum class Metric : int { kInnerProduct = 0, kL2 = 1 };
 
-// A scan of byte-table codes: score(row) = scale[row] * sum_b table[b][code[row][b]], the
-// sum taken in byte order in float32 (exactly as the numpy reference adds), then turned
-// into a key where smaller is better (l2 adds the stored norm[row] squared).
-struct LutScan {
-  const float* tables;       // (n_bytes, 256) float32 of one query
-  const uint8_t* codes;      // row r starts at codes + r * code_stride
-  std::ptrdiff_t code_stride;
-  std::ptrdiff_t n_bytes;    // table bytes read per row
-  const float* scales;       // (n,) float32 multipliers of the table sums
-  const float* norms;        // (n,) float32 stored norms, for l2
-  const uint8_t* live;       // (n,) bool or nullptr for all rows
-  const int64_t* ties;       // (n,) int64: equal keys go to the smaller
-  Metric metric;
-  float query_sq_norm;       // ||q||^2 for l2
+// One part of a search: n_bytes code bytes a row, score(row) = scales[row] * (the row's
+// table sum), keys smaller-is-better (l2 adds norms[row]^2), equal keys to the smaller
+// ties[row]; rows where live is false are never returned. Rows come back numbered by
+// row_map[r], or offset + r without a map. blocked is the codes' FastScan layout, or
+// nullptr.
+struct Part {
+  const uint8_t* codes;      // row r starts at codes + r * stride
+  std::ptrdiff_t stride;
+  std::ptrdiff_t rows;
+  const float* scales;       // (rows,) float32
+  const float* norms;        // (rows,) float32
+  const uint8_t* live;       // (rows,) bool, or nullptr for all rows
+  const int64_t* ties;       // (rows,) int64
+  const uint8_t* blocked;    // blocked_size(rows, n_bytes) bytes, or nullptr
+  const int64_t* row_map;    // (rows,) int64, or nullptr
+  int64_t offset;
+
+  int64_t global(std::ptrdiff_t r) const { return row_map ? row_map[r] : offset + r; }
+  bool alive(std::ptrdiff_t r) const { return live == nullptr || live[r]; }
+};
+
+// The tables of one query. A row's table sum adds, in byte order and in float32, one entry
+// a byte: bytes[b * 256 + code_b] where byte tables are given, else
+// nibbles[2b][code_b & 15] + nibbles[2b+1][code_b >> 4] (rounded to float32 first), which
+// equals the byte table built from the nibble tables.
+struct Query {
+  const float* nibbles;      // (2 * n_bytes, 16) float32, or nullptr
+  const float* bytes;        // (n_bytes, 256) float32, or nullptr (then nibbles is set)
+  float sq_norm;             // ||q||^2, for l2
 };
 
 // One candidate of a top-k.
@@ -61,52 +78,41 @@ inline float to_key(float sum, float scale, float norm, Metric metric, float que
   return -score;
 }
 
-// Rows [begin, end) of `scan` into `top`.
-namespace scalar {
-void lut_scan(const LutScan& scan, std::ptrdiff_t begin, std::ptrdiff_t end, TopK& top);
-}
-
-// The exact key of one row of `scan`.
-inline float exact_key(const LutScan& scan, std::ptrdiff_t row) {
-  const uint8_t* code = scan.codes + row * scan.code_stride;
+// The float32 table sum of one row's code.
+inline float table_sum(const Query& query, const uint8_t* code, std::ptrdiff_t n_bytes) {
   float sum = 0.0f;
-  for (std::ptrdiff_t b = 0; b < scan.n_bytes; ++b) sum += scan.tables[b * 256 + code[b]];
-  return to_key(sum, scan.scales[row], scan.norms[row], scan.metric, scan.query_sq_norm);
+  if (query.bytes != nullptr) {
+    for (std::ptrdiff_t b = 0; b < n_bytes; ++b) sum += query.bytes[b * 256 + code[b]];
+  } else {
+    const float* t = query.nibbles;
+    for (std::ptrdiff_t b = 0; b < n_bytes; ++b) {
+      const float entry = t[32 * b + (code[b] & 15)] + t[32 * b + 16 + (code[b] >> 4)];
+      sum += entry;
+    }
+  }
+  return sum;
 }
 
-// The exact k best of rows [0, n) of `scan`, rows split across `workers` threads.
-std::vector<Candidate> exact_topk(const LutScan& scan, std::ptrdiff_t n, std::size_t k,
-                                  std::size_t workers);
+// What a search scans: its parts, their common code width, the metric and k.
+struct Search {
+  std::vector<Part> parts;
+  std::ptrdiff_t n_bytes;
+  Metric metric;
+  std::size_t k;
 
-
-// A FastScan accumulate (fastscan.h): uint16 sums of quantized nibble tables, 32 rows a
-// block.
-using NibbleAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
-                                  std::ptrdiff_t n_bytes, const uint8_t* tables,
-                                  uint16_t* sums);
-
-// Whether codes of n_bytes bytes can take the nibble scan (its sums fit 16 bits).
-bool nibble_fits(std::ptrdiff_t n_bytes);
-
-// One part of a search over several: its exact scan (codes, scales, norms, live rows, ties), its
-// blocked codes for the FastScan pass (nullptr: scanned exactly), and where its rows go
-// in the search's numbering (row_map[r], or offset + r without a map).
-struct ScanPart {
-  LutScan exact;
-  std::ptrdiff_t rows;
-  const uint8_t* blocked;
-  const int64_t* row_map;
-  int64_t offset;
-
-  int64_t global(std::ptrdiff_t r) const { return row_map ? row_map[r] : offset + r; }
+  float exact_key(const Query& query, const Part& part, std::ptrdiff_t r) const {
+    return to_key(table_sum(query, part.codes + r * part.stride, n_bytes), part.scales[r],
+                  part.norms[r], metric, query.sq_norm);
+  }
 };
 
-// The exact k best rows of every part for one query, in one top-k: exact parts first,
-// then a FastScan pass over the blocked parts with the quantized `nibble_tables`
-// (2 * n_bytes, 16) float32 bounds every row, and rows that can reach the k-th best bound
-// (exact keys found so far included) are scored exactly.
-std::vector<Candidate> scan_parts(const std::vector<ScanPart>& parts,
-                                  const float* nibble_tables, NibbleAccumulate accumulate,
-                                  std::size_t workers, std::size_t k);
+// Per query, the exact k best rows of every part, best first, rows split across `workers`
+// threads. With accumulate (a FastScan kernel; every part then has its blocked layout and
+// every query its nibble tables), quantized tables bound each row's key and only rows
+// that can reach the k best are scored exactly; without, every row is.
+std::vector<std::vector<Candidate>> search_topk(const Search& search,
+                                                const std::vector<Query>& queries,
+                                                fastscan::Accumulate accumulate,
+                                                std::size_t workers);
 
 }  // namespace vecstore

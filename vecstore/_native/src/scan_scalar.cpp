@@ -1,6 +1,5 @@
-// The portable scan: one row at a time, and the fused top-k every ISA shares.
+// The fused top-k every path shares.
 #include <algorithm>
-#include <thread>
 
 #include "scan.h"
 
@@ -23,39 +22,6 @@ std::vector<Candidate> TopK::sorted() {
   out.swap(heap_);
   std::sort(out.begin(), out.end(), better);
   return out;
-}
-
-namespace scalar {
-
-void lut_scan(const LutScan& scan, std::ptrdiff_t begin, std::ptrdiff_t end, TopK& top) {
-  for (std::ptrdiff_t row = begin; row < end; ++row) {
-    if (scan.live != nullptr && !scan.live[row]) continue;
-    const float key = exact_key(scan, row);
-    if (top.accepts(key, scan.ties[row])) top.push(key, scan.ties[row], row);
-  }
-}
-
-}  // namespace scalar
-
-std::vector<Candidate> exact_topk(const LutScan& scan, std::ptrdiff_t n, std::size_t k,
-                                  std::size_t workers) {
-  std::vector<TopK> tops(workers, TopK(k));
-  std::vector<std::thread> pool;
-  const std::ptrdiff_t per = (n + workers - 1) / workers;
-  for (std::size_t w = 0; w < workers; ++w) {
-    const std::ptrdiff_t begin = std::min<std::ptrdiff_t>(n, w * per);
-    const std::ptrdiff_t end = std::min<std::ptrdiff_t>(n, begin + per);
-    if (w + 1 == workers) {
-      scalar::lut_scan(scan, begin, end, tops[w]);
-    } else {
-      pool.emplace_back([&, w, begin, end] { scalar::lut_scan(scan, begin, end, tops[w]); });
-    }
-  }
-  for (auto& t : pool) t.join();
-  TopK merged(k);
-  for (auto& top : tops)
-    for (const Candidate& c : top.sorted()) merged.push(c.key, c.tie, c.row);
-  return merged.sorted();
 }
 
 }  // namespace vecstore

@@ -1,0 +1,323 @@
+// Exact top-k over the parts of a search. The exact scan scores every row. The FastScan
+// scan first sums quantized nibble tables over the blocked codes (a SIMD kernel), which
+// bounds every row's key; a row is kept when its lower bound can reach the k-th smallest
+// upper bound seen so far, and at the end only the kept rows whose lower bound reaches the
+// final k-th upper bound are scored exactly. So the result is the exact scan's.
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstring>
+#include <thread>
+
+#include "scan.h"
+
+namespace vecstore {
+namespace {
+
+// Blocks one accumulate call covers: 2,048 rows, whose codes stay in cache while every
+// query of a batch scores them.
+constexpr std::ptrdiff_t kChunkBlocks = 64;
+constexpr std::ptrdiff_t kChunkRows = kChunkBlocks * fastscan::kBlockRows;
+
+// One query's kernel tables: q[p][v] = round((t[p][v] - low[p]) / delta), so a row's
+// real table sum is within err of low_sum + delta * (its sum of quantized entries);
+// err sums each position's largest rounding.
+struct KernelTables {
+  std::vector<uint8_t> bytes;   // (n_quads, 2, 64), fastscan.h
+  float low_sum = 0.0f;         // rounded to float32, its rounding inside err
+  float delta = 1.0f;
+  float err = 0.0f;
+};
+
+KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
+  const std::ptrdiff_t positions = 2 * n_bytes;
+  const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
+  KernelTables out;
+  out.bytes.assign(static_cast<std::size_t>(n_quads * 128), 0);
+  std::vector<float> lows(positions);
+  double low_sum = 0.0, abs_sum = 0.0;
+  float range_max = 0.0f;
+  for (std::ptrdiff_t p = 0; p < positions; ++p) {
+    const float* t = nibbles + p * 16;
+    float low = t[0], high = t[0];
+    for (int v = 1; v < 16; ++v) {
+      low = std::min(low, t[v]);
+      high = std::max(high, t[v]);
+    }
+    lows[p] = low;
+    low_sum += low;
+    abs_sum += std::max(std::fabs(low), std::fabs(high));
+    range_max = std::max(range_max, high - low);
+  }
+  double delta = static_cast<double>(range_max) / 254.0;
+  if (!(delta > 0.0)) delta = 1.0;
+  const double inverse = 1.0 / delta;
+  // The largest distance between an entry and its quantized value, summed over positions:
+  // how far a row's quantized sum can be from its real table sum.
+  double rounding = 0.0;
+  for (std::ptrdiff_t p = 0; p < positions; ++p) {
+    const std::ptrdiff_t byte = p / 2, half = p % 2;
+    uint8_t* entries = out.bytes.data() + (byte / 4) * 128 + half * 64 + (byte % 4) * 16;
+    double worst = 0.0;
+    for (int v = 0; v < 16; ++v) {
+      const double above = static_cast<double>(nibbles[p * 16 + v]) - lows[p];
+      const int level = std::min(255, static_cast<int>(above * inverse + 0.5));
+      entries[v] = static_cast<uint8_t>(level);
+      worst = std::max(worst, std::fabs(above - delta * level));
+    }
+    rounding += worst;
+  }
+  out.low_sum = static_cast<float>(low_sum);
+  out.delta = static_cast<float>(delta);
+  // Float32 sums of the float tables move by far less than the second term; the last
+  // covers the rounding of low_sum and delta to float32.
+  out.err = static_cast<float>(rounding * (1.0 + 1e-6) +
+                               8.0 * (n_bytes + 1) * FLT_EPSILON * abs_sum +
+                               1e-6 * (std::fabs(low_sum) + 255.0 * positions * delta));
+  return out;
+}
+
+// Keeps the k smallest values seen (a max-heap); its top bounds the k-th best key.
+class KthSmallest {
+ public:
+  explicit KthSmallest(std::size_t k) : k_(k) { heap_.reserve(std::min<std::size_t>(k, 1 << 16)); }
+  void add(float value) {
+    if (heap_.size() < k_) {
+      heap_.push_back(value);
+      std::push_heap(heap_.begin(), heap_.end());
+    } else if (value < heap_.front()) {
+      std::pop_heap(heap_.begin(), heap_.end());
+      heap_.back() = value;
+      std::push_heap(heap_.begin(), heap_.end());
+    }
+  }
+  float bound() const { return heap_.size() < k_ ? INFINITY : heap_.front(); }
+  const std::vector<float>& values() const { return heap_; }
+
+ private:
+  std::size_t k_;
+  std::vector<float> heap_;
+};
+
+// A row kept by the FastScan pass: its key's lower bound, part and row.
+struct Kept {
+  float low;
+  int32_t part;
+  int64_t row;
+};
+
+// What one worker learns about one query.
+struct QueryBounds {
+  explicit QueryBounds(std::size_t k) : uppers(k) {}
+  KthSmallest uppers;
+  std::vector<Kept> kept;
+};
+
+// A worker's share of the rows: blocks [first, last) of part `part`.
+struct Span {
+  std::size_t part;
+  std::ptrdiff_t first, last;
+};
+
+// Splits every part's blocks into `workers` shares of about equal size.
+std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) {
+  std::ptrdiff_t total = 0;
+  for (const Part& p : search.parts) total += (p.rows + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
+  const std::ptrdiff_t per = std::max<std::ptrdiff_t>(1, (total + workers - 1) / workers);
+  std::vector<std::vector<Span>> shares(workers);
+  std::size_t w = 0;
+  std::ptrdiff_t room = per;
+  for (std::size_t i = 0; i < search.parts.size(); ++i) {
+    const std::ptrdiff_t n = (search.parts[i].rows + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
+    std::ptrdiff_t first = 0;
+    while (first < n) {
+      const std::ptrdiff_t take = std::min(room, n - first);
+      shares[w].push_back(Span{i, first, first + take});
+      first += take;
+      room -= take;
+      if (room == 0 && w + 1 < workers) {
+        ++w;
+        room = per;
+      }
+    }
+  }
+  return shares;
+}
+
+// The vector width the row bounds compile for: AVX-512 and AVX2 clones where the compiler
+// and loader support them (picked at load time), else the baseline.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define VECSTORE_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECSTORE_ROW_CLONES
+#endif
+
+// Per row r < count, the lower bound of its key and the width of its key interval, from
+// its quantized sum. Key = c - f * (table sum), c = ||q||^2 + ||x||^2 and f = 2 scale for
+// l2, c = 0 and f = scale for ip; the relative slack covers float32 rounding here and in
+// the exact key.
+VECSTORE_ROW_CLONES
+void row_bounds(const uint32_t* sums, const float* scales, const float* norms,
+                std::ptrdiff_t count, bool l2, float query_sq_norm, float low_sum, float delta,
+                float err, float* lows, float* widths) {
+  const float base = std::fabs(low_sum) + err;
+  if (l2) {
+    for (std::ptrdiff_t r = 0; r < count; ++r) {
+      const float quantized = delta * static_cast<float>(sums[r]);
+      const float f = 2.0f * scales[r];
+      const float c = query_sq_norm + norms[r] * norms[r];
+      const float width = f * (err + 1e-5f * (base + quantized)) + 1e-5f * c + 1e-30f;
+      lows[r] = (c - f * (low_sum + quantized)) - width;
+      widths[r] = 2.0f * width;
+    }
+  } else {
+    for (std::ptrdiff_t r = 0; r < count; ++r) {
+      const float quantized = delta * static_cast<float>(sums[r]);
+      const float f = scales[r];
+      const float width = f * (err + 1e-5f * (base + quantized)) + 1e-30f;
+      lows[r] = -(f * (low_sum + quantized)) - width;
+      widths[r] = 2.0f * width;
+    }
+  }
+}
+
+// Which of the first count lows reach tau: flags[r] = 1 or 0, and 0 up to a multiple of 8.
+VECSTORE_ROW_CLONES
+void reaching(const float* lows, std::ptrdiff_t count, float tau, uint8_t* flags) {
+  for (std::ptrdiff_t r = 0; r < count; ++r) flags[r] = lows[r] <= tau ? 1 : 0;
+  for (std::ptrdiff_t r = count; r % 8 != 0; ++r) flags[r] = 0;
+}
+
+// Bounds rows [row0, row0 + count) of `part` from their quantized sums and keeps those
+// that can reach the k best (a kept row's lower bound reaches the k-th upper bound as of
+// the chunk's start, which only falls).
+void keep_rows(const Search& search, const Part& part, std::size_t part_index,
+               std::ptrdiff_t row0, std::ptrdiff_t count, const uint32_t* sums,
+               const KernelTables& t, float query_sq_norm, QueryBounds& bounds) {
+  alignas(64) float lows[kChunkRows];
+  alignas(64) float widths[kChunkRows];
+  alignas(64) uint8_t flags[kChunkRows];
+  row_bounds(sums, part.scales + row0, part.norms + row0, count,
+             search.metric == Metric::kL2, query_sq_norm, t.low_sum, t.delta, t.err, lows,
+             widths);
+  reaching(lows, count, bounds.uppers.bound(), flags);
+  for (std::ptrdiff_t r0 = 0; r0 < count; r0 += 8) {
+    uint64_t word;
+    std::memcpy(&word, flags + r0, sizeof(word));
+    for (; word != 0; word &= word - 1) {
+      const std::ptrdiff_t r = r0 + __builtin_ctzll(word) / 8;
+      if (!part.alive(row0 + r) || !(lows[r] <= bounds.uppers.bound())) continue;
+      bounds.kept.push_back(Kept{lows[r], static_cast<int32_t>(part_index), row0 + r});
+      bounds.uppers.add(lows[r] + widths[r]);
+    }
+  }
+}
+
+// One worker's FastScan pass over its spans for every query.
+void bound_spans(const Search& search, const std::vector<Span>& spans,
+                 const std::vector<Query>& queries, const std::vector<KernelTables>& tables,
+                 fastscan::Accumulate accumulate, std::vector<QueryBounds>& bounds) {
+  const std::ptrdiff_t n_quads = fastscan::padded_bytes(search.n_bytes) / 4;
+  const std::ptrdiff_t block_bytes = fastscan::kBlockRows * 4 * n_quads;
+  // Kept per thread: a fresh buffer a call would cost page faults on every search.
+  thread_local std::vector<uint32_t> sums(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
+  const std::size_t nq = queries.size();
+  for (const Span& span : spans) {
+    const Part& part = search.parts[span.part];
+    for (std::ptrdiff_t first = span.first; first < span.last; first += kChunkBlocks) {
+      const std::ptrdiff_t n_blocks = std::min(kChunkBlocks, span.last - first);
+      const std::ptrdiff_t row0 = first * fastscan::kBlockRows;
+      const std::ptrdiff_t count =
+          std::min(n_blocks * fastscan::kBlockRows, part.rows - row0);
+      for (std::size_t q0 = 0; q0 < nq; q0 += fastscan::kMaxGroup) {
+        const int group = static_cast<int>(std::min<std::size_t>(fastscan::kMaxGroup, nq - q0));
+        const uint8_t* group_tables[fastscan::kMaxGroup];
+        uint32_t* group_sums[fastscan::kMaxGroup];
+        for (int g = 0; g < group; ++g) {
+          group_tables[g] = tables[q0 + g].bytes.data();
+          group_sums[g] = sums.data() + g * kChunkRows;
+        }
+        accumulate(part.blocked + first * block_bytes, n_blocks, n_quads, group_tables, group,
+                   group_sums);
+        for (int g = 0; g < group; ++g)
+          keep_rows(search, part, span.part, row0, count, group_sums[g], tables[q0 + g],
+                    queries[q0 + g].sq_norm, bounds[q0 + g]);
+      }
+    }
+  }
+}
+
+// One worker's exact scan of its spans for every query.
+void score_spans(const Search& search, const std::vector<Span>& spans,
+                 const std::vector<Query>& queries, std::vector<TopK>& tops) {
+  for (const Span& span : spans) {
+    const Part& part = search.parts[span.part];
+    const std::ptrdiff_t end = std::min(span.last * fastscan::kBlockRows, part.rows);
+    for (std::size_t q = 0; q < queries.size(); ++q) {
+      for (std::ptrdiff_t r = span.first * fastscan::kBlockRows; r < end; ++r) {
+        if (!part.alive(r)) continue;
+        const float key = search.exact_key(queries[q], part, r);
+        if (tops[q].accepts(key, part.ties[r])) tops[q].push(key, part.ties[r], part.global(r));
+      }
+    }
+  }
+}
+
+// Runs work(w) for w in [0, workers), the last on this thread.
+template <typename Work>
+void in_parallel(std::size_t workers, const Work& work) {
+  std::vector<std::thread> pool;
+  for (std::size_t w = 0; w + 1 < workers; ++w) pool.emplace_back([&work, w] { work(w); });
+  work(workers - 1);
+  for (auto& t : pool) t.join();
+}
+
+}  // namespace
+
+std::vector<std::vector<Candidate>> search_topk(const Search& search,
+                                                const std::vector<Query>& queries,
+                                                fastscan::Accumulate accumulate,
+                                                std::size_t workers) {
+  const std::size_t nq = queries.size(), k = search.k;
+  workers = std::max<std::size_t>(1, workers);
+  const std::vector<std::vector<Span>> shares = split(search, workers);
+  std::vector<std::vector<Candidate>> best(nq);
+  if (accumulate == nullptr) {
+    std::vector<std::vector<TopK>> tops(workers, std::vector<TopK>(nq, TopK(k)));
+    in_parallel(workers, [&](std::size_t w) { score_spans(search, shares[w], queries, tops[w]); });
+    for (std::size_t q = 0; q < nq; ++q) {
+      TopK merged(k);
+      for (auto& top : tops)
+        for (const Candidate& c : top[q].sorted()) merged.push(c.key, c.tie, c.row);
+      best[q] = merged.sorted();
+    }
+    return best;
+  }
+  std::vector<KernelTables> tables;
+  tables.reserve(nq);
+  for (const Query& query : queries) tables.push_back(quantize(query.nibbles, search.n_bytes));
+  std::vector<std::vector<QueryBounds>> bounds(workers, std::vector<QueryBounds>(nq, QueryBounds(k)));
+  in_parallel(workers, [&](std::size_t w) {
+    bound_spans(search, shares[w], queries, tables, accumulate, bounds[w]);
+  });
+  for (std::size_t q = 0; q < nq; ++q) {
+    KthSmallest uppers(k);
+    for (auto& worker : bounds)
+      for (const float upper : worker[q].uppers.values()) uppers.add(upper);
+    const float threshold = uppers.bound();
+    TopK top(k);
+    for (auto& worker : bounds) {
+      for (const Kept& kept : worker[q].kept) {
+        if (!(kept.low <= threshold)) continue;
+        const Part& part = search.parts[kept.part];
+        const float key = search.exact_key(queries[q], part, kept.row);
+        if (top.accepts(key, part.ties[kept.row]))
+          top.push(key, part.ties[kept.row], part.global(kept.row));
+      }
+    }
+    best[q] = top.sorted();
+  }
+  return best;
+}
+
+}  // namespace vecstore
