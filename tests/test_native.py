@@ -204,7 +204,7 @@ def test_one_scan_serves_every_part_of_a_collection(tmp_path, wordnet, monkeypat
     original = _native.scan_topk
 
     def counted(*args, **kwargs):
-        calls.append(len(args[3]))
+        calls.append(len(args[0]))
         return original(*args, **kwargs)
 
     monkeypatch.setattr(_native, "scan_topk", counted)

@@ -16,7 +16,7 @@ from typing import Literal, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from vecstore import _validate, metadata, rows
+from vecstore import _native, _validate, metadata, rows
 from vecstore.codecs.base import Codec
 from vecstore.codecs.registry import codec_from_config
 from vecstore.errors import (
@@ -112,6 +112,9 @@ class Collection:
         self._dropped = False
         self._merger: threading.Thread | None = None
         self._memtable_layout: tuple = (None, None)
+        # The last snapshot (its key, parts, offsets and schema) and the compiled scan's
+        # part sets of it by path, reused while nothing changes.
+        self._snapshot_cache: tuple = (None, None, None)
         self._merging = merge_policy is not None
         self._written = {"flushed": 0, "rewritten": 0, "merged": 0, "merges": 0}
 
@@ -731,11 +734,23 @@ class Collection:
         return parts
 
     def _snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema]:
+        return self._cached_snapshot()[:3]
+
+    def _cached_snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema, dict]:
+        """The parts, offsets and schema as of now, and the dict of compiled part sets of
+        them by scan path; the same objects until a write, delete, flush, merge or train
+        changes what a search sees."""
         with self._lock:
-            parts = self._parts()
-            schema = self._schema
-        offsets = np.cumsum([0] + [p.rows for p in parts])
-        return parts, offsets, schema
+            mem = self._memtable
+            key = (tuple((s.serial, id(s.live)) for s in self._segments), mem.serial,
+                   mem.count, mem.dead, id(self.codec), id(self._schema))
+            cached_key, snapshot, part_sets = self._snapshot_cache
+            if cached_key != key:
+                parts = self._parts()
+                snapshot = (parts, np.cumsum([0] + [p.rows for p in parts]), self._schema)
+                part_sets = {}
+                self._snapshot_cache = (key, snapshot, part_sets)
+        return (*snapshot, part_sets)
 
     def _locate(self, ids: np.ndarray):
         """The snapshot and the positions (n,) of ``ids``; NotFound naming absent ones."""
@@ -797,8 +812,10 @@ class Collection:
         if self._use_gpu(self.device if device is None else check_device(device),
                          k * (rescore or 1)):
             scan_parts = self._scan_parts_gpu
-        parts, offsets, schema = self._snapshot()
+        parts, offsets, schema, part_sets = self._cached_snapshot()
         expression = metadata.as_filter(filter, schema)
+        if expression is not None:
+            part_sets = None
         masks = [search_mask(part, expression, schema) for part in parts]
         # No more than the stored rows can be found: scan for those, pad the rest.
         k_scan = max(1, min(k * (rescore or 1), int(offsets[-1])))
@@ -811,7 +828,7 @@ class Collection:
         block_rows = int(np.clip(SCAN_CANDIDATES // k_scan, 1, cpu.QUERY_BLOCK))
         for start in range(0, q.shape[0], block_rows):
             block = slice(start, start + block_rows)
-            top = scan_parts(q[block], k_scan, parts, offsets, masks)
+            top = scan_parts(q[block], k_scan, parts, offsets, masks, part_sets)
             if fetch_column is not None:
                 fetch = self._rescore_fetch(parts, offsets, fetch_column)
                 top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
@@ -820,17 +837,28 @@ class Collection:
             distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
 
-    def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+    def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks,
+                    part_sets: dict | None = None) -> TopK:
         """One compiled scan of every part when the kernels serve it, else a scan and a
-        merge per part."""
-        pieces = self._scan_pieces(parts, offsets, masks)
+        merge per part. ``part_sets`` (the snapshot's compiled part sets by path, for
+        searches that take the parts' own masks) keeps the set this scan builds."""
+        path = _native.scan_path()
+        native = None if part_sets is None else part_sets.get(path)
+        pieces = None
+        if native is None:
+            pieces = self._scan_pieces(parts, offsets, masks)
+            native = cpu.part_set(self.codec, pieces, path) if pieces else None
+            if part_sets is not None and native is not None:
+                part_sets[path] = native
         state = self.codec.prepare_query(q) if q.shape[0] <= cpu.NATIVE_MAX_QUERIES else None
-        native = cpu.scan_many(self.codec, q, k, self.metric, pieces, state)
         if native is not None:
-            return native
+            found = cpu.scan_many(self.codec, q, k, self.metric, [], state, native)
+            if found is not None:
+                return found
         top = TopK(q.shape[0], k)
         state = self.codec.prepare_query(q) if state is None else state
-        for codes, live, ids, row_map, offset, kept in pieces:
+        for codes, live, ids, row_map, offset, kept in (
+                pieces if pieces is not None else self._scan_pieces(parts, offsets, masks)):
             local = cpu.scan(self.codec, codes, q, k, self.metric, live, state=state,
                              row_ids=ids, stable=kept)
             top.merge(local, row_map, offset)
@@ -876,7 +904,8 @@ class Collection:
             raise GpuUnavailable(reason)
         return reason is None
 
-    def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks) -> TopK:
+    def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks,
+                        part_sets: dict | None = None) -> TopK:
         if self._gpu is None:
             from vecstore.search.gpu import GpuScanner
 

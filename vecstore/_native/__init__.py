@@ -29,9 +29,12 @@ NUMPY = "numpy"
 _threads = os.cpu_count() or 1
 
 
+_PATHS = (*(_scan.available_paths() if _scan is not None else ()), NUMPY)
+
+
 def available_paths() -> list[str]:
     """The scan paths this machine can run, fastest first; ``numpy`` is always last."""
-    return [*(_scan.available_paths() if _scan is not None else []), NUMPY]
+    return list(_PATHS)
 
 
 def scan_path() -> str:
@@ -39,12 +42,13 @@ def scan_path() -> str:
 
     Raises InvalidArgument when ``VECSTORE_SIMD`` names a path this machine cannot run.
     """
-    paths = available_paths()
-    chosen = os.environ.get(PATH_VARIABLE, "").strip().lower()
+    chosen = os.environ.get(PATH_VARIABLE)
     if not chosen:
-        return paths[0]
-    if chosen not in paths:
-        raise InvalidArgument(f"{PATH_VARIABLE}={chosen!r:.40}: this machine runs {paths}")
+        return _PATHS[0]
+    chosen = chosen.strip().lower()
+    if chosen not in _PATHS:
+        raise InvalidArgument(f"{PATH_VARIABLE}={chosen!r:.40}: this machine runs "
+                              f"{list(_PATHS)}")
     return chosen
 
 
@@ -68,17 +72,37 @@ def cpu_features() -> dict:
             "module": None if _scan is None else _scan.__file__}
 
 
-def scan_topk(nibble_tables, byte_tables, n_bytes: int, parts, k: int, l2: bool,
-              query_sq_norms, path: str):
-    """Per query the exact k best rows over ``parts`` (see ``_scan.scan_topk``): keys,
-    rows and ties (nq, k). Tables are (nq, 2 * n_bytes, 16) nibble tables or, for codecs
-    without them, (nq, n_bytes, 256) byte tables. Each part is (blocked or None, codes,
-    scales, norms, live or None, ties, row map or None, offset)."""
+def part_set(n_bytes: int, parts, lay_out: bool):
+    """The parts of a search, checked and held by the compiled module for any number of
+    scans (``_scan.PartSet``). Each part is (blocked or None, codes, scales, norms, live
+    or None, ties, row map or None, offset); with ``lay_out`` parts without a blocked
+    layout get one, kept with the set."""
     blocked, codes, scales, norms, live, ties, row_maps, offsets = (
-        list(column) for column in zip(*parts, strict=True))
-    return _scan.scan_topk(nibble_tables, byte_tables, n_bytes, blocked, codes, scales, norms,
-                           live, ties, row_maps, offsets, k, 1 if l2 else 0, query_sq_norms,
-                           path, _threads)
+        list(column) for column in zip(*parts, strict=True)) if parts else ([],) * 8
+    return _scan.PartSet(n_bytes, blocked, codes, scales, norms, live, ties, row_maps,
+                         offsets, lay_out)
+
+
+def scan_topk(parts, nibble_tables, byte_tables, k: int, l2: bool, query_sq_norms,
+              path: str):
+    """Per query the exact k best rows of the ``part_set`` ``parts``: keys, rows and ties
+    (nq, k). Tables are (nq, 2 * n_bytes, 16) nibble tables or, for codecs without them,
+    (nq, n_bytes, 256) byte tables."""
+    return _scan.scan_topk(parts, nibble_tables, byte_tables, k, 1 if l2 else 0,
+                           query_sq_norms, path, _threads)
+
+
+def compiled() -> bool:
+    """Whether the compiled module is built."""
+    return _scan is not None
+
+
+def nibble_tables(rotated, levels, bits: int, n_bytes: int) -> np.ndarray:
+    """TurboQuant's nibble tables (nq, 2 * n_bytes, 16) float32 of rotated queries (nq, D)
+    float32, bit for bit as ``turboquant.nibble_tables`` builds them in numpy (needs the
+    compiled module)."""
+    return _scan.nibble_tables(np.ascontiguousarray(rotated, dtype=np.float32),
+                               np.ascontiguousarray(levels, dtype=np.float32), bits, n_bytes)
 
 
 def blocked_size(n: int, n_bytes: int) -> int:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from vecstore import _native
 from vecstore.codecs import bitpack
 from vecstore.codecs.lloyd_max import codebook
 from vecstore.codecs.rotation import make_rotation, stable_normal
@@ -297,7 +298,8 @@ class TurboQuantMSE(_TurboQuantBase):
         FastScan pass that bounds scores; None for widths that do not divide 4."""
         if 4 % self.mse_bits:
             return None
-        return nibble_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
+        build = _native.nibble_tables if _native.compiled() else nibble_tables
+        return build(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
 
     def to_config(self) -> dict:
         return self._config("tq")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import threading
 import weakref
 from typing import Literal
@@ -23,6 +22,9 @@ MAX_CHUNK_ROWS = 65536
 QUERY_BLOCK = 4096
 # Up to this many queries, codecs with byte tables scan in the compiled kernels.
 NATIVE_MAX_QUERIES = 16
+# The lookup tables the compiled scan reads (``table_kind``).
+NIBBLES = "nibbles"
+BYTES = "bytes"
 # Rows a block of FastScan's blocked layout holds.
 BLOCK_ROWS = 32
 # Blocked layouts, score scales and norms of stable code arrays by (id of the array, bytes
@@ -94,53 +96,44 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
 
 
 class QueryTables:
-    """The lookup tables of one query state, computed at first use and shared by every
-    part a search scans: ``nibbles`` (``codec.score_nibble_tables``) where the codec has
-    them, else ``bytes`` (``codec.score_tables``); float32, C-contiguous, or None."""
+    """The lookup tables of one query state for the compiled scan: ``nibbles``
+    (``codec.score_nibble_tables``) where the codec has them, else ``bytes``
+    (``codec.score_tables``); float32, C-contiguous, or None."""
 
     def __init__(self, codec: Codec, state):
-        self.codec, self.state = codec, state
-
-    @functools.cached_property
-    def nibbles(self) -> np.ndarray | None:
-        return _contiguous(getattr(self.codec, "score_nibble_tables", _none)(self.state))
-
-    @functools.cached_property
-    def bytes(self) -> np.ndarray | None:
-        if self.nibbles is not None:
-            return None
-        return _contiguous(getattr(self.codec, "score_tables", _none)(self.state))
-
-    @property
-    def n_bytes(self) -> int:
-        """Code bytes a row's table sum reads."""
-        return self.nibbles.shape[1] // 2 if self.nibbles is not None else self.bytes.shape[1]
+        kind = table_kind(codec)
+        self.nibbles = _contiguous(codec.score_nibble_tables(state)) if kind == NIBBLES else None
+        self.bytes = _contiguous(codec.score_tables(state)) if kind == BYTES else None
 
 
-def _none(state) -> None:
-    return None
+def _contiguous(tables: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(tables, dtype=np.float32)
 
 
-def _contiguous(tables: np.ndarray | None) -> np.ndarray | None:
-    return None if tables is None else np.ascontiguousarray(tables, dtype=np.float32)
+def table_kind(codec: Codec) -> str | None:
+    """Which lookup tables the compiled scan reads for ``codec``'s codes: ``NIBBLES``
+    (TurboQuant widths dividing 4, which also take the FastScan pass), ``BYTES`` (widths
+    dividing 8) or None (no compiled path)."""
+    bits = getattr(codec, "mse_bits", None)
+    if bits is None or not hasattr(codec, "score_tables"):
+        return None
+    if 4 % bits == 0 and hasattr(codec, "score_nibble_tables"):
+        return NIBBLES
+    return BYTES if 8 % bits == 0 else None
 
 
 def codec_has_fastscan(codec: Codec) -> bool:
     """Whether ``codec``'s codes take the FastScan pass (TurboQuant widths dividing 4)."""
-    bits = getattr(codec, "mse_bits", None)
-    return hasattr(codec, "score_nibble_tables") and bits is not None and 4 % bits == 0
+    return table_kind(codec) == NIBBLES
 
 
-def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
-                live: np.ndarray | None, ties: np.ndarray, row_map: np.ndarray | None,
-                offset: int, path: str, stable) -> tuple:
-    """One part for ``_native.scan_topk``. ``stable`` says how its codes may be kept:
+def native_part(codec: Codec, codes: np.ndarray, live: np.ndarray | None, ties: np.ndarray,
+                row_map: np.ndarray | None, offset: int, fastscan: bool, stable) -> tuple:
+    """One part for ``_native.part_set``. ``stable`` says how its codes may be kept:
     False (not at all), True (the array never changes: its layout is kept while it lives)
-    or the ``StreamLayout`` of an append-only stream. Kept codes of widths dividing 4 on
-    a SIMD path carry their blocked layout; the kernels lay out the others per call."""
-    n_bytes = tables.n_bytes
-    fastscan = bool(stable) and path not in ("scalar", _native.NUMPY) \
-        and tables.nibbles is not None
+    or the ``StreamLayout`` of an append-only stream. With ``fastscan``, kept codes carry
+    their blocked layout; the compiled module lays out the others."""
+    n_bytes = codec.index_bytes
     if isinstance(stable, StreamLayout) and fastscan:
         blocked, scales, norms = stable.view(codec, codes, n_bytes)
     elif stable is True:
@@ -150,6 +143,19 @@ def native_part(codec: Codec, tables: QueryTables, codes: np.ndarray,
     return (blocked if fastscan else None, codes, scales, norms,
             None if live is None else np.ascontiguousarray(live, dtype=bool),
             np.ascontiguousarray(ties, dtype=np.int64), row_map, offset)
+
+
+def part_set(codec: Codec, parts: list[tuple], path: str):
+    """The compiled module's ``PartSet`` of ``parts`` (as ``scan_many`` takes them) for
+    scans on ``path``, or None where the compiled kernels do not serve this codec or
+    path. A set stays valid while its parts' arrays are unchanged."""
+    kind = table_kind(codec)
+    if path == _native.NUMPY or kind is None:
+        return None
+    fastscan = kind == NIBBLES and path != "scalar"
+    native = [native_part(codec, codes, live, ids, row_map, offset, fastscan, stable)
+              for codes, live, ids, row_map, offset, stable in parts]
+    return _native.part_set(codec.index_bytes, native, fastscan)
 
 
 class StreamLayout:
@@ -208,41 +214,39 @@ def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
 
 
 def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: list[tuple],
-              state=None) -> TopK | None:
+              state=None, native=None) -> TopK | None:
     """One compiled scan of several parts with one top-k, or None where the compiled
     kernels do not serve this codec, batch or path (then scan part by part).
 
     ``parts`` holds (codes (n, code_size) uint8, live (n,) bool or None, ids (n,) int64
     for ties, row map (n,) int64 or None, offset, stable) per part; rows come back
-    numbered by the row map, else by offset + row.
+    numbered by the row map, else by offset + row. ``native`` is their ``part_set`` for
+    the current path when the caller keeps one.
     """
     path = _native.scan_path()
     nq = queries.shape[0]
-    # Batches beyond one block pay off only through the FastScan pass over kept layouts;
-    # otherwise the numpy path's matrix product is faster.
-    batch_ok = path != "scalar" and codec_has_fastscan(codec) and all(p[5] for p in parts)
-    if path == _native.NUMPY or not parts or (nq > NATIVE_MAX_QUERIES and not batch_ok):
+    # Batches beyond one block pay off only through the FastScan pass; otherwise the numpy
+    # path's matrix product is faster.
+    if nq > NATIVE_MAX_QUERIES and (path == "scalar" or not codec_has_fastscan(codec)):
         return None
-    blocks = [slice(start, start + NATIVE_MAX_QUERIES)
-              for start in range(0, nq, NATIVE_MAX_QUERIES)]
-    first = QueryTables(codec, state if state is not None and nq <= NATIVE_MAX_QUERIES
-                        else codec.prepare_query(queries[blocks[0]]))
-    if first.nibbles is None and first.bytes is None:
+    if native is None:
+        native = part_set(codec, parts, path) if parts else None
+    if native is None:
         return None
-    # The parts' layouts depend on the codec and the path, not on the queries.
-    native = [native_part(codec, first, codes, live, ids, row_map, offset, path, stable)
-              for codes, live, ids, row_map, offset, stable in parts]
     query_sq_norms = np.einsum("ij,ij->i", queries, queries).astype(np.float32) \
         if metric == "l2" else np.zeros(nq, np.float32)
     keys, rows, ties = [], [], []
-    for i, block in enumerate(blocks):
-        tables = first if i == 0 else QueryTables(codec, codec.prepare_query(queries[block]))
-        found = _native.scan_topk(tables.nibbles, tables.bytes, tables.n_bytes, native, k,
-                                  metric == "l2", query_sq_norms[block], path)
+    for start in range(0, nq, NATIVE_MAX_QUERIES):
+        block = slice(start, start + NATIVE_MAX_QUERIES)
+        block_state = state if state is not None and nq <= NATIVE_MAX_QUERIES \
+            else codec.prepare_query(queries[block])
+        tables = QueryTables(codec, block_state)
+        found = _native.scan_topk(native, tables.nibbles, tables.bytes, k, metric == "l2",
+                                  query_sq_norms[block], path)
         keys.append(found[0])
         rows.append(found[1])
         ties.append(found[2])
-    if len(blocks) == 1:
+    if len(keys) == 1:
         return TopK.of(keys[0], rows[0], ties[0], ordered=True)
     return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties),
                    ordered=True)

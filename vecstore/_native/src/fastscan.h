@@ -23,7 +23,7 @@ namespace vecstore::fastscan {
 
 constexpr std::ptrdiff_t kBlockRows = 32;
 // Queries one accumulate call scores at once, sharing each load of codes.
-constexpr int kMaxGroup = 4;
+constexpr int kMaxGroup = 16;
 
 // Code bytes a row occupies in the blocked layout: n_bytes rounded up to a multiple of 4.
 inline std::ptrdiff_t padded_bytes(std::ptrdiff_t n_bytes) { return (n_bytes + 3) / 4 * 4; }

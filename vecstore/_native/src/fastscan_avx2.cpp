@@ -30,10 +30,11 @@ inline __m256i lookups(const __m256i* indices, const uint8_t* half_table) {
   return found;
 }
 
-}  // namespace
-
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+// Block i for NQ queries: each ymm of codes is split into per-place indices once and
+// looked up in every query's tables.
+template <int NQ>
+void block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+           const uint8_t* const* tables, uint32_t* const* sums) {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
   // Place j keeps its own byte of every 32-bit lane; the others get the high bit.
@@ -41,35 +42,49 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
                              _mm256_set1_epi32(static_cast<int>(0x80800080u)),
                              _mm256_set1_epi32(static_cast<int>(0x80008080u)),
                              _mm256_set1_epi32(static_cast<int>(0x00808080u))};
-  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
-  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-    const uint8_t* block = blocked + i * block_bytes;
-    __m256i acc[kMaxGroup][4];
-    for (int q = 0; q < nq; ++q)
-      for (int v = 0; v < 4; ++v) acc[q][v] = _mm256_setzero_si256();
-    for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-      for (int v = 0; v < 4; ++v) {
-        const __m256i codes = load(block + 128 * g + 32 * v);
-        const __m256i low = _mm256_and_si256(codes, nibble);
-        const __m256i high = _mm256_and_si256(_mm256_srli_epi16(codes, 4), nibble);
-        __m256i low_indices[4], high_indices[4];
-        for (int j = 0; j < 4; ++j) {
-          low_indices[j] = _mm256_or_si256(low, others[j]);
-          high_indices[j] = _mm256_or_si256(high, others[j]);
-        }
-        for (int q = 0; q < nq; ++q) {
-          const uint8_t* table = tables[q] + 128 * g;
-          const __m256i pairs =
-              _mm256_add_epi16(_mm256_maddubs_epi16(lookups(low_indices, table), ones8),
-                               _mm256_maddubs_epi16(lookups(high_indices, table + 64), ones8));
-          acc[q][v] = _mm256_add_epi32(acc[q][v], _mm256_madd_epi16(pairs, ones16));
-        }
+  // acc[q][v] holds the 32-bit sums of rows 8v to 8v + 7 for query q.
+  __m256i acc[NQ][4];
+  for (int q = 0; q < NQ; ++q)
+    for (int v = 0; v < 4; ++v) acc[q][v] = _mm256_setzero_si256();
+  for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+    for (int v = 0; v < 4; ++v) {
+      const __m256i quad = load(codes + 128 * g + 32 * v);
+      const __m256i low = _mm256_and_si256(quad, nibble);
+      const __m256i high = _mm256_and_si256(_mm256_srli_epi16(quad, 4), nibble);
+      __m256i low_indices[4], high_indices[4];
+      for (int j = 0; j < 4; ++j) {
+        low_indices[j] = _mm256_or_si256(low, others[j]);
+        high_indices[j] = _mm256_or_si256(high, others[j]);
+      }
+      for (int q = 0; q < NQ; ++q) {
+        const uint8_t* table = tables[q] + 128 * g;
+        const __m256i pairs =
+            _mm256_add_epi16(_mm256_maddubs_epi16(lookups(low_indices, table), ones8),
+                             _mm256_maddubs_epi16(lookups(high_indices, table + 64), ones8));
+        acc[q][v] = _mm256_add_epi32(acc[q][v], _mm256_madd_epi16(pairs, ones16));
       }
     }
-    for (int q = 0; q < nq; ++q)
-      for (int v = 0; v < 4; ++v)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums[q] + i * kBlockRows + 8 * v),
-                            acc[q][v]);
+  }
+  for (int q = 0; q < NQ; ++q)
+    for (int v = 0; v < 4; ++v)
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(sums[q] + i * kBlockRows + 8 * v),
+                          acc[q][v]);
+}
+
+}  // namespace
+
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
+  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+    const uint8_t* codes = blocked + i * block_bytes;
+    for (int q = 0; q < nq; q += 2) {
+      if (nq - q == 1) {
+        block<1>(codes, i, n_quads, tables + q, sums + q);
+      } else {
+        block<2>(codes, i, n_quads, tables + q, sums + q);
+      }
+    }
   }
 }
 

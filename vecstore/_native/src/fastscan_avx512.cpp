@@ -11,6 +11,9 @@ namespace vecstore::fastscan::avx512 {
 
 namespace {
 
+// Queries scored together, their accumulators in registers.
+constexpr int kGroup = 4;
+
 // How far ahead of each load the scan prefetches (measured best of 0.5-4 KB, and better
 // than two or four interleaved block streams, on a single query over 19 MB of codes).
 constexpr std::ptrdiff_t kPrefetchBytes = 512;
@@ -41,45 +44,48 @@ inline void prefetch(const uint8_t* p) {
   _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64), _MM_HINT_T0);
 }
 
-// NQ queries one block at a time, sharing each block's loads and indices.
+// Block i for NQ queries at once, sharing each load of codes and its indices.
 template <int NQ>
-void blocks(const Constants& k, const uint8_t* blocked, std::ptrdiff_t first,
-            std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads, const uint8_t* const* tables,
-            uint32_t* const* sums) {
-  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
-  for (std::ptrdiff_t i = first; i < n_blocks; ++i) {
-    const uint8_t* block = blocked + i * block_bytes;
-    __m512i acc[NQ][2];
-    for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
-    for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-      prefetch(block + 128 * g);
-      __m512i low0, high0, low1, high1;
-      indices(k, load(block + 128 * g), low0, high0);
-      indices(k, load(block + 128 * g + 64), low1, high1);
-      for (int q = 0; q < NQ; ++q) {
-        const __m512i low_table = load(tables[q] + 128 * g);
-        const __m512i high_table = load(tables[q] + 128 * g + 64);
-        acc[q][0] = add_lookups(k, acc[q][0], low0, high0, low_table, high_table);
-        acc[q][1] = add_lookups(k, acc[q][1], low1, high1, low_table, high_table);
-      }
-    }
+void block(const Constants& k, const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+           const uint8_t* const* tables, uint32_t* const* sums) {
+  __m512i acc[NQ][2];
+  for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
+  for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+    prefetch(codes + 128 * g);
+    __m512i low0, high0, low1, high1;
+    indices(k, load(codes + 128 * g), low0, high0);
+    indices(k, load(codes + 128 * g + 64), low1, high1);
     for (int q = 0; q < NQ; ++q) {
-      _mm512_storeu_si512(sums[q] + i * kBlockRows, acc[q][0]);
-      _mm512_storeu_si512(sums[q] + i * kBlockRows + 16, acc[q][1]);
+      const __m512i low_table = load(tables[q] + 128 * g);
+      const __m512i high_table = load(tables[q] + 128 * g + 64);
+      acc[q][0] = add_lookups(k, acc[q][0], low0, high0, low_table, high_table);
+      acc[q][1] = add_lookups(k, acc[q][1], low1, high1, low_table, high_table);
     }
+  }
+  for (int q = 0; q < NQ; ++q) {
+    _mm512_storeu_si512(sums[q] + i * kBlockRows, acc[q][0]);
+    _mm512_storeu_si512(sums[q] + i * kBlockRows + 16, acc[q][1]);
   }
 }
 
 }  // namespace
 
+// Block by block, every query in groups of up to four: a block's codes stay in the first
+// level cache while all the queries score them.
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                 const uint8_t* const* tables, int nq, uint32_t* const* sums) {
   const Constants k;
-  switch (nq) {
-    case 1: blocks<1>(k, blocked, 0, n_blocks, n_quads, tables, sums); break;
-    case 2: blocks<2>(k, blocked, 0, n_blocks, n_quads, tables, sums); break;
-    case 3: blocks<3>(k, blocked, 0, n_blocks, n_quads, tables, sums); break;
-    default: blocks<4>(k, blocked, 0, n_blocks, n_quads, tables, sums); break;
+  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
+  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+    const uint8_t* codes = blocked + i * block_bytes;
+    for (int q = 0; q < nq; q += kGroup) {
+      switch (nq - q < kGroup ? nq - q : kGroup) {
+        case 1: block<1>(k, codes, i, n_quads, tables + q, sums + q); break;
+        case 2: block<2>(k, codes, i, n_quads, tables + q, sums + q); break;
+        case 3: block<3>(k, codes, i, n_quads, tables + q, sums + q); break;
+        default: block<4>(k, codes, i, n_quads, tables + q, sums + q); break;
+      }
+    }
   }
 }
 

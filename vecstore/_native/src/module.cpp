@@ -36,14 +36,15 @@ std::vector<std::string> available_paths() {
   return paths;
 }
 
-// The FastScan kernel of a path, or nullptr where the path scores every row exactly.
-fastscan::Accumulate accumulate_for(const std::string& path) {
+// The FastScan kernel of a path for queries with (or without) nibble tables, or nullptr
+// where the scan scores every row exactly.
+fastscan::Accumulate accumulate_for(const std::string& path, bool nibbles) {
   const std::vector<std::string> paths = available_paths();
   if (std::find(paths.begin(), paths.end(), path) == paths.end())
     throw std::invalid_argument("this CPU or build has no " + path + " scan path");
 #if defined(VECSTORE_X86)
-  if (path == "avx512") return fastscan::avx512::accumulate;
-  if (path == "avx2") return fastscan::avx2::accumulate;
+  if (nibbles && path == "avx512") return fastscan::avx512::accumulate;
+  if (nibbles && path == "avx2") return fastscan::avx2::accumulate;
 #endif
   return nullptr;
 }
@@ -92,77 +93,156 @@ void check_codes(const Rows& codes, std::ptrdiff_t n_bytes) {
     throw std::invalid_argument("codes must be (n, >= n_bytes) uint8 with contiguous rows");
 }
 
-// Per query, the k best rows over several parts (one list entry each): keys (nq, k)
-// float32 ascending, rows (numbered by each part's row map or offset) and ties (nq, k)
-// int64. With nibble tables on a SIMD path every part takes the FastScan pass (parts
-// without a blocked layout are laid out for this call); otherwise every row is scored
-// exactly. Every key is the exact one.
-nb::tuple scan_topk(Tables nibble_tables, Tables byte_tables, std::ptrdiff_t n_bytes,
-                    std::vector<Blocked> blocked, std::vector<Rows> codes,
-                    std::vector<Floats> scales, std::vector<Floats> norms,
-                    std::vector<Live> live, std::vector<Array<const int64_t, nb::ndim<1>>> ties,
-                    std::vector<RowMap> row_maps, std::vector<int64_t> offsets, std::size_t k,
-                    int metric, Floats query_sq_norms, const std::string& path, int threads) {
-  const std::size_t n_parts = codes.size();
+// The parts of a search, checked and held once: a search of an unchanged snapshot scans
+// the same PartSet again without converting its arrays. With `lay_out`, parts given
+// without a blocked layout get one, kept with the set.
+class PartSet {
+ public:
+  PartSet(std::ptrdiff_t n_bytes, std::vector<Blocked> blocked, std::vector<Rows> codes,
+          std::vector<Floats> scales, std::vector<Floats> norms, std::vector<Live> live,
+          std::vector<Array<const int64_t, nb::ndim<1>>> ties, std::vector<RowMap> row_maps,
+          std::vector<int64_t> offsets, bool lay_out)
+      : n_bytes_(n_bytes) {
+    const std::size_t n_parts = codes.size();
+    if (n_bytes < 1) throw std::invalid_argument("n_bytes must be positive");
+    if (blocked.size() != n_parts || scales.size() != n_parts || norms.size() != n_parts ||
+        live.size() != n_parts || ties.size() != n_parts || row_maps.size() != n_parts ||
+        offsets.size() != n_parts)
+      throw std::invalid_argument("every part needs codes, scales, norms, live, ties, rows");
+    for (std::size_t i = 0; i < n_parts; ++i) {
+      check_codes(codes[i], n_bytes);
+      const std::size_t n = codes[i].shape(0);
+      if (scales[i].shape(0) != n || norms[i].shape(0) != n || ties[i].shape(0) != n ||
+          (live[i] && live[i]->shape(0) != n) || (row_maps[i] && row_maps[i]->shape(0) != n))
+        throw std::invalid_argument(
+            "scales, norms, live, ties and row maps must match the codes");
+      if (blocked[i] && blocked[i]->shape(0) != static_cast<std::size_t>(
+                            fastscan::blocked_size(static_cast<std::ptrdiff_t>(n), n_bytes)))
+        throw std::invalid_argument("blocked codes do not match their part's codes");
+      parts_.push_back(Part{codes[i].data(), codes[i].stride(0),
+                            static_cast<std::ptrdiff_t>(n), scales[i].data(), norms[i].data(),
+                            live[i] ? reinterpret_cast<const uint8_t*>(live[i]->data())
+                                    : nullptr,
+                            ties[i].data(), blocked[i] ? blocked[i]->data() : nullptr,
+                            row_maps[i] ? row_maps[i]->data() : nullptr, offsets[i]});
+      rows_ += static_cast<std::ptrdiff_t>(n);
+    }
+    blocked_ = std::move(blocked);
+    codes_ = std::move(codes);
+    scales_ = std::move(scales);
+    norms_ = std::move(norms);
+    live_ = std::move(live);
+    ties_ = std::move(ties);
+    row_maps_ = std::move(row_maps);
+    if (lay_out) {
+      nb::gil_scoped_release release;
+      for (Part& part : parts_) {
+        if (part.blocked != nullptr) continue;
+        layouts_.emplace_back(
+            static_cast<std::size_t>(fastscan::blocked_size(part.rows, n_bytes)));
+        fastscan::block_codes(part.codes, part.rows, part.stride, n_bytes,
+                              layouts_.back().data());
+        part.blocked = layouts_.back().data();
+      }
+    }
+  }
+
+  std::ptrdiff_t n_bytes() const { return n_bytes_; }
+  std::ptrdiff_t rows() const { return rows_; }
+  std::size_t size() const { return parts_.size(); }
+  bool laid_out() const {
+    return std::all_of(parts_.begin(), parts_.end(),
+                       [](const Part& p) { return p.blocked != nullptr; });
+  }
+  const std::vector<Part>& parts() const { return parts_; }
+
+ private:
+  std::ptrdiff_t n_bytes_;
+  std::ptrdiff_t rows_ = 0;
+  std::vector<Part> parts_;
+  std::vector<std::vector<uint8_t>> layouts_;
+  // The arrays the parts point into, held while the set lives.
+  std::vector<Blocked> blocked_;
+  std::vector<Rows> codes_;
+  std::vector<Floats> scales_, norms_;
+  std::vector<Live> live_;
+  std::vector<Array<const int64_t, nb::ndim<1>>> ties_;
+  std::vector<RowMap> row_maps_;
+};
+
+// Per query, the k best rows of a PartSet: keys (nq, k) float32 ascending, rows (numbered
+// by each part's row map or offset) and ties (nq, k) int64. With nibble tables on a SIMD
+// path the parts take the FastScan pass (they must all be laid out); otherwise every row
+// is scored exactly. Every key is the exact one.
+nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables,
+                    std::size_t k, int metric, Floats query_sq_norms, const std::string& path,
+                    int threads) {
+  const std::ptrdiff_t n_bytes = set.n_bytes();
   if (!nibble_tables && !byte_tables) throw std::invalid_argument("a scan needs tables");
   const std::size_t nq = nibble_tables ? nibble_tables->shape(0) : byte_tables->shape(0);
   if (nibble_tables && (nibble_tables->shape(1) != static_cast<std::size_t>(2 * n_bytes) ||
                         nibble_tables->shape(2) != 16))
     throw std::invalid_argument("nibble tables must be (nq, 2 * n_bytes, 16)");
-  if (byte_tables && (byte_tables->shape(0) != nq ||
-                      byte_tables->shape(1) != static_cast<std::size_t>(n_bytes) ||
-                      byte_tables->shape(2) != 256))
+  if (!nibble_tables && (byte_tables->shape(1) != static_cast<std::size_t>(n_bytes) ||
+                         byte_tables->shape(2) != 256))
     throw std::invalid_argument("byte tables must be (nq, n_bytes, 256)");
   if (query_sq_norms.shape(0) != nq) throw std::invalid_argument("one query norm a query");
   if (k == 0) throw std::invalid_argument("k must be positive");
-  if (blocked.size() != n_parts || scales.size() != n_parts || norms.size() != n_parts ||
-      live.size() != n_parts || ties.size() != n_parts || row_maps.size() != n_parts ||
-      offsets.size() != n_parts)
-    throw std::invalid_argument("every part needs codes, scales, norms, live, ties, rows");
-  const fastscan::Accumulate accumulate = nibble_tables ? accumulate_for(path) : nullptr;
-  if (!nibble_tables) accumulate_for(path);
-  Search search{{}, n_bytes, static_cast<Metric>(metric), k};
-  std::ptrdiff_t total = 0;
-  for (std::size_t i = 0; i < n_parts; ++i) {
-    check_codes(codes[i], n_bytes);
-    const std::size_t n = codes[i].shape(0);
-    if (scales[i].shape(0) != n || norms[i].shape(0) != n || ties[i].shape(0) != n ||
-        (live[i] && live[i]->shape(0) != n) || (row_maps[i] && row_maps[i]->shape(0) != n))
-      throw std::invalid_argument("scales, norms, live, ties and row maps must match the codes");
-    if (blocked[i] && blocked[i]->shape(0) != static_cast<std::size_t>(
-                          fastscan::blocked_size(static_cast<std::ptrdiff_t>(n), n_bytes)))
-      throw std::invalid_argument("blocked codes do not match their part's codes");
-    search.parts.push_back(Part{codes[i].data(), codes[i].stride(0),
-                                static_cast<std::ptrdiff_t>(n), scales[i].data(),
-                                norms[i].data(),
-                                live[i] ? reinterpret_cast<const uint8_t*>(live[i]->data())
-                                        : nullptr,
-                                ties[i].data(), blocked[i] ? blocked[i]->data() : nullptr,
-                                row_maps[i] ? row_maps[i]->data() : nullptr, offsets[i]});
-    total += static_cast<std::ptrdiff_t>(n);
-  }
+  const fastscan::Accumulate accumulate = accumulate_for(path, nibble_tables.has_value());
+  if (accumulate != nullptr && !set.laid_out())
+    throw std::invalid_argument("the FastScan pass needs every part laid out");
   std::vector<Query> queries(nq);
   for (std::size_t q = 0; q < nq; ++q) {
     queries[q].nibbles = nibble_tables ? nibble_tables->data() + q * 2 * n_bytes * 16 : nullptr;
-    queries[q].bytes =
-        nibble_tables ? nullptr : byte_tables->data() + q * n_bytes * 256;
+    queries[q].bytes = nibble_tables ? nullptr : byte_tables->data() + q * n_bytes * 256;
     queries[q].sq_norm = query_sq_norms.data()[q];
   }
   std::vector<std::vector<Candidate>> best;
   {
     nb::gil_scoped_release release;
-    std::vector<std::vector<uint8_t>> layouts;
-    if (accumulate != nullptr) {
-      for (Part& part : search.parts) {
-        if (part.blocked != nullptr) continue;
-        layouts.emplace_back(static_cast<std::size_t>(fastscan::blocked_size(part.rows, n_bytes)));
-        fastscan::block_codes(part.codes, part.rows, part.stride, n_bytes, layouts.back().data());
-        part.blocked = layouts.back().data();
-      }
-    }
-    best = search_topk(search, queries, accumulate, workers_for(threads, total));
+    const Search search{set.parts(), n_bytes, static_cast<Metric>(metric), k};
+    best = search_topk(search, queries, accumulate, workers_for(threads, set.rows()));
   }
   return results(std::move(best), k);
+}
+
+// TurboQuant's nibble tables, (nq, 2 * n_bytes, 16) float32, of rotated queries (nq, D)
+// float32 and the codebook levels (2^bits,) float32 for bits dividing 4: entry [p][v] adds,
+// in slot order and in float32, coordinate (4 / bits) * p + s times the level of slot s
+// of v (coordinates past D are zero), exactly as turboquant.nibble_tables in numpy.
+nb::ndarray<nb::numpy, float, nb::ndim<3>> nibble_tables(Array<const float, nb::ndim<2>> rotated,
+                                                         Floats levels, int bits,
+                                                         std::ptrdiff_t n_bytes) {
+  if (bits != 1 && bits != 2 && bits != 4) throw std::invalid_argument("bits must divide 4");
+  if (levels.shape(0) != static_cast<std::size_t>(1 << bits))
+    throw std::invalid_argument("levels must hold 2^bits values");
+  const std::ptrdiff_t nq = rotated.shape(0), dim = rotated.shape(1);
+  const int per_nibble = 4 / bits, mask = (1 << bits) - 1;
+  const std::ptrdiff_t positions = 2 * n_bytes;
+  if (n_bytes < 1 || dim > positions * per_nibble)
+    throw std::invalid_argument("the queries have more coordinates than the codes");
+  auto* out = new float[static_cast<std::size_t>(nq * positions * 16)];
+  // The level each slot of a nibble value stands for: slot_levels[slot][v].
+  float slot_levels[4][16];
+  for (int slot = 0; slot < per_nibble; ++slot)
+    for (int v = 0; v < 16; ++v) slot_levels[slot][v] = levels.data()[(v >> (slot * bits)) & mask];
+  const float* q = rotated.data();
+  for (std::ptrdiff_t i = 0; i < nq; ++i) {
+    for (std::ptrdiff_t p = 0; p < positions; ++p) {
+      float* entries = out + (i * positions + p) * 16;
+      for (int slot = 0; slot < per_nibble; ++slot) {
+        const std::ptrdiff_t j = p * per_nibble + slot;
+        const float coordinate = j < dim ? q[i * dim + j] : 0.0f;
+        for (int v = 0; v < 16; ++v) {
+          const float product = coordinate * slot_levels[slot][v];
+          entries[v] = slot == 0 ? product : entries[v] + product;
+        }
+      }
+    }
+  }
+  nb::capsule owner(out, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  return nb::ndarray<nb::numpy, float, nb::ndim<3>>(
+      out, {static_cast<std::size_t>(nq), static_cast<std::size_t>(positions), 16}, owner);
 }
 
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
@@ -185,13 +265,25 @@ NB_MODULE(_scan, m) {
   m.doc() = "vecstore's compiled CPU scan kernels.";
   m.def("available_paths", &available_paths,
         "The compiled scan paths this CPU can run, fastest first.");
-  m.def("scan_topk", &scan_topk, nb::arg("nibble_tables").none(),
-        nb::arg("byte_tables").none(), nb::arg("n_bytes"), nb::arg("blocked"), nb::arg("codes"), nb::arg("scales"), nb::arg("norms"),
-        nb::arg("live"),
-        nb::arg("ties"), nb::arg("row_maps"), nb::arg("offsets"), nb::arg("k"),
-        nb::arg("metric"), nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
-        "Per query, the exact k best rows over several parts: keys (nq, k) float32 "
-        "ascending, rows and ties (nq, k) int64 (-1 rows, +inf keys past the live rows).");
+  nb::class_<PartSet>(m, "PartSet",
+                      "The parts of a search, checked and held for any number of scans.")
+      .def(nb::init<std::ptrdiff_t, std::vector<Blocked>, std::vector<Rows>,
+                    std::vector<Floats>, std::vector<Floats>, std::vector<Live>,
+                    std::vector<Array<const int64_t, nb::ndim<1>>>, std::vector<RowMap>,
+                    std::vector<int64_t>, bool>(),
+           nb::arg("n_bytes"), nb::arg("blocked"), nb::arg("codes"), nb::arg("scales"),
+           nb::arg("norms"), nb::arg("live"), nb::arg("ties"), nb::arg("row_maps"),
+           nb::arg("offsets"), nb::arg("lay_out"))
+      .def_prop_ro("rows", &PartSet::rows)
+      .def("__len__", &PartSet::size);
+  m.def("scan_topk", &scan_topk, nb::arg("parts"), nb::arg("nibble_tables").none(),
+        nb::arg("byte_tables").none(), nb::arg("k"), nb::arg("metric"),
+        nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
+        "Per query, the exact k best rows of a PartSet: keys (nq, k) float32 ascending, "
+        "rows and ties (nq, k) int64 (-1 rows, +inf keys past the live rows).");
+  m.def("nibble_tables", &nibble_tables, nb::arg("rotated"), nb::arg("levels"),
+        nb::arg("bits"), nb::arg("n_bytes"),
+        "TurboQuant's nibble tables (nq, 2 * n_bytes, 16) float32, as numpy builds them.");
   m.def("blocked_size", &blocked_size, nb::arg("n"), nb::arg("n_bytes"),
         "Bytes of FastScan's blocked layout of n rows of n_bytes code bytes.");
   m.def("block_codes", &block_codes, nb::arg("codes"), nb::arg("n_bytes"), nb::arg("out"),

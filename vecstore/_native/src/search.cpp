@@ -19,9 +19,16 @@ namespace {
 constexpr std::ptrdiff_t kChunkBlocks = 64;
 constexpr std::ptrdiff_t kChunkRows = kChunkBlocks * fastscan::kBlockRows;
 
+// The vector width the row bounds compile for: AVX-512 and AVX2 clones where the compiler
+// and loader support them (picked at load time), else the baseline.
+#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
+#define VECSTORE_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define VECSTORE_ROW_CLONES
+#endif
+
 // One query's kernel tables: q[p][v] = round((t[p][v] - low[p]) / delta), so a row's
-// real table sum is within err of low_sum + delta * (its sum of quantized entries);
-// err sums each position's largest rounding.
+// real table sum is within err of low_sum + delta * (its sum of quantized entries).
 struct KernelTables {
   std::vector<uint8_t> bytes;   // (n_quads, 2, 64), fastscan.h
   float low_sum = 0.0f;         // rounded to float32, its rounding inside err
@@ -29,12 +36,24 @@ struct KernelTables {
   float err = 0.0f;
 };
 
+// Entries levels[i] = round((t[i] - lows[i / 16]) * inverse), at most 255, for the
+// 16 * positions entries of the nibble tables t.
+VECSTORE_ROW_CLONES
+void quantize_entries(const float* nibbles, const float* lows, std::ptrdiff_t positions,
+                      float inverse, uint8_t* levels) {
+  for (std::ptrdiff_t i = 0; i < positions * 16; ++i) {
+    const float level = std::floor((nibbles[i] - lows[i / 16]) * inverse + 0.5f);
+    levels[i] = static_cast<uint8_t>(level < 255.0f ? level : 255.0f);
+  }
+}
+
 KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
   const std::ptrdiff_t positions = 2 * n_bytes;
   const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
   KernelTables out;
   out.bytes.assign(static_cast<std::size_t>(n_quads * 128), 0);
   std::vector<float> lows(positions);
+  std::vector<uint8_t> levels(static_cast<std::size_t>(positions * 16));
   double low_sum = 0.0, abs_sum = 0.0;
   float range_max = 0.0f;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
@@ -49,29 +68,22 @@ KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
     abs_sum += std::max(std::fabs(low), std::fabs(high));
     range_max = std::max(range_max, high - low);
   }
-  double delta = static_cast<double>(range_max) / 254.0;
-  if (!(delta > 0.0)) delta = 1.0;
-  const double inverse = 1.0 / delta;
-  // The largest distance between an entry and its quantized value, summed over positions:
-  // how far a row's quantized sum can be from its real table sum.
-  double rounding = 0.0;
+  float delta = range_max / 254.0f;
+  if (!(delta > 0.0f)) delta = 1.0f;
+  quantize_entries(nibbles, lows.data(), positions, 1.0f / delta, levels.data());
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
     const std::ptrdiff_t byte = p / 2, half = p % 2;
-    uint8_t* entries = out.bytes.data() + (byte / 4) * 128 + half * 64 + (byte % 4) * 16;
-    double worst = 0.0;
-    for (int v = 0; v < 16; ++v) {
-      const double above = static_cast<double>(nibbles[p * 16 + v]) - lows[p];
-      const int level = std::min(255, static_cast<int>(above * inverse + 0.5));
-      entries[v] = static_cast<uint8_t>(level);
-      worst = std::max(worst, std::fabs(above - delta * level));
-    }
-    rounding += worst;
+    std::memcpy(out.bytes.data() + (byte / 4) * 128 + half * 64 + (byte % 4) * 16,
+                levels.data() + p * 16, 16);
   }
   out.low_sum = static_cast<float>(low_sum);
-  out.delta = static_cast<float>(delta);
-  // Float32 sums of the float tables move by far less than the second term; the last
-  // covers the rounding of low_sum and delta to float32.
-  out.err = static_cast<float>(rounding * (1.0 + 1e-6) +
+  out.delta = delta;
+  // An entry is within delta / 2 of its level, up to the float32 rounding of the level's
+  // computation (the 1e-4 and the first epsilon term); float32 sums of the float tables
+  // move by far less than the second epsilon term; the last covers the rounding of
+  // low_sum to float32 and of delta * sum.
+  out.err = static_cast<float>(positions * static_cast<double>(delta) * (0.5 + 1e-4) +
+                               4.0 * FLT_EPSILON * abs_sum +
                                8.0 * (n_bytes + 1) * FLT_EPSILON * abs_sum +
                                1e-6 * (std::fabs(low_sum) + 255.0 * positions * delta));
   return out;
@@ -144,13 +156,6 @@ std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) 
   return shares;
 }
 
-// The vector width the row bounds compile for: AVX-512 and AVX2 clones where the compiler
-// and loader support them (picked at load time), else the baseline.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define VECSTORE_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECSTORE_ROW_CLONES
-#endif
 
 // Per row r < count, the lower bound of its key and the width of its key interval, from
 // its quantized sum. Key = c - f * (table sum), c = ||q||^2 + ||x||^2 and f = 2 scale for
