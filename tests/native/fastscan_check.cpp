@@ -28,12 +28,12 @@ struct Path {
 };
 
 // Row-major reference over the original (unblocked) codes, tables in kernel order.
-std::vector<uint32_t> naive(const std::vector<uint8_t>& codes, std::ptrdiff_t n,
+std::vector<int32_t> naive(const std::vector<uint8_t>& codes, std::ptrdiff_t n,
                             std::ptrdiff_t stride, std::ptrdiff_t n_bytes,
                             const std::vector<uint8_t>& tables) {
-  std::vector<uint32_t> sums(static_cast<std::size_t>(n));
+  std::vector<int32_t> sums(static_cast<std::size_t>(n));
   for (std::ptrdiff_t r = 0; r < n; ++r) {
-    uint32_t s = 0;
+    int32_t s = 0;
     for (std::ptrdiff_t b = 0; b < n_bytes; ++b) {
       const uint8_t c = codes[static_cast<std::size_t>(r * stride + b)];
       const uint8_t* quad = tables.data() + (b / 4) * 128 + (b % 4) * 16;
@@ -47,14 +47,14 @@ std::vector<uint32_t> naive(const std::vector<uint8_t>& codes, std::ptrdiff_t n,
 // Runs kernel for nq copies of the queries' tables (query q's table entries shifted by q)
 // on blocked (sized exactly, so a sanitizer build catches over-reads); each query's sums
 // are followed by 8 guard entries that must stay untouched.
-std::vector<std::vector<uint32_t>> run(fs::Accumulate kernel, const std::vector<uint8_t>& blocked,
+std::vector<std::vector<int32_t>> run(fs::Accumulate kernel, const std::vector<uint8_t>& blocked,
                                        std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                                        const std::vector<std::vector<uint8_t>>& tables) {
   const std::size_t n_sums = static_cast<std::size_t>(n_blocks * fs::kBlockRows);
   const int nq = static_cast<int>(tables.size());
-  std::vector<std::vector<uint32_t>> sums(tables.size(), std::vector<uint32_t>(n_sums + 8, 0xBEEF));
+  std::vector<std::vector<int32_t>> sums(tables.size(), std::vector<int32_t>(n_sums + 8, 0xBEEF));
   const uint8_t* t[fs::kMaxGroup];
-  uint32_t* s[fs::kMaxGroup];
+  int32_t* s[fs::kMaxGroup];
   for (int q = 0; q < nq; ++q) {
     t[q] = tables[q].data();
     s[q] = sums[q].data();
@@ -62,7 +62,7 @@ std::vector<std::vector<uint32_t>> run(fs::Accumulate kernel, const std::vector<
   kernel(blocked.data(), n_blocks, n_quads, t, nq, s);
   for (auto& one : sums) {
     if (!std::all_of(one.begin() + static_cast<std::ptrdiff_t>(n_sums), one.end(),
-                     [](uint32_t v) { return v == 0xBEEF; })) {
+                     [](int32_t v) { return v == 0xBEEF; })) {
       std::printf("FAIL: write past the end of sums\n");
       std::exit(1);
     }
@@ -99,9 +99,9 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
       if (!p.available) continue;
       const auto got = run(p.kernel, blocked, n_blocks, n_quads, group);
       for (int q = 0; q < nq; ++q) {
-        const std::vector<uint32_t> want = naive(codes, n, stride, n_bytes, group[q]);
+        const std::vector<int32_t> want = naive(codes, n, stride, n_bytes, group[q]);
         const bool same = std::equal(want.begin(), want.end(), got[q].begin()) &&
-                          std::all_of(got[q].begin() + n, got[q].end(), [&](uint32_t v) {
+                          std::all_of(got[q].begin() + n, got[q].end(), [&](int32_t v) {
                             return v == naive(std::vector<uint8_t>(n_bytes), 1, n_bytes,
                                               n_bytes, group[q])[0];
                           });
@@ -111,6 +111,43 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
           ++failures;
         }
       }
+    }
+  }
+  return failures;
+}
+
+// The level-dot kernel against its scalar reference for 1 to kMaxGroup queries, random
+// levels and weights. Returns the number of failures.
+int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng) {
+  if (!fs::cpu_has_avx512()) return 0;
+  std::vector<uint8_t> codes(static_cast<std::size_t>(n * n_bytes));
+  for (auto& c : codes) c = static_cast<uint8_t>(rng());
+  const std::ptrdiff_t n_quads = fs::padded_bytes(n_bytes) / 4;
+  const std::ptrdiff_t n_blocks = (n + fs::kBlockRows - 1) / fs::kBlockRows;
+  std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
+  fs::block_codes(codes.data(), n, n_bytes, n_bytes, blocked.data());
+  uint8_t levels[16];
+  for (auto& l : levels) l = static_cast<uint8_t>(rng());
+  std::vector<std::vector<int8_t>> weights(fs::kMaxGroup, std::vector<int8_t>(n_quads * 8));
+  for (auto& w : weights)
+    for (auto& x : w) x = static_cast<int8_t>(rng());
+  int failures = 0;
+  for (int nq = 1; nq <= fs::kMaxGroup; ++nq) {
+    std::vector<std::vector<int32_t>> want(nq, std::vector<int32_t>(n_blocks * fs::kBlockRows));
+    std::vector<std::vector<int32_t>> got = want;
+    const int8_t* w[fs::kMaxGroup];
+    int32_t* a[fs::kMaxGroup];
+    int32_t* b[fs::kMaxGroup];
+    for (int q = 0; q < nq; ++q) {
+      w[q] = weights[q].data();
+      a[q] = want[q].data();
+      b[q] = got[q].data();
+    }
+    fs::scalar::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
+    fs::avx512::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
+    if (want != got) {
+      std::printf("FAIL level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
+      ++failures;
     }
   }
   return failures;
@@ -169,6 +206,8 @@ int main(int argc, char** argv) {
       }
     }
   }
+  for (const std::ptrdiff_t n : {1, 33, 1000})
+    for (const std::ptrdiff_t n_bytes : {1, 5, 48, 192}) failures += check_levels(n, n_bytes, rng);
   std::printf("%d shapes checked, %d failures\n", shapes, failures);
   time_paths(paths, reps, rng);
   return failures == 0 ? 0 : 1;

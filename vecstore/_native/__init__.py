@@ -84,11 +84,12 @@ def part_set(n_bytes: int, parts, lay_out: bool):
 
 
 def scan_topk(parts, nibble_tables, byte_tables, k: int, l2: bool, query_sq_norms,
-              path: str):
+              path: str, levels=None):
     """Per query the exact k best rows of the ``part_set`` ``parts``: keys, rows and ties
     (nq, k). Tables are (nq, 2 * n_bytes, 16) nibble tables or, for codecs without them,
-    (nq, n_bytes, 256) byte tables."""
-    return _scan.scan_topk(parts, nibble_tables, byte_tables, k, 1 if l2 else 0,
+    (nq, n_bytes, 256) byte tables. ``levels`` (16,) float32, for 4-bit codes whose
+    nibble tables are coordinate times level, lets ``avx512`` take the level-dot kernel."""
+    return _scan.scan_topk(parts, nibble_tables, byte_tables, levels, k, 1 if l2 else 0,
                            query_sq_norms, path, _threads)
 
 

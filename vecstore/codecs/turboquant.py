@@ -301,6 +301,13 @@ class TurboQuantMSE(_TurboQuantBase):
         build = _native.nibble_tables if _native.compiled() else nibble_tables
         return build(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
 
+    @property
+    def score_levels(self) -> np.ndarray | None:
+        """For 4-bit codes, the centroids (16,) float32: every ``score_nibble_tables``
+        entry [p, v] is then rotated coordinate p times level v, which lets the compiled
+        scan look the levels up once for a whole batch of queries; None otherwise."""
+        return self._centroids32 if self.mse_bits == 4 else None
+
     def to_config(self) -> dict:
         return self._config("tq")
 

@@ -104,6 +104,8 @@ class QueryTables:
         kind = table_kind(codec)
         self.nibbles = _contiguous(codec.score_nibble_tables(state)) if kind == NIBBLES else None
         self.bytes = _contiguous(codec.score_tables(state)) if kind == BYTES else None
+        levels = getattr(codec, "score_levels", None) if kind == NIBBLES else None
+        self.levels = None if levels is None else _contiguous(levels)
 
 
 def _contiguous(tables: np.ndarray) -> np.ndarray:
@@ -242,7 +244,7 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
             else codec.prepare_query(queries[block])
         tables = QueryTables(codec, block_state)
         found = _native.scan_topk(native, tables.nibbles, tables.bytes, k, metric == "l2",
-                                  query_sq_norms[block], path)
+                                  query_sq_norms[block], path, tables.levels)
         keys.append(found[0])
         rows.append(found[1])
         ties.append(found[2])

@@ -41,19 +41,35 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
 // n_quads quads). All paths give equal sums.
 using Accumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
                             std::ptrdiff_t n_quads, const uint8_t* const* tables, int nq,
-                            uint32_t* const* sums);
+                            int32_t* const* sums);
+
+// The level-dot kernel, for codes whose nibble tables are a weight a position times a
+// level a nibble value shared by every position (4-bit TurboQuant: coordinate times
+// centroid): sums[q][32*i + r] = sum over code bytes 4g + j of
+//   levels[low nibble] * weights[q][8g + j] + levels[high nibble] * weights[q][8g + 4 + j]
+// (levels (16,) uint8, weights (n_quads, 8) int8 per query), one shared lookup of the
+// levels for every query.
+using LevelAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                                 std::ptrdiff_t n_quads, const uint8_t* levels,
+                                 const int8_t* const* weights, int nq, int32_t* const* sums);
 
 namespace scalar {
+void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                      const uint8_t* levels, const int8_t* const* weights, int nq,
+                      int32_t* const* sums);
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums);
+                const uint8_t* const* tables, int nq, int32_t* const* sums);
 }
 namespace avx2 {
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums);
+                const uint8_t* const* tables, int nq, int32_t* const* sums);
 }
 namespace avx512 {
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums);
+                const uint8_t* const* tables, int nq, int32_t* const* sums);
+void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                      const uint8_t* levels, const int8_t* const* weights, int nq,
+                      int32_t* const* sums);
 }
 
 // Whether this CPU can run avx2::accumulate / avx512::accumulate (AVX-512 F, BW, VL,

@@ -34,7 +34,7 @@ inline __m256i lookups(const __m256i* indices, const uint8_t* half_table) {
 // looked up in every query's tables.
 template <int NQ>
 void block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
-           const uint8_t* const* tables, uint32_t* const* sums) {
+           const uint8_t* const* tables, int32_t* const* sums) {
   const __m256i nibble = _mm256_set1_epi8(0x0F);
   const __m256i ones8 = _mm256_set1_epi8(1), ones16 = _mm256_set1_epi16(1);
   // Place j keeps its own byte of every 32-bit lane; the others get the high bit.
@@ -74,7 +74,7 @@ void block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
 }  // namespace
 
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+                const uint8_t* const* tables, int nq, int32_t* const* sums) {
   const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
     const uint8_t* codes = blocked + i * block_bytes;

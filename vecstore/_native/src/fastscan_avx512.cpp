@@ -1,9 +1,14 @@
-// AVX-512 FastScan kernel (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vbmi
-// -mavx512vnni). Reads the blocked layout of fastscan.h: a zmm holds 16 rows of four code
-// bytes; vpermb looks each byte up in the 16 entries of its own position (the index's bits
-// 4-5 name the byte's place in its lane) and vpdpbusd adds a lane's four results into that
-// row's 32-bit sum, so sums never wrap.
+// AVX-512 FastScan kernels (compiled with -mavx512f -mavx512bw -mavx512vl -mavx512vbmi
+// -mavx512vnni). Both read the blocked layout of fastscan.h, where a zmm holds 16 rows of
+// four code bytes. The table kernel: vpermb looks each byte up in the 16 entries of its
+// own position (the index's bits 4-5 name the byte's place in its lane) and vpdpbusd adds
+// a lane's four results into that row's 32-bit sum, so sums never wrap. The level-dot
+// kernel: vpshufb turns nibbles into their shared levels and vpdpbusd multiplies them by
+// the query's weights, so a batch pays one lookup a code for all its queries.
 #include <immintrin.h>
+
+#include <cstring>
+#include <utility>
 
 #include "fastscan.h"
 
@@ -14,9 +19,12 @@ namespace {
 // Queries scored together, their accumulators in registers.
 constexpr int kGroup = 4;
 
-// How far ahead of each load the scan prefetches (measured best of 0.5-4 KB, and better
-// than two or four interleaved block streams, on a single query over 19 MB of codes).
+// How far ahead of each load the scan prefetches: one query moves through the codes fast
+// and wants 512 bytes (measured best of 0.5-4 KB, and better than two or four interleaved
+// block streams, over 19 MB of codes); a batch spends longer on each line, and a short
+// distance leaves it waiting on memory.
 constexpr std::ptrdiff_t kPrefetchBytes = 512;
+constexpr std::ptrdiff_t kBatchPrefetchBytes = 4096;
 
 struct Constants {
   __m512i position = _mm512_set1_epi32(0x30201000);
@@ -39,19 +47,21 @@ inline __m512i add_lookups(const Constants& k, __m512i acc, __m512i low, __m512i
 
 inline __m512i load(const uint8_t* p) { return _mm512_loadu_si512(p); }
 
+template <int NQ>
 inline void prefetch(const uint8_t* p) {
-  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes), _MM_HINT_T0);
-  _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + 64), _MM_HINT_T0);
+  constexpr std::ptrdiff_t ahead = NQ == 1 ? kPrefetchBytes : kBatchPrefetchBytes;
+  _mm_prefetch(reinterpret_cast<const char*>(p + ahead), _MM_HINT_T0);
+  _mm_prefetch(reinterpret_cast<const char*>(p + ahead + 64), _MM_HINT_T0);
 }
 
 // Block i for NQ queries at once, sharing each load of codes and its indices.
 template <int NQ>
 void block(const Constants& k, const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
-           const uint8_t* const* tables, uint32_t* const* sums) {
+           const uint8_t* const* tables, int32_t* const* sums) {
   __m512i acc[NQ][2];
   for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
   for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-    prefetch(codes + 128 * g);
+    prefetch<NQ>(codes + 128 * g);
     __m512i low0, high0, low1, high1;
     indices(k, load(codes + 128 * g), low0, high0);
     indices(k, load(codes + 128 * g + 64), low1, high1);
@@ -73,7 +83,7 @@ void block(const Constants& k, const uint8_t* codes, std::ptrdiff_t i, std::ptrd
 // Block by block, every query in groups of up to four: a block's codes stay in the first
 // level cache while all the queries score them.
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+                const uint8_t* const* tables, int nq, int32_t* const* sums) {
   const Constants k;
   const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
@@ -85,6 +95,68 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
         case 3: block<3>(k, codes, i, n_quads, tables + q, sums + q); break;
         default: block<4>(k, codes, i, n_quads, tables + q, sums + q); break;
       }
+    }
+  }
+}
+
+namespace {
+
+// Queries the level-dot kernel scores together.
+constexpr int kLevelGroup = 8;
+
+// Block i for NQ queries: the nibbles' levels are looked up once (vpshufb) and each
+// query's weights of a quad, broadcast, are multiplied in by vpdpbusd.
+template <int NQ>
+void level_block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+                 __m512i levels, const int8_t* const* weights, int32_t* const* sums) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512i acc[NQ][2];
+  for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
+  for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+    prefetch<NQ>(codes + 128 * g);
+    const __m512i c0 = load(codes + 128 * g), c1 = load(codes + 128 * g + 64);
+    const __m512i low0 = _mm512_shuffle_epi8(levels, _mm512_and_si512(c0, nibble));
+    const __m512i high0 =
+        _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble));
+    const __m512i low1 = _mm512_shuffle_epi8(levels, _mm512_and_si512(c1, nibble));
+    const __m512i high1 =
+        _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble));
+    for (int q = 0; q < NQ; ++q) {
+      int32_t low_weights, high_weights;
+      std::memcpy(&low_weights, weights[q] + 8 * g, 4);
+      std::memcpy(&high_weights, weights[q] + 8 * g + 4, 4);
+      const __m512i wl = _mm512_set1_epi32(low_weights), wh = _mm512_set1_epi32(high_weights);
+      acc[q][0] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[q][0], low0, wl), high0, wh);
+      acc[q][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[q][1], low1, wl), high1, wh);
+    }
+  }
+  for (int q = 0; q < NQ; ++q) {
+    _mm512_storeu_si512(sums[q] + i * kBlockRows, acc[q][0]);
+    _mm512_storeu_si512(sums[q] + i * kBlockRows + 16, acc[q][1]);
+  }
+}
+
+template <int... NQ>
+void level_group(int n, const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+                 __m512i levels, const int8_t* const* weights, int32_t* const* sums,
+                 std::integer_sequence<int, NQ...>) {
+  ((n == NQ + 1 ? level_block<NQ + 1>(codes, i, n_quads, levels, weights, sums) : void()), ...);
+}
+
+}  // namespace
+
+void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                      const uint8_t* levels, const int8_t* const* weights, int nq,
+                      int32_t* const* sums) {
+  const __m512i table = _mm512_broadcast_i32x4(
+      _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels)));
+  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
+  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+    const uint8_t* codes = blocked + i * block_bytes;
+    for (int q = 0; q < nq; q += kLevelGroup) {
+      const int n = nq - q < kLevelGroup ? nq - q : kLevelGroup;
+      level_group(n, codes, i, n_quads, table, weights + q, sums + q,
+                  std::make_integer_sequence<int, kLevelGroup>{});
     }
   }
 }

@@ -33,11 +33,11 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
 namespace scalar {
 
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, uint32_t* const* sums) {
+                const uint8_t* const* tables, int nq, int32_t* const* sums) {
   for (int q = 0; q < nq; ++q) {
     for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
       const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
-      uint32_t acc[kBlockRows] = {};
+      int32_t acc[kBlockRows] = {};
       for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
         const uint8_t* lo = tables[q] + 128 * g;
         const uint8_t* hi = lo + 64;
@@ -46,6 +46,28 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
           for (int j = 0; j < 4; ++j) {
             const uint8_t c = quad[4 * r + j];
             acc[r] += lo[16 * j + (c & 15)] + hi[16 * j + (c >> 4)];
+          }
+        }
+      }
+      std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
+    }
+  }
+}
+
+void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                      const uint8_t* levels, const int8_t* const* weights, int nq,
+                      int32_t* const* sums) {
+  for (int q = 0; q < nq; ++q) {
+    for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+      const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
+      int32_t acc[kBlockRows] = {};
+      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+        const int8_t* w = weights[q] + 8 * g;
+        const uint8_t* quad = block + g * 4 * kBlockRows;
+        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r) {
+          for (int j = 0; j < 4; ++j) {
+            const uint8_t c = quad[4 * r + j];
+            acc[r] += levels[c & 15] * w[j] + levels[c >> 4] * w[4 + j];
           }
         }
       }

@@ -172,11 +172,12 @@ class PartSet {
 
 // Per query, the k best rows of a PartSet: keys (nq, k) float32 ascending, rows (numbered
 // by each part's row map or offset) and ties (nq, k) int64. With nibble tables on a SIMD
-// path the parts take the FastScan pass (they must all be laid out); otherwise every row
-// is scored exactly. Every key is the exact one.
+// path the parts take the FastScan pass (they must all be laid out): on avx512 with the
+// codes' shared levels (16,) float32 (4-bit TurboQuant) the level-dot kernel, else the
+// table kernel; otherwise every row is scored exactly. Every key is the exact one.
 nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables,
-                    std::size_t k, int metric, Floats query_sq_norms, const std::string& path,
-                    int threads) {
+                    std::optional<Floats> levels, std::size_t k, int metric,
+                    Floats query_sq_norms, const std::string& path, int threads) {
   const std::ptrdiff_t n_bytes = set.n_bytes();
   if (!nibble_tables && !byte_tables) throw std::invalid_argument("a scan needs tables");
   const std::size_t nq = nibble_tables ? nibble_tables->shape(0) : byte_tables->shape(0);
@@ -188,7 +189,16 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
     throw std::invalid_argument("byte tables must be (nq, n_bytes, 256)");
   if (query_sq_norms.shape(0) != nq) throw std::invalid_argument("one query norm a query");
   if (k == 0) throw std::invalid_argument("k must be positive");
-  const fastscan::Accumulate accumulate = accumulate_for(path, nibble_tables.has_value());
+  if (levels && (!nibble_tables || levels->shape(0) != 16))
+    throw std::invalid_argument("levels (16,) go with nibble tables of 4-bit codes");
+  Kernel kernel{accumulate_for(path, nibble_tables.has_value()), nullptr, nullptr};
+#if defined(VECSTORE_X86)
+  if (levels && path == "avx512") {
+    kernel.level_accumulate = fastscan::avx512::level_accumulate;
+    kernel.levels = levels->data();
+  }
+#endif
+  const fastscan::Accumulate accumulate = kernel.accumulate;
   if (accumulate != nullptr && !set.laid_out())
     throw std::invalid_argument("the FastScan pass needs every part laid out");
   std::vector<Query> queries(nq);
@@ -201,7 +211,7 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
   {
     nb::gil_scoped_release release;
     const Search search{set.parts(), n_bytes, static_cast<Metric>(metric), k};
-    best = search_topk(search, queries, accumulate, workers_for(threads, set.rows()));
+    best = search_topk(search, queries, kernel, workers_for(threads, set.rows()));
   }
   return results(std::move(best), k);
 }
@@ -277,7 +287,7 @@ NB_MODULE(_scan, m) {
       .def_prop_ro("rows", &PartSet::rows)
       .def("__len__", &PartSet::size);
   m.def("scan_topk", &scan_topk, nb::arg("parts"), nb::arg("nibble_tables").none(),
-        nb::arg("byte_tables").none(), nb::arg("k"), nb::arg("metric"),
+        nb::arg("byte_tables").none(), nb::arg("levels").none(), nb::arg("k"), nb::arg("metric"),
         nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
         "Per query, the exact k best rows of a PartSet: keys (nq, k) float32 ascending, "
         "rows and ties (nq, k) int64 (-1 rows, +inf keys past the live rows).");

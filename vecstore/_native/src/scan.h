@@ -106,13 +106,22 @@ struct Search {
   }
 };
 
+// The FastScan kernels a search may take: the table kernel, and the level-dot kernel with
+// the levels (16,) float32 every nibble position's table is a multiple of (nullptr where
+// the tables are not of that form).
+struct Kernel {
+  fastscan::Accumulate accumulate = nullptr;
+  fastscan::LevelAccumulate level_accumulate = nullptr;
+  const float* levels = nullptr;
+};
+
 // Per query, the exact k best rows of every part, best first, rows split across `workers`
-// threads. With accumulate (a FastScan kernel; every part then has its blocked layout and
-// every query its nibble tables), quantized tables bound each row's key and only rows
-// that can reach the k best are scored exactly; without, every row is.
+// threads. With a kernel (every part then has its blocked layout and every query its
+// nibble tables), quantized tables or levels bound each row's key and only rows that can
+// reach the k best are scored exactly; without (all nullptr), every row is. The level-dot
+// kernel runs where it and the levels are given.
 std::vector<std::vector<Candidate>> search_topk(const Search& search,
                                                 const std::vector<Query>& queries,
-                                                fastscan::Accumulate accumulate,
-                                                std::size_t workers);
+                                                const Kernel& kernel, std::size_t workers);
 
 }  // namespace vecstore

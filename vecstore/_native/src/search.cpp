@@ -89,6 +89,71 @@ KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
   return out;
 }
 
+// The level-dot kernel's shared levels: round(level / scale) + 128, so that they are
+// unsigned bytes, with scale = max |level| / 127.
+struct Levels {
+  uint8_t biased[16];
+  int best;          // the level of largest magnitude
+  double scale;
+};
+
+Levels quantize_levels(const float* levels) {
+  Levels out{};
+  out.best = 0;
+  for (int v = 1; v < 16; ++v)
+    if (std::fabs(levels[v]) > std::fabs(levels[out.best])) out.best = v;
+  out.scale = std::fabs(static_cast<double>(levels[out.best])) / 127.0;
+  if (!(out.scale > 0.0)) out.scale = 1.0;
+  for (int v = 0; v < 16; ++v)
+    out.biased[v] = static_cast<uint8_t>(std::lround(levels[v] / out.scale) + 128);
+  return out;
+}
+
+// One query's level-dot weights: its nibble tables must be (its coordinate at position p)
+// times levels[v]. Weight w[p] = round(coordinate / s), and a row's real table sum is
+// within err of delta * (kernel sum) + low_sum, delta = s * levels.scale, where err adds
+// each position's largest |t[p][v] - delta * w[p] * level_v| (levels unbiased), measured.
+KernelTables weigh(const float* nibbles, std::ptrdiff_t n_bytes, const float* levels,
+                   const Levels& shared) {
+  const std::ptrdiff_t positions = 2 * n_bytes;
+  const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
+  KernelTables out;
+  out.bytes.assign(static_cast<std::size_t>(n_quads * 8), 0);
+  std::vector<double> coordinates(positions);
+  double largest = 0.0, abs_sum = 0.0;
+  for (std::ptrdiff_t p = 0; p < positions; ++p) {
+    coordinates[p] = nibbles[p * 16 + shared.best] / static_cast<double>(levels[shared.best]);
+    largest = std::max(largest, std::fabs(coordinates[p]));
+  }
+  const double step = largest > 0.0 ? largest / 127.0 : 1.0;
+  const double delta = step * shared.scale;
+  double rounding = 0.0, weight_sum = 0.0;
+  for (std::ptrdiff_t p = 0; p < positions; ++p) {
+    const long weight = std::max(-127L, std::min(127L, std::lround(coordinates[p] / step)));
+    const std::ptrdiff_t byte = p / 2, half = p % 2;
+    out.bytes[static_cast<std::size_t>((byte / 4) * 8 + half * 4 + byte % 4)] =
+        static_cast<uint8_t>(static_cast<int8_t>(weight));
+    weight_sum += static_cast<double>(weight);
+    double worst = 0.0, top = 0.0;
+    for (int v = 0; v < 16; ++v) {
+      const double entry = nibbles[p * 16 + v];
+      worst = std::max(worst, std::fabs(entry - delta * weight * (shared.biased[v] - 128)));
+      top = std::max(top, std::fabs(entry));
+    }
+    rounding += worst;
+    abs_sum += top;
+  }
+  const double low_sum = -128.0 * delta * weight_sum;
+  out.low_sum = static_cast<float>(low_sum);
+  out.delta = static_cast<float>(delta);
+  // Float32 sums of the float tables move by far less than the second term; the last
+  // covers float32 rounding of low_sum and of delta * sum.
+  out.err = static_cast<float>(rounding * (1.0 + 1e-6) +
+                               8.0 * (n_bytes + 1) * FLT_EPSILON * abs_sum +
+                               1e-6 * (std::fabs(low_sum) + 255.0 * 127.0 * positions * delta));
+  return out;
+}
+
 // Keeps the k smallest values seen (a max-heap); its top bounds the k-th best key.
 class KthSmallest {
  public:
@@ -162,7 +227,7 @@ std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) 
 // l2, c = 0 and f = scale for ip; the relative slack covers float32 rounding here and in
 // the exact key.
 VECSTORE_ROW_CLONES
-void row_bounds(const uint32_t* sums, const float* scales, const float* norms,
+void row_bounds(const int32_t* sums, const float* scales, const float* norms,
                 std::ptrdiff_t count, bool l2, float query_sq_norm, float low_sum, float delta,
                 float err, float* lows, float* widths) {
   const float base = std::fabs(low_sum) + err;
@@ -171,7 +236,8 @@ void row_bounds(const uint32_t* sums, const float* scales, const float* norms,
       const float quantized = delta * static_cast<float>(sums[r]);
       const float f = 2.0f * scales[r];
       const float c = query_sq_norm + norms[r] * norms[r];
-      const float width = f * (err + 1e-5f * (base + quantized)) + 1e-5f * c + 1e-30f;
+      const float width =
+          f * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-5f * c + 1e-30f;
       lows[r] = (c - f * (low_sum + quantized)) - width;
       widths[r] = 2.0f * width;
     }
@@ -179,7 +245,7 @@ void row_bounds(const uint32_t* sums, const float* scales, const float* norms,
     for (std::ptrdiff_t r = 0; r < count; ++r) {
       const float quantized = delta * static_cast<float>(sums[r]);
       const float f = scales[r];
-      const float width = f * (err + 1e-5f * (base + quantized)) + 1e-30f;
+      const float width = f * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-30f;
       lows[r] = -(f * (low_sum + quantized)) - width;
       widths[r] = 2.0f * width;
     }
@@ -197,7 +263,7 @@ void reaching(const float* lows, std::ptrdiff_t count, float tau, uint8_t* flags
 // that can reach the k best (a kept row's lower bound reaches the k-th upper bound as of
 // the chunk's start, which only falls).
 void keep_rows(const Search& search, const Part& part, std::size_t part_index,
-               std::ptrdiff_t row0, std::ptrdiff_t count, const uint32_t* sums,
+               std::ptrdiff_t row0, std::ptrdiff_t count, const int32_t* sums,
                const KernelTables& t, float query_sq_norm, QueryBounds& bounds) {
   alignas(64) float lows[kChunkRows];
   alignas(64) float widths[kChunkRows];
@@ -221,11 +287,11 @@ void keep_rows(const Search& search, const Part& part, std::size_t part_index,
 // One worker's FastScan pass over its spans for every query.
 void bound_spans(const Search& search, const std::vector<Span>& spans,
                  const std::vector<Query>& queries, const std::vector<KernelTables>& tables,
-                 fastscan::Accumulate accumulate, std::vector<QueryBounds>& bounds) {
+                 const Kernel& kernel, const Levels& levels, std::vector<QueryBounds>& bounds) {
   const std::ptrdiff_t n_quads = fastscan::padded_bytes(search.n_bytes) / 4;
   const std::ptrdiff_t block_bytes = fastscan::kBlockRows * 4 * n_quads;
   // Kept per thread: a fresh buffer a call would cost page faults on every search.
-  thread_local std::vector<uint32_t> sums(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
+  thread_local std::vector<int32_t> sums(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
   const std::size_t nq = queries.size();
   for (const Span& span : spans) {
     const Part& part = search.parts[span.part];
@@ -237,13 +303,19 @@ void bound_spans(const Search& search, const std::vector<Span>& spans,
       for (std::size_t q0 = 0; q0 < nq; q0 += fastscan::kMaxGroup) {
         const int group = static_cast<int>(std::min<std::size_t>(fastscan::kMaxGroup, nq - q0));
         const uint8_t* group_tables[fastscan::kMaxGroup];
-        uint32_t* group_sums[fastscan::kMaxGroup];
+        int32_t* group_sums[fastscan::kMaxGroup];
         for (int g = 0; g < group; ++g) {
           group_tables[g] = tables[q0 + g].bytes.data();
           group_sums[g] = sums.data() + g * kChunkRows;
         }
-        accumulate(part.blocked + first * block_bytes, n_blocks, n_quads, group_tables, group,
-                   group_sums);
+        const uint8_t* codes = part.blocked + first * block_bytes;
+        if (kernel.levels != nullptr) {
+          kernel.level_accumulate(codes, n_blocks, n_quads, levels.biased,
+                                  reinterpret_cast<const int8_t* const*>(group_tables), group,
+                                  group_sums);
+        } else {
+          kernel.accumulate(codes, n_blocks, n_quads, group_tables, group, group_sums);
+        }
         for (int g = 0; g < group; ++g)
           keep_rows(search, part, span.part, row0, count, group_sums[g], tables[q0 + g],
                     queries[q0 + g].sq_norm, bounds[q0 + g]);
@@ -281,13 +353,12 @@ void in_parallel(std::size_t workers, const Work& work) {
 
 std::vector<std::vector<Candidate>> search_topk(const Search& search,
                                                 const std::vector<Query>& queries,
-                                                fastscan::Accumulate accumulate,
-                                                std::size_t workers) {
+                                                const Kernel& kernel, std::size_t workers) {
   const std::size_t nq = queries.size(), k = search.k;
   workers = std::max<std::size_t>(1, workers);
   const std::vector<std::vector<Span>> shares = split(search, workers);
   std::vector<std::vector<Candidate>> best(nq);
-  if (accumulate == nullptr) {
+  if (kernel.accumulate == nullptr && kernel.level_accumulate == nullptr) {
     std::vector<std::vector<TopK>> tops(workers, std::vector<TopK>(nq, TopK(k)));
     in_parallel(workers, [&](std::size_t w) { score_spans(search, shares[w], queries, tops[w]); });
     for (std::size_t q = 0; q < nq; ++q) {
@@ -298,12 +369,17 @@ std::vector<std::vector<Candidate>> search_topk(const Search& search,
     }
     return best;
   }
+  const bool level_dot = kernel.level_accumulate != nullptr && kernel.levels != nullptr;
+  const Levels levels = level_dot ? quantize_levels(kernel.levels) : Levels{};
   std::vector<KernelTables> tables;
   tables.reserve(nq);
-  for (const Query& query : queries) tables.push_back(quantize(query.nibbles, search.n_bytes));
+  for (const Query& query : queries)
+    tables.push_back(level_dot ? weigh(query.nibbles, search.n_bytes, kernel.levels, levels)
+                               : quantize(query.nibbles, search.n_bytes));
+  const Kernel chosen = level_dot ? kernel : Kernel{kernel.accumulate, nullptr, nullptr};
   std::vector<std::vector<QueryBounds>> bounds(workers, std::vector<QueryBounds>(nq, QueryBounds(k)));
   in_parallel(workers, [&](std::size_t w) {
-    bound_spans(search, shares[w], queries, tables, accumulate, bounds[w]);
+    bound_spans(search, shares[w], queries, tables, chosen, levels, bounds[w]);
   });
   for (std::size_t q = 0; q < nq; ++q) {
     KthSmallest uppers(k);
