@@ -96,14 +96,21 @@ def main(argv: list[str] | None = None) -> int:
                          help="scratch directory for the databases (deleted first)")
     storage.add_argument("--repeat", type=int, default=3)
 
-    cpu = commands.add_parser("cpu", help="one-thread CPU search through Collection.search "
-                                          "beside faiss: QPS, recall, GB/s")
+    cpu = commands.add_parser("cpu", help="CPU search through Collection.search beside "
+                                          "faiss, turbovec and rabitqlib: QPS, recall, GB/s")
     cpu.add_argument("--dataset", default="wordnet-minilm384")
     cpu.add_argument("--codecs", default="tq4,tq2,tq1,tq8,tq3,flat")
     cpu.add_argument("--k", type=int, default=10)
     cpu.add_argument("--single", type=int, default=200, help="queries timed one per call")
     cpu.add_argument("--batch", type=int, default=1000, help="queries timed in one call")
-    cpu.add_argument("--no-peers", action="store_true", help="leave faiss out")
+    cpu.add_argument("--no-peers", action="store_true", help="vecstore only")
+    cpu.add_argument("--threads", type=int, default=1, help="threads every method uses")
+    cpu.add_argument("--rounds", type=int, default=5,
+                     help="interleaved rounds of single queries (half as many of batches)")
+    cpu.add_argument("--tile", type=int, default=None,
+                     help="repeat the base set to this many rows (speed only, no recall)")
+    cpu.add_argument("--no-paths", action="store_true",
+                     help="skip timing the first codec on every scan path")
     cpu.add_argument("--dir", default="bench/.cache/cpu",
                      help="scratch directory for the collections (deleted first)")
 
@@ -211,22 +218,34 @@ def cpu_command(args: argparse.Namespace) -> int:
     import os
     from pathlib import Path
 
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")   # turbovec, like every method: one thread
+    # turbovec reads its thread count when it loads: the same as every method's.
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
     from bench import cpu
 
     dataset = load_dataset(args.dataset)
-    rows = cpu.measure(dataset, codecs=[c.strip() for c in args.codecs.split(",") if c.strip()],
-                       k=args.k, single=args.single, batch=args.batch, directory=Path(args.dir),
-                       peers=not args.no_peers)
+    rows, by_path = cpu.measure(
+        dataset, codecs=[c.strip() for c in args.codecs.split(",") if c.strip()], k=args.k,
+        single=args.single, batch=args.batch, directory=Path(args.dir),
+        peers=not args.no_peers, threads=args.threads, rounds=args.rounds, tile=args.tile,
+        paths=not args.no_paths)
+    print(f"{dataset.name}, {rows[0]['n']:,} rows, {args.threads} thread(s), best of "
+          f"{args.rounds} interleaved rounds")
+    for row in rows + by_path:
+        row.update(dataset=dataset.name, k=args.k, machine=machine_info())
     for row in rows:
-        row.update(dataset=dataset.name, n=dataset.base.shape[0], k=args.k, threads=1,
-                   machine=machine_info())
-        print(f"{row['method']:<22} {row['bytes_per_vector']:>5} B  1 query/call "
-              f"{row['single_qps']:>9,.1f} QPS  {args.batch}/call {row['batch_qps']:>9,.1f} QPS"
-              f"  recall@{args.k} {row['recall_single']:.3f}", flush=True)
+        recall = f"  recall@{args.k} {row['recall_single']:.3f}" if "recall_single" in row else ""
+        rate = f"  {row['single_gb_per_s']:5.1f} GB/s" if "single_gb_per_s" in row else ""
+        print(f"{row['method']:<22} {row['bytes_per_vector']:>7.1f} B  1 query/call "
+              f"{row['single_qps']:>9,.1f} QPS{rate}  {args.batch}/call "
+              f"{row['batch_qps']:>9,.1f} QPS{recall}", flush=True)
+    for row in by_path:
+        print(f"{row['method']:<22} path {row['path']:<7} 1 query/call "
+              f"{row['single_qps']:>9,.1f} QPS")
     print(f"single-core read bandwidth {rows[0]['read_gb_per_s']:.1f} GB/s; scan path "
           f"{rows[0]['path']}")
-    print(f"results: {write_results(rows, f'cpu-{dataset.name}')}")
+    tag = f"cpu-{dataset.name}" + (f"-tile{args.tile}" if args.tile else "") + \
+        f"-t{args.threads}"
+    print(f"results: {write_results(rows + by_path, tag)}")
     return 0
 
 

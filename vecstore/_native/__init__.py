@@ -111,9 +111,23 @@ def blocked_size(n: int, n_bytes: int) -> int:
     return _scan.blocked_size(n, n_bytes)
 
 
+# Layouts of at least this many bytes start on a 2 MiB boundary, so that the huge pages
+# numpy asks the kernel for cover all of them (a scan of 4 KiB pages misses the TLB).
+HUGE_PAGE = 2 << 20
+
+
+def empty_layout(nbytes: int) -> np.ndarray:
+    """An uninitialized (nbytes,) uint8 array, 2 MiB-aligned from HUGE_PAGE bytes on."""
+    if nbytes < HUGE_PAGE:
+        return np.empty(nbytes, dtype=np.uint8)
+    buffer = np.empty(nbytes + HUGE_PAGE, dtype=np.uint8)
+    start = -buffer.ctypes.data % HUGE_PAGE
+    return buffer[start : start + nbytes]
+
+
 def block_codes(codes, n_bytes: int) -> np.ndarray:
     """The first ``n_bytes`` of each row of ``codes`` (n, >= n_bytes) uint8 in FastScan's
-    blocked layout (1-D uint8; numpy's allocation, so large layouts get huge pages)."""
-    out = np.empty(blocked_size(codes.shape[0], n_bytes), dtype=np.uint8)
+    blocked layout (1-D uint8, ``empty_layout``)."""
+    out = empty_layout(blocked_size(codes.shape[0], n_bytes))
     _scan.block_codes(codes, n_bytes, out)
     return out

@@ -196,7 +196,10 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     """``array`` if it holds ``size`` entries, else a copy with room for twice that."""
     if array.shape[0] >= size:
         return array
-    grown = np.empty(2 * size, dtype=array.dtype)
+    if array.dtype == np.uint8:
+        grown = _native.empty_layout(2 * size)
+    else:
+        grown = np.empty(2 * size, dtype=array.dtype)
     grown[: array.shape[0]] = array
     return grown
 

@@ -113,39 +113,48 @@ Levels quantize_levels(const float* levels) {
 // times levels[v]. Weight w[p] = round(coordinate / s), and a row's real table sum is
 // within err of delta * (kernel sum) + low_sum, delta = s * levels.scale, where err adds
 // each position's largest |t[p][v] - delta * w[p] * level_v| (levels unbiased), measured.
+// The largest |entries[v] - weight * steps[v]| over the 16 entries of a position.
+VECSTORE_ROW_CLONES
+double worst_error(const float* entries, double weight, const double* steps) {
+  double worst = 0.0;
+  for (int v = 0; v < 16; ++v) {
+    const double error = std::fabs(entries[v] - weight * steps[v]);
+    worst = error > worst ? error : worst;
+  }
+  return worst;
+}
+
 KernelTables weigh(const float* nibbles, std::ptrdiff_t n_bytes, const float* levels,
                    const Levels& shared) {
   const std::ptrdiff_t positions = 2 * n_bytes;
   const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
   KernelTables out;
   out.bytes.assign(static_cast<std::size_t>(n_quads * 8), 0);
-  std::vector<double> coordinates(positions);
+  const double best_level = levels[shared.best];
   double largest = 0.0, abs_sum = 0.0;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
-    coordinates[p] = nibbles[p * 16 + shared.best] / static_cast<double>(levels[shared.best]);
-    largest = std::max(largest, std::fabs(coordinates[p]));
+    largest = std::max(largest, std::fabs(nibbles[p * 16 + shared.best] / best_level));
+    abs_sum += std::fabs(nibbles[p * 16 + shared.best]);
   }
   const double step = largest > 0.0 ? largest / 127.0 : 1.0;
   const double delta = step * shared.scale;
+  double steps[16];
+  for (int v = 0; v < 16; ++v) steps[v] = delta * (shared.biased[v] - 128);
   double rounding = 0.0, weight_sum = 0.0;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
-    const long weight = std::max(-127L, std::min(127L, std::lround(coordinates[p] / step)));
+    const double coordinate = nibbles[p * 16 + shared.best] / best_level;
+    const long weight = std::max(-127L, std::min(127L, std::lround(coordinate / step)));
     const std::ptrdiff_t byte = p / 2, half = p % 2;
     out.bytes[static_cast<std::size_t>((byte / 4) * 8 + half * 4 + byte % 4)] =
         static_cast<uint8_t>(static_cast<int8_t>(weight));
     weight_sum += static_cast<double>(weight);
-    double worst = 0.0, top = 0.0;
-    for (int v = 0; v < 16; ++v) {
-      const double entry = nibbles[p * 16 + v];
-      worst = std::max(worst, std::fabs(entry - delta * weight * (shared.biased[v] - 128)));
-      top = std::max(top, std::fabs(entry));
-    }
-    rounding += worst;
-    abs_sum += top;
+    rounding += worst_error(nibbles + p * 16, static_cast<double>(weight), steps);
   }
   const double low_sum = -128.0 * delta * weight_sum;
   out.low_sum = static_cast<float>(low_sum);
   out.delta = static_cast<float>(delta);
+  // The entry of largest level is the largest of a position's entries (every entry is
+  // the coordinate times a level), so abs_sum is the sum of the largest |entry|.
   // Float32 sums of the float tables move by far less than the second term; the last
   // covers float32 rounding of low_sum and of delta * sum.
   out.err = static_cast<float>(rounding * (1.0 + 1e-6) +
