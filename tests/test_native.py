@@ -263,3 +263,42 @@ def test_a_stream_layout_serves_older_snapshots(real):
                                   again[0][: 32 * codec.index_bytes])
     assert full[0].size == 4 * 32 * codec.index_bytes
     assert early[0].size == 2 * 32 * codec.index_bytes
+
+
+@pytest.mark.parametrize("bits", range(1, 9))
+@pytest.mark.parametrize("dim", [50, 97, 384])
+def test_compiled_encoding_writes_the_numpy_encoders_bits(wordnet, monkeypatch, bits, dim):
+    """The compiled encoder (float32 rotation, float64 again near decision boundaries)
+    gives every TurboQuant width the numpy encoder's codes, zero rows included; the
+    numpy path encodes without the kernels."""
+    x = np.concatenate([wordnet["base"][:3000, :dim], np.zeros((2, dim), np.float32),
+                        1e-3 * wordnet["base"][3000:4000, :dim]])
+    codec = make_codec(f"tq{bits}", dim=dim, seed=7)
+    calls = []
+    original = _native.quantize_pack
+    monkeypatch.setattr(_native, "quantize_pack", lambda *a: calls.append(1) or original(*a))
+    got = codec.encode(x)
+    assert calls
+    monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+    calls.clear()
+    want = codec.encode(x)
+    assert not calls
+    np.testing.assert_array_equal(got, want)
+
+
+def test_near_boundary_coordinates_are_computed_again_exactly(monkeypatch):
+    """Unit rows whose rotated coordinates sit on decision boundaries (built by rotating
+    such rows back) still get the numpy encoder's indices."""
+    codec = make_codec("tq4", dim=64, seed=1)
+    rng = np.random.default_rng(0)
+    small = codec._boundaries32[np.argsort(np.abs(codec._boundaries32))[:8]]
+    rotated = rng.choice(small, size=(300, 64)).astype(np.float64)
+    rotated[:, -1] = np.sqrt(1 - np.sum(rotated[:, :-1] ** 2, axis=1))
+    x = (rotated @ codec.rotation.matrix.astype(np.float64)).astype(np.float32)
+    _, unit = codec._normalize(x)
+    y = codec.rotation.forward_exact(unit)
+    gaps = np.abs(y[..., None] - codec._boundaries32).min(axis=-1)
+    assert np.mean(gaps < 1e-5) > 0.5          # most coordinates need the float64 check
+    got = codec.encode(x)
+    monkeypatch.setenv(_native.PATH_VARIABLE, "numpy")
+    np.testing.assert_array_equal(got, codec.encode(x))

@@ -106,6 +106,22 @@ def nibble_tables(rotated, levels, bits: int, n_bytes: int) -> np.ndarray:
                                np.ascontiguousarray(levels, dtype=np.float32), bits, n_bytes)
 
 
+def normalize_rows(x) -> tuple[np.ndarray, np.ndarray]:
+    """Norms (n,) float32 (summed in float64, rounded once) and unit rows (n, d) float32 of
+    x (n, d) float32, zero rows staying zero, on ``get_num_threads()`` threads."""
+    return _scan.normalize_rows(np.ascontiguousarray(x, dtype=np.float32), _threads)
+
+
+def quantize_pack(rotated, unit, matrix, boundaries, bits: int, margin: float,
+                  codes: np.ndarray) -> None:
+    """Writes the nearest-centroid indices (the count of ``boundaries`` strictly below) of
+    ``rotated`` (n, D) float32, a float32 product of ``unit`` (n, d) and the rotation whose
+    rows are ``matrix`` (D, d) float64, packed at ``bits`` bits into the first bytes of each row of ``codes`` (n, >=
+    packed) uint8; coordinates within ``margin`` of a boundary are computed again in
+    float64 and rounded once, as the numpy encoder computes every one."""
+    _scan.quantize_pack(rotated, unit, matrix, boundaries, bits, margin, codes, _threads)
+
+
 def blocked_size(n: int, n_bytes: int) -> int:
     """Bytes of FastScan's blocked layout of ``n`` rows of ``n_bytes`` code bytes."""
     return _scan.blocked_size(n, n_bytes)

@@ -83,6 +83,7 @@ class DenseRotation:
         self.matrix = np.ascontiguousarray(q, dtype=np.float32)
         self._matrix_t = np.ascontiguousarray(self.matrix.T)
         self.matrix_t64 = self._matrix_t.astype(np.float64)
+        self.matrix64 = self.matrix.astype(np.float64)
 
     def forward(self, x: np.ndarray) -> np.ndarray:
         """Rotate (n, d) float32 -> (n, d) float32."""

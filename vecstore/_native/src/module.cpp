@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "encode.h"
 #include "fastscan.h"
 #include "scan.h"
 
@@ -255,6 +256,61 @@ nb::ndarray<nb::numpy, float, nb::ndim<3>> nibble_tables(Array<const float, nb::
       out, {static_cast<std::size_t>(nq), static_cast<std::size_t>(positions), 16}, owner);
 }
 
+// Runs work(begin, end) over rows [0, n) split across up to `threads` threads (one per
+// 1,024 rows at least), the last share on this thread.
+template <typename Work>
+void over_rows(std::ptrdiff_t n, int threads, const Work& work) {
+  const std::ptrdiff_t workers =
+      std::max<std::ptrdiff_t>(1, std::min<std::ptrdiff_t>(threads, (n + 1023) / 1024));
+  const std::ptrdiff_t per = (n + workers - 1) / workers;
+  std::vector<std::thread> pool;
+  for (std::ptrdiff_t w = 0; w + 1 < workers; ++w)
+    pool.emplace_back([&work, w, per, n] { work(w * per, std::min(n, (w + 1) * per)); });
+  work(std::min(n, (workers - 1) * per), n);
+  for (auto& t : pool) t.join();
+}
+
+// Norms (n,) float32 and unit rows (n, d) float32 of x (n, d) float32 (encode.h).
+nb::tuple normalize_rows(Array<const float, nb::ndim<2>> x, int threads) {
+  const std::ptrdiff_t n = x.shape(0), d = x.shape(1);
+  auto* norms = new float[static_cast<std::size_t>(n)];
+  auto* unit = new float[static_cast<std::size_t>(n * d)];
+  {
+    nb::gil_scoped_release release;
+    over_rows(n, threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
+      encode::normalize(x.data(), d, begin, end, norms, unit);
+    });
+  }
+  nb::capsule own_norms(norms, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  nb::capsule own_unit(unit, [](void* p) noexcept { delete[] static_cast<float*>(p); });
+  const std::size_t unit_shape[2] = {static_cast<std::size_t>(n), static_cast<std::size_t>(d)};
+  return nb::make_tuple(Array<float>(norms, 1, unit_shape, own_norms),
+                        Array<float>(unit, 2, unit_shape, own_unit));
+}
+
+// Writes the packed nearest-centroid indices of rotated rows into the first bytes of each
+// row of codes (encode.h).
+void quantize_pack(Array<const float, nb::ndim<2>> rotated, Array<const float, nb::ndim<2>> unit,
+                   Array<const double, nb::ndim<2>> matrix, Floats boundaries, int bits,
+                   float margin, nb::ndarray<uint8_t, nb::numpy, nb::ndim<2>, nb::device::cpu> codes,
+                   int threads) {
+  const std::ptrdiff_t n = rotated.shape(0), dim_out = rotated.shape(1), d = unit.shape(1);
+  if (bits < 1 || bits > 8 || boundaries.shape(0) != static_cast<std::size_t>((1 << bits) - 1))
+    throw std::invalid_argument("boundaries must hold 2^bits - 1 values, bits in 1..8");
+  if (unit.shape(0) != static_cast<std::size_t>(n) ||
+      matrix.shape(0) != static_cast<std::size_t>(dim_out) ||
+      matrix.shape(1) != static_cast<std::size_t>(d) || codes.shape(0) != static_cast<std::size_t>(n) ||
+      codes.stride(1) != 1 ||
+      codes.shape(1) < static_cast<std::size_t>((dim_out * bits + 7) / 8))
+    throw std::invalid_argument("rotated (n, D), unit (n, d), matrix (D, d), codes (n, >= packed)");
+  nb::gil_scoped_release release;
+  over_rows(n, threads, [&](std::ptrdiff_t begin, std::ptrdiff_t end) {
+    encode::quantize_pack(rotated.data(), unit.data(), matrix.data(), d, dim_out,
+                          boundaries.data(), static_cast<int>(boundaries.shape(0)), bits, margin,
+                          begin, end, codes.data(), codes.stride(0));
+  });
+}
+
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
   if (n < 0 || n_bytes < 1) throw std::invalid_argument("blocked_size needs n >= 0, n_bytes >= 1");
   return fastscan::blocked_size(n, n_bytes);
@@ -294,6 +350,13 @@ NB_MODULE(_scan, m) {
   m.def("nibble_tables", &nibble_tables, nb::arg("rotated"), nb::arg("levels"),
         nb::arg("bits"), nb::arg("n_bytes"),
         "TurboQuant's nibble tables (nq, 2 * n_bytes, 16) float32, as numpy builds them.");
+  m.def("normalize_rows", &normalize_rows, nb::arg("x"), nb::arg("threads"),
+        "Norms (n,) float32 (float64 sums, rounded once) and unit rows (n, d) float32.");
+  m.def("quantize_pack", &quantize_pack, nb::arg("rotated"), nb::arg("unit"),
+        nb::arg("matrix"), nb::arg("boundaries"), nb::arg("bits"), nb::arg("margin"),
+        nb::arg("codes"), nb::arg("threads"),
+        "Packs the nearest-centroid indices of rotated rows into the first bytes of codes, "
+        "coordinates near a boundary computed again in float64.");
   m.def("blocked_size", &blocked_size, nb::arg("n"), nb::arg("n_bytes"),
         "Bytes of FastScan's blocked layout of n rows of n_bytes code bytes.");
   m.def("block_codes", &block_codes, nb::arg("codes"), nb::arg("n_bytes"), nb::arg("out"),
