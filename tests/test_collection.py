@@ -280,3 +280,22 @@ def test_explicit_train_before_small_adds(db, wordnet):
     assert c.codec.is_trained
     c.add(wordnet["base"][:3])
     assert len(c) == 3
+
+
+def test_a_repeated_filter_sees_rows_written_since(wordnet):
+    """Filter masks are kept per snapshot: a filter searched again after adds, deletes and
+    a flush still sees exactly the rows that match now."""
+    x, q = wordnet["base"][:3000], wordnet["queries"][:1]
+    c = vecstore.open(device="cpu").create_collection("f", dim=384, metric="ip", codec="tq4")
+    c.add(x[:1000], metadata={"g": np.arange(1000) % 10})
+    wanted = {"g": 3}
+    first = c.search(q, k=2000, filter=wanted).ids
+    assert set(first[first >= 0]) == set(range(3, 1000, 10))
+    c.add(x[1000:2000], metadata={"g": np.arange(1000, 2000) % 10})
+    c.delete(np.arange(3, 500, 10))
+    c.flush()
+    c.add(x[2000:], metadata={"g": np.arange(2000, 3000) % 10})
+    again = c.search(q, k=2000, filter=wanted).ids
+    assert set(again[again >= 0]) == set(range(503, 3000, 10))
+    other = c.search(q, k=2000, filter={"g": 4}).ids
+    assert set(other[other >= 0]) == set(range(4, 3000, 10))

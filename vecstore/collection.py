@@ -8,6 +8,7 @@ segment and persists tombstones, ``compact`` rewrites segments without deleted r
 
 from __future__ import annotations
 
+import collections
 import threading
 import time
 import warnings
@@ -29,7 +30,7 @@ from vecstore.errors import (
 )
 from vecstore.id_index import IdIndex
 from vecstore.merge_policy import TieredMergePolicy
-from vecstore.parts import Memtable, Part, Segment, gather, grow, search_mask
+from vecstore.parts import Memtable, Part, Segment, gather, grow, search_masks
 from vecstore.search import cpu
 from vecstore.search.rescore import rerank
 from vecstore.search.topk import EMPTY_TIE, TopK
@@ -43,8 +44,14 @@ INITIAL_CAPACITY = 1024
 DEFAULT_SEGMENT_BYTES = 64 << 20
 # A segment is rewritten without its deleted rows once they outnumber the live ones.
 COMPACT_DEAD_FRACTION = 0.5
-# Filters selecting fewer rows than this fraction of a segment scan a gathered copy.
+# Filters selecting fewer rows than this fraction of a segment scan a gathered copy (on
+# the numpy path, and on the compiled FastScan paths).
 GATHER_FRACTION = 0.25
+COMPILED_GATHER_FRACTION = 1 / 64
+# A snapshot keeps the masks and compiled part sets of this many filters, the last used;
+# they sit in its cache under FILTERS.
+FILTER_CACHE = 16
+FILTERS = "filters"
 # The most candidates (query block rows * k * rescore) one scan step keeps: 80 MiB of
 # keys, rows and ties.
 SCAN_CANDIDATES = 1 << 22
@@ -115,6 +122,7 @@ class Collection:
         # The last snapshot (its key, parts, offsets and schema) and the compiled scan's
         # part sets of it by path, reused while nothing changes.
         self._snapshot_cache: tuple = (None, None, None)
+        self._filter_lock = threading.Lock()
         self._merging = merge_policy is not None
         self._written = {"flushed": 0, "rewritten": 0, "merged": 0, "merges": 0}
 
@@ -815,8 +823,9 @@ class Collection:
         parts, offsets, schema, part_sets = self._cached_snapshot()
         expression = metadata.as_filter(filter, schema)
         if expression is not None:
-            part_sets = None
-        masks = [search_mask(part, expression, schema) for part in parts]
+            masks, part_sets = self._filter_masks(part_sets, parts, expression, schema)
+        else:
+            masks = search_masks(parts, None, schema)
         # No more than the stored rows can be found: scan for those, pad the rest.
         k_scan = max(1, min(k * (rescore or 1), int(offsets[-1])))
         k_keep = min(k, k_scan)
@@ -836,6 +845,25 @@ class Collection:
             ids = np.where(top.rows >= 0, top.ties, -1)
             distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
         return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
+
+    def _filter_masks(self, cache: dict, parts, expression, schema) -> tuple[list, dict]:
+        """The masks of ``parts`` under a filter and the dict of their compiled part sets
+        by path, kept in the snapshot's ``cache`` for its last FILTER_CACHE filters: a
+        filter searched again skips evaluating it and laying out its parts."""
+        key = str(expression)
+        with self._filter_lock:
+            filters = cache.setdefault(FILTERS, collections.OrderedDict())
+            entry = filters.get(key)
+            if entry is not None and entry[0].equals(expression):
+                filters.move_to_end(key)
+                return entry[1], entry[2]
+        masks = search_masks(parts, expression, schema)
+        part_sets: dict = {}
+        with self._filter_lock:
+            filters[key] = (expression, masks, part_sets)
+            while len(filters) > FILTER_CACHE:
+                filters.popitem(last=False)
+        return masks, part_sets
 
     def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks,
                     part_sets: dict | None = None) -> TopK:
@@ -867,10 +895,16 @@ class Collection:
     def _scan_pieces(self, parts, offsets, masks) -> list[tuple]:
         """``parts`` as ``cpu.scan_many`` takes them: a part whose filter keeps few rows
         goes as a gathered copy of those rows, the others whole with their masks."""
+        # The compiled scan bounds every row of a part whatever its mask and scores only
+        # candidates, so a masked part costs what an unmasked one does: only very selective
+        # filters pay for a gathered copy there.
+        compiled = cpu.table_kind(self.codec) is not None and _native.scan_path() not in (
+            _native.NUMPY, "scalar")
+        fraction = COMPILED_GATHER_FRACTION if compiled else GATHER_FRACTION
         native = []
         for part, offset, mask in zip(parts, offsets, masks, strict=False):
             codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
-            if mask is not None and np.count_nonzero(mask) < GATHER_FRACTION * part.rows:
+            if mask is not None and np.count_nonzero(mask) < fraction * part.rows:
                 chosen = np.nonzero(mask)[0]
                 if chosen.size:
                     native.append((codes[chosen], None, ids[chosen], chosen + offset, 0, False))

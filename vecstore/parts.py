@@ -73,12 +73,19 @@ class Memtable:
     serial: int = field(default_factory=lambda: next(_serials))
 
 
-def search_mask(part: Part, expression, schema: pa.Schema) -> np.ndarray | None:
-    """Rows (n,) bool of ``part`` a search may return, or None for all."""
+def search_masks(parts: list[Part], expression, schema: pa.Schema) -> list[np.ndarray | None]:
+    """Per part, the rows (n,) bool a search may return, or None for all. The filter is
+    evaluated once over every part's metadata (its fixed cost is paid once a search)."""
     if expression is None:
-        return part.live
-    match = metadata.filter_mask(expression, part.metadata_table(schema))
-    return match if part.live is None else match & part.live
+        return [part.live for part in parts]
+    tables = [part.metadata_table(schema) for part in parts]
+    match = metadata.filter_mask(expression, pa.concat_tables(tables)) if tables else None
+    masks, start = [], 0
+    for part in parts:
+        rows_match = match[start : start + part.rows]
+        start += part.rows
+        masks.append(rows_match if part.live is None else rows_match & part.live)
+    return masks
 
 
 def gather(parts: list[Part], offsets: np.ndarray, positions: np.ndarray,

@@ -11,7 +11,7 @@ std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
 
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
                  std::ptrdiff_t n_bytes, uint8_t* out) {
-  const std::ptrdiff_t padded = padded_bytes(n_bytes), n_quads = padded / 4;
+  const std::ptrdiff_t padded = padded_bytes(n_bytes);
   const std::ptrdiff_t n_blocks = (n + kBlockRows - 1) / kBlockRows;
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
     uint8_t* block = out + i * kBlockRows * padded;
@@ -19,13 +19,12 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
     if (rows < kBlockRows || padded != n_bytes) {
       std::memset(block, 0, static_cast<std::size_t>(kBlockRows * padded));
     }
+    const std::ptrdiff_t full = n_bytes / 4;
     for (std::ptrdiff_t r = 0; r < rows; ++r) {
       const uint8_t* row = codes + (i * kBlockRows + r) * stride;
-      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-        const std::ptrdiff_t take = n_bytes - 4 * g < 4 ? n_bytes - 4 * g : 4;
-        std::memcpy(block + g * 4 * kBlockRows + 4 * r, row + 4 * g,
-                    static_cast<std::size_t>(take));
-      }
+      uint8_t* lane = block + 4 * r;
+      for (std::ptrdiff_t g = 0; g < full; ++g) std::memcpy(lane + g * 128, row + 4 * g, 4);
+      for (std::ptrdiff_t b = 4 * full; b < n_bytes; ++b) lane[full * 128 + (b - 4 * full)] = row[b];
     }
   }
 }
