@@ -2,9 +2,10 @@
 laid out as in use (several segments, a memtable, deleted rows) beside faiss, turbovec and
 rabitqlib, in one run.
 
-Every method runs on the same number of threads (``vecstore.set_num_threads``, BLAS,
-``faiss.omp_set_num_threads``, rabitqlib's ``num_threads``; turbovec reads
-``RAYON_NUM_THREADS``, which ``python -m bench cpu`` sets before turbovec loads). Methods
+Every method runs on the same number of threads (``vecstore.set_num_threads``,
+``faiss.omp_set_num_threads`` and BLAS for faiss, rabitqlib's ``num_threads``; turbovec
+reads ``RAYON_NUM_THREADS``, which ``python -m bench cpu`` sets before turbovec loads).
+vecstore's own BLAS use, rotating a block of queries, runs on one BLAS thread. Methods
 are timed in interleaved rounds (every method once a round, single queries then a batch)
 and each reports its best round, so a slow spell of a shared machine does not fall on one
 method alone. The machine's single-core read bandwidth (a numpy sum over a large array)
@@ -20,9 +21,9 @@ from __future__ import annotations
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from threadpoolctl import threadpool_limits
@@ -69,6 +70,10 @@ class Method:
     single: list = field(default_factory=list)
     batch: list = field(default_factory=list)
     ids: np.ndarray | None = None
+    # BLAS threads while this method is timed: vecstore uses BLAS only to rotate a block
+    # of queries, and an idle OpenBLAS thread spinning on the second core would take it
+    # from the scan's own threads.
+    blas_threads: int | None = None
 
 
 def timed_single(search, queries: np.ndarray, k: int) -> tuple[float, np.ndarray]:
@@ -133,7 +138,8 @@ def vecstore_methods(base: np.ndarray, codecs: list[str], directory: Path):
         methods.append(Method(f"vecstore {codec}", collection.code_size, search, deleted,
                               {"layout": f"{SEGMENTS} segments + memtable, "
                                          f"{deleted.size} deleted",
-                               "code_bytes": collection.code_size * len(collection)}))
+                               "code_bytes": collection.code_size * len(collection)},
+                              blas_threads=1))
     return methods, dbs
 
 
@@ -246,12 +252,16 @@ def measure(dataset: Dataset, *, codecs: list[str], k: int, single: int, batch: 
                 method.search(queries[:1], k)
             for _ in range(rounds):
                 for method in methods:
-                    qps, method.ids = timed_single(method.search, queries[:single], k)
+                    with threadpool_limits(limits=method.blas_threads or threads):
+                        qps, method.ids = timed_single(method.search, queries[:single], k)
                     method.single.append(qps)
             for _ in range(max(1, rounds // 2)):
                 for method in methods:
-                    method.batch.append(timed_batch(method.search, queries[:batch], k))
-            by_path = path_rows(methods[0], queries[:single], k, 3) if paths and codecs else []
+                    with threadpool_limits(limits=method.blas_threads or threads):
+                        method.batch.append(timed_batch(method.search, queries[:batch], k))
+            with threadpool_limits(limits=1):
+                by_path = path_rows(methods[0], queries[:single], k, 3) if paths and codecs \
+                    else []
         finally:
             for db in dbs:
                 db.close()

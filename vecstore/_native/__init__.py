@@ -115,10 +115,11 @@ def normalize_rows(x) -> tuple[np.ndarray, np.ndarray]:
 def quantize_pack(rotated, unit, matrix, boundaries, bits: int, margin: float,
                   codes: np.ndarray) -> None:
     """Writes the nearest-centroid indices (the count of ``boundaries`` strictly below) of
-    ``rotated`` (n, D) float32, a float32 product of ``unit`` (n, d) and the rotation whose
-    rows are ``matrix`` (D, d) float64, packed at ``bits`` bits into the first bytes of each row of ``codes`` (n, >=
-    packed) uint8; coordinates within ``margin`` of a boundary are computed again in
-    float64 and rounded once, as the numpy encoder computes every one."""
+    ``rotated`` (n, D) float32, a float32 product of ``unit`` (n, d) and the rotation
+    whose rows are ``matrix`` (D, d) float64, packed at ``bits`` bits into the first bytes
+    of each row of ``codes`` (n, >= packed) uint8; coordinates within ``margin`` of a
+    boundary are computed again in float64 and rounded once, as the numpy encoder
+    computes every one."""
     _scan.quantize_pack(rotated, unit, matrix, boundaries, bits, margin, codes, _threads)
 
 
