@@ -77,7 +77,7 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
                 std::ptrdiff_t stride, bool max_tables, std::mt19937_64& rng) {
   std::vector<uint8_t> codes(static_cast<std::size_t>(n * stride));
   for (auto& c : codes) c = static_cast<uint8_t>(rng());
-  const std::ptrdiff_t n_quads = fs::padded_bytes(n_bytes) / 4;
+  const std::ptrdiff_t n_quads = fs::quad_count(n_bytes);
   // Random tables, or all 255 (the largest sums); padded positions hold zeros.
   std::vector<std::vector<uint8_t>> tables;
   for (int q = 0; q < fs::kMaxGroup; ++q) {
@@ -89,7 +89,7 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
               max_tables ? 255 : static_cast<uint8_t>(rng());
     tables.push_back(t);
   }
-  const std::ptrdiff_t n_blocks = (n + fs::kBlockRows - 1) / fs::kBlockRows;
+  const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)), 0xAA);
   fs::block_codes(codes.data(), n, stride, n_bytes, blocked.data());
   int failures = 0;
@@ -122,8 +122,8 @@ int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng)
   if (!fs::cpu_has_avx512()) return 0;
   std::vector<uint8_t> codes(static_cast<std::size_t>(n * n_bytes));
   for (auto& c : codes) c = static_cast<uint8_t>(rng());
-  const std::ptrdiff_t n_quads = fs::padded_bytes(n_bytes) / 4;
-  const std::ptrdiff_t n_blocks = (n + fs::kBlockRows - 1) / fs::kBlockRows;
+  const std::ptrdiff_t n_quads = fs::quad_count(n_bytes);
+  const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
   fs::block_codes(codes.data(), n, n_bytes, n_bytes, blocked.data());
   uint8_t levels[16];
@@ -160,7 +160,7 @@ void time_paths(const std::vector<Path>& paths, int reps, std::mt19937_64& rng) 
   for (auto& c : codes) c = static_cast<uint8_t>(rng());
   std::vector<std::vector<uint8_t>> tables(1, std::vector<uint8_t>(n_quads * 128));
   for (auto& t : tables[0]) t = static_cast<uint8_t>(rng());
-  const std::ptrdiff_t n_blocks = (n + fs::kBlockRows - 1) / fs::kBlockRows;
+  const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
   fs::block_codes(codes.data(), n, n_bytes, n_bytes, blocked.data());
   for (const Path& p : paths) {

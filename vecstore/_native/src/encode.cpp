@@ -6,6 +6,8 @@
 #include <cstring>
 #include <vector>
 
+#include "clones.h"
+
 namespace vecstore::encode {
 
 void normalize(const float* x, std::ptrdiff_t d, std::ptrdiff_t begin, std::ptrdiff_t end,
@@ -23,16 +25,9 @@ void normalize(const float* x, std::ptrdiff_t d, std::ptrdiff_t begin, std::ptrd
 
 namespace {
 
-// The vector width the row loops compile for (see search.cpp).
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define VECSTORE_ENCODE_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECSTORE_ENCODE_CLONES
-#endif
-
 // For each of the D coordinates y[j]: index[j] = the number of boundaries strictly below
 // it, and gap[j] = its distance to the nearest boundary.
-VECSTORE_ENCODE_CLONES
+VECSTORE_CLONES
 void count_below(const float* y, std::ptrdiff_t dim_out, const float* boundaries,
                  int n_boundaries, int32_t* index, float* gap) {
   for (std::ptrdiff_t j = 0; j < dim_out; ++j) {

@@ -28,6 +28,12 @@ constexpr int kMaxGroup = 16;
 // Code bytes a row occupies in the blocked layout: n_bytes rounded up to a multiple of 4.
 inline std::ptrdiff_t padded_bytes(std::ptrdiff_t n_bytes) { return (n_bytes + 3) / 4 * 4; }
 
+// Quads of four code bytes a row occupies: padded_bytes(n_bytes) / 4.
+inline std::ptrdiff_t quad_count(std::ptrdiff_t n_bytes) { return (n_bytes + 3) / 4; }
+
+// Blocks of kBlockRows rows that n rows fill, the last one partly.
+inline std::ptrdiff_t block_count(std::ptrdiff_t n) { return (n + kBlockRows - 1) / kBlockRows; }
+
 // Bytes of the blocked layout of n rows: ceil(n/32) * 32 * padded_bytes(n_bytes).
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes);
 

@@ -6,13 +6,13 @@
 namespace vecstore::fastscan {
 
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
-  return (n + kBlockRows - 1) / kBlockRows * kBlockRows * padded_bytes(n_bytes);
+  return block_count(n) * kBlockRows * padded_bytes(n_bytes);
 }
 
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
                  std::ptrdiff_t n_bytes, uint8_t* out) {
   const std::ptrdiff_t padded = padded_bytes(n_bytes);
-  const std::ptrdiff_t n_blocks = (n + kBlockRows - 1) / kBlockRows;
+  const std::ptrdiff_t n_blocks = block_count(n);
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
     uint8_t* block = out + i * kBlockRows * padded;
     const std::ptrdiff_t rows = n - i * kBlockRows < kBlockRows ? n - i * kBlockRows : kBlockRows;

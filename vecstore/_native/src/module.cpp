@@ -13,11 +13,11 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <vector>
 
 #include "encode.h"
 #include "fastscan.h"
+#include "parallel.h"
 #include "scan.h"
 
 namespace nb = nanobind;
@@ -257,17 +257,16 @@ nb::ndarray<nb::numpy, float, nb::ndim<3>> nibble_tables(Array<const float, nb::
 }
 
 // Runs work(begin, end) over rows [0, n) split across up to `threads` threads (one per
-// 1,024 rows at least), the last share on this thread.
+// 1,024 rows at least).
 template <typename Work>
 void over_rows(std::ptrdiff_t n, int threads, const Work& work) {
   const std::ptrdiff_t workers =
       std::max<std::ptrdiff_t>(1, std::min<std::ptrdiff_t>(threads, (n + 1023) / 1024));
   const std::ptrdiff_t per = (n + workers - 1) / workers;
-  std::vector<std::thread> pool;
-  for (std::ptrdiff_t w = 0; w + 1 < workers; ++w)
-    pool.emplace_back([&work, w, per, n] { work(w * per, std::min(n, (w + 1) * per)); });
-  work(std::min(n, (workers - 1) * per), n);
-  for (auto& t : pool) t.join();
+  in_parallel(static_cast<std::size_t>(workers), [&](std::size_t w) {
+    const std::ptrdiff_t begin = std::min(n, static_cast<std::ptrdiff_t>(w) * per);
+    work(begin, std::min(n, begin + per));
+  });
 }
 
 // Norms (n,) float32 and unit rows (n, d) float32 of x (n, d) float32 (encode.h).

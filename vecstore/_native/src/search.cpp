@@ -7,8 +7,9 @@
 #include <cfloat>
 #include <cmath>
 #include <cstring>
-#include <thread>
 
+#include "clones.h"
+#include "parallel.h"
 #include "scan.h"
 
 namespace vecstore {
@@ -19,18 +20,12 @@ namespace {
 constexpr std::ptrdiff_t kChunkBlocks = 64;
 constexpr std::ptrdiff_t kChunkRows = kChunkBlocks * fastscan::kBlockRows;
 
-// The vector width the row bounds compile for: AVX-512 and AVX2 clones where the compiler
-// and loader support them (picked at load time), else the baseline.
-#if defined(__x86_64__) && defined(__linux__) && defined(__GNUC__)
-#define VECSTORE_ROW_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
-#else
-#define VECSTORE_ROW_CLONES
-#endif
-
-// One query's kernel tables: q[p][v] = round((t[p][v] - low[p]) / delta), so a row's
-// real table sum is within err of low_sum + delta * (its sum of quantized entries).
+// What one query's FastScan pass reads, and how far its kernel sums are from the real
+// table sums: a row's real table sum is within err of low_sum + delta * (kernel sum).
 struct KernelTables {
-  std::vector<uint8_t> bytes;   // (n_quads, 2, 64), fastscan.h
+  // The table kernel's tables (n_quads, 2, 64) uint8, or the level-dot kernel's weights
+  // (n_quads, 8) int8 (fastscan.h).
+  std::vector<uint8_t> bytes;
   float low_sum = 0.0f;         // rounded to float32, its rounding inside err
   float delta = 1.0f;
   float err = 0.0f;
@@ -38,7 +33,7 @@ struct KernelTables {
 
 // Entries levels[i] = round((t[i] - lows[i / 16]) * inverse), at most 255, for the
 // 16 * positions entries of the nibble tables t.
-VECSTORE_ROW_CLONES
+VECSTORE_CLONES
 void quantize_entries(const float* nibbles, const float* lows, std::ptrdiff_t positions,
                       float inverse, uint8_t* levels) {
   for (std::ptrdiff_t i = 0; i < positions * 16; ++i) {
@@ -47,9 +42,10 @@ void quantize_entries(const float* nibbles, const float* lows, std::ptrdiff_t po
   }
 }
 
+// The table kernel's tables of one query: q[p][v] = round((t[p][v] - low[p]) / delta).
 KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
   const std::ptrdiff_t positions = 2 * n_bytes;
-  const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
+  const std::ptrdiff_t n_quads = fastscan::quad_count(n_bytes);
   KernelTables out;
   out.bytes.assign(static_cast<std::size_t>(n_quads * 128), 0);
   std::vector<float> lows(positions);
@@ -109,12 +105,8 @@ Levels quantize_levels(const float* levels) {
   return out;
 }
 
-// One query's level-dot weights: its nibble tables must be (its coordinate at position p)
-// times levels[v]. Weight w[p] = round(coordinate / s), and a row's real table sum is
-// within err of delta * (kernel sum) + low_sum, delta = s * levels.scale, where err adds
-// each position's largest |t[p][v] - delta * w[p] * level_v| (levels unbiased), measured.
 // The largest |entries[v] - weight * steps[v]| over the 16 entries of a position.
-VECSTORE_ROW_CLONES
+VECSTORE_CLONES
 double worst_error(const float* entries, double weight, const double* steps) {
   double worst = 0.0;
   for (int v = 0; v < 16; ++v) {
@@ -124,10 +116,14 @@ double worst_error(const float* entries, double weight, const double* steps) {
   return worst;
 }
 
+// One query's level-dot weights: its nibble tables must be (its coordinate at position p)
+// times levels[v]. Weight w[p] = round(coordinate / s), delta = s * levels.scale, and err
+// adds each position's measured largest |t[p][v] - delta * w[p] * level_v| (levels
+// unbiased).
 KernelTables weigh(const float* nibbles, std::ptrdiff_t n_bytes, const float* levels,
                    const Levels& shared) {
   const std::ptrdiff_t positions = 2 * n_bytes;
-  const std::ptrdiff_t n_quads = fastscan::padded_bytes(n_bytes) / 4;
+  const std::ptrdiff_t n_quads = fastscan::quad_count(n_bytes);
   KernelTables out;
   out.bytes.assign(static_cast<std::size_t>(n_quads * 8), 0);
   const double best_level = levels[shared.best];
@@ -208,13 +204,13 @@ struct Span {
 // Splits every part's blocks into `workers` shares of about equal size.
 std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) {
   std::ptrdiff_t total = 0;
-  for (const Part& p : search.parts) total += (p.rows + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
+  for (const Part& p : search.parts) total += fastscan::block_count(p.rows);
   const std::ptrdiff_t per = std::max<std::ptrdiff_t>(1, (total + workers - 1) / workers);
   std::vector<std::vector<Span>> shares(workers);
   std::size_t w = 0;
   std::ptrdiff_t room = per;
   for (std::size_t i = 0; i < search.parts.size(); ++i) {
-    const std::ptrdiff_t n = (search.parts[i].rows + fastscan::kBlockRows - 1) / fastscan::kBlockRows;
+    const std::ptrdiff_t n = fastscan::block_count(search.parts[i].rows);
     std::ptrdiff_t first = 0;
     while (first < n) {
       const std::ptrdiff_t take = std::min(room, n - first);
@@ -235,7 +231,7 @@ std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) 
 // its quantized sum. Key = c - f * (table sum), c = ||q||^2 + ||x||^2 and f = 2 scale for
 // l2, c = 0 and f = scale for ip; the relative slack covers float32 rounding here and in
 // the exact key.
-VECSTORE_ROW_CLONES
+VECSTORE_CLONES
 void row_bounds(const int32_t* sums, const float* scales, const float* norms,
                 std::ptrdiff_t count, bool l2, float query_sq_norm, float low_sum, float delta,
                 float err, float* lows, float* widths) {
@@ -262,7 +258,7 @@ void row_bounds(const int32_t* sums, const float* scales, const float* norms,
 }
 
 // Which of the first count lows reach tau: flags[r] = 1 or 0, and 0 up to a multiple of 8.
-VECSTORE_ROW_CLONES
+VECSTORE_CLONES
 void reaching(const float* lows, std::ptrdiff_t count, float tau, uint8_t* flags) {
   for (std::ptrdiff_t r = 0; r < count; ++r) flags[r] = lows[r] <= tau ? 1 : 0;
   for (std::ptrdiff_t r = count; r % 8 != 0; ++r) flags[r] = 0;
@@ -297,7 +293,7 @@ void keep_rows(const Search& search, const Part& part, std::size_t part_index,
 void bound_spans(const Search& search, const std::vector<Span>& spans,
                  const std::vector<Query>& queries, const std::vector<KernelTables>& tables,
                  const Kernel& kernel, const Levels& levels, std::vector<QueryBounds>& bounds) {
-  const std::ptrdiff_t n_quads = fastscan::padded_bytes(search.n_bytes) / 4;
+  const std::ptrdiff_t n_quads = fastscan::quad_count(search.n_bytes);
   const std::ptrdiff_t block_bytes = fastscan::kBlockRows * 4 * n_quads;
   // Kept per thread: a fresh buffer a call would cost page faults on every search.
   thread_local std::vector<int32_t> sums(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
@@ -347,15 +343,6 @@ void score_spans(const Search& search, const std::vector<Span>& spans,
       }
     }
   }
-}
-
-// Runs work(w) for w in [0, workers), the last on this thread.
-template <typename Work>
-void in_parallel(std::size_t workers, const Work& work) {
-  std::vector<std::thread> pool;
-  for (std::size_t w = 0; w + 1 < workers; ++w) pool.emplace_back([&work, w] { work(w); });
-  work(workers - 1);
-  for (auto& t : pool) t.join();
 }
 
 }  // namespace
