@@ -36,7 +36,8 @@ def real(wordnet):
 
 
 @pytest.mark.parametrize("path", COMPILED)
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq8", "tq4c", "tq2c"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq5", "tq7", "tq8", "tq4c",
+                                  "tq2c", "tq3c", "tq2-prod", "tq4-prod", "tq8-prod"])
 @pytest.mark.parametrize("dim", [50, 97, 100, 384])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_one_or_two_queries_equal_the_numpy_path_bit_for_bit(real, monkeypatch, path, spec,
@@ -143,12 +144,14 @@ def test_collection_searches_equal_the_numpy_path(tmp_path, wordnet, monkeypatch
 
 
 @pytest.mark.parametrize("path", COMPILED)
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq4c", "tq1c"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq6", "tq8", "tq4c", "tq1c",
+                                  "tq3c", "tq2-prod", "tq3-prod", "tq4-prod", "tq5-prod"])
 @pytest.mark.parametrize("dim", [50, 97, 384])
 @pytest.mark.parametrize("metric", ["ip", "l2"])
 def test_the_fastscan_pass_keeps_the_exact_result(real, monkeypatch, path, spec, dim, metric):
-    """Stable codes take the FastScan pass on the SIMD paths: keys and rows still equal
-    the numpy path's bit for bit, with masks, duplicate codes (ties) and k past the rows."""
+    """Stable codes take the FastScan pass on the SIMD paths (byte codes on avx512): keys
+    and rows still equal the numpy path's bit for bit, with masks, duplicate codes (ties)
+    and k past the rows."""
     base, queries = real
     x = np.concatenate([base[:, :dim], base[:500, :dim]])        # 500 duplicated rows
     codec = make_codec(spec, dim=dim, seed=5)
@@ -250,19 +253,52 @@ def test_the_memtable_layout_grows_with_its_rows(wordnet, monkeypatch, path):
     assert c._memtable_layout[1]._rows == start
 
 
-def test_a_stream_layout_serves_older_snapshots(real):
+@pytest.mark.parametrize("spec", ["tq2", "tq3", "tq4-prod"])
+def test_a_stream_layout_serves_older_snapshots(real, spec):
     base, _ = real
-    codec = make_codec("tq2", dim=384)
+    codec = make_codec(spec, dim=384)
+    fmt = codec.scan_format
     codes = codec.encode(base[:100])
     layout = cpu.StreamLayout()
-    full = layout.view(codec, codes, codec.index_bytes)
-    early = layout.view(codec, codes[:40], codec.index_bytes)
-    again = cpu.StreamLayout().view(codec, codes[:40], codec.index_bytes)
-    np.testing.assert_array_equal(early[1], again[1])
-    np.testing.assert_array_equal(early[0][: 32 * codec.index_bytes],
-                                  again[0][: 32 * codec.index_bytes])
-    assert full[0].size == 4 * 32 * codec.index_bytes
-    assert early[0].size == 2 * 32 * codec.index_bytes
+    full = layout.view(codec, codes, fmt)
+    early = layout.view(codec, codes[:40], fmt)
+    again = cpu.StreamLayout().view(codec, codes[:40], fmt)
+    fresh = cpu._blocked(codes[:40], fmt), cpu._row_scales(codec, codes[:40], fmt)
+    widths = (fmt.split, fmt.n_bytes - fmt.split)
+    for i, width in enumerate(widths):
+        if width == 0:
+            assert full[0][i] is None and early[0][i] is None
+            continue
+        np.testing.assert_array_equal(early[0][i][: 32 * width], again[0][i][: 32 * width])
+        np.testing.assert_array_equal(early[0][i][: 32 * width], fresh[0][i][: 32 * width])
+        assert full[0][i].size == 4 * 32 * width
+        assert early[0][i].size == 2 * 32 * width
+    for got, want in zip(early[1], fresh[1], strict=True):
+        assert (got is None) == (want is None)
+        if got is not None:
+            np.testing.assert_array_equal(got, want)
+
+
+def test_code_bytes_give_each_value_its_table_width(real):
+    """3-bit indices are read a nibble each and 6-bit ones a byte each, with the same
+    values; the prod codec's sign bytes follow its padded MSE part."""
+    from vecstore.codecs import bitpack, turboquant
+
+    base, _ = real
+    for spec, width in (("tq3", 4), ("tq6", 8), ("tq4-prod", 4)):
+        codec = make_codec(spec, dim=97)
+        codes = codec.encode(base[:50, :97])
+        fmt = codec.scan_format
+        got = turboquant.code_bytes(codes, fmt)
+        assert got.shape == (50, fmt.n_bytes) and fmt.table_bits == (4 if width == 4 else 8)
+        indices = bitpack.unpack(codes[:, : codec.index_bytes], 97, codec.mse_bits)
+        np.testing.assert_array_equal(bitpack.unpack(got[:, : fmt.split], 97, width), indices)
+        if fmt.split < fmt.n_bytes:
+            assert fmt.split % 4 == 0
+            np.testing.assert_array_equal(got[:, fmt.split :],
+                                          codes[:, codec.index_bytes : codec.norm_offset])
+        blocked = _native.block_codes(codes, fmt.split, fmt.values)
+        np.testing.assert_array_equal(blocked, _native.block_codes(got, fmt.split))
 
 
 @pytest.mark.parametrize("bits", range(1, 9))

@@ -91,7 +91,7 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
   }
   const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)), 0xAA);
-  fs::block_codes(codes.data(), n, stride, n_bytes, blocked.data());
+  fs::block_codes(codes.data(), n, stride, n_bytes, fs::Values{}, blocked.data());
   int failures = 0;
   for (int nq = 1; nq <= fs::kMaxGroup; ++nq) {
     const std::vector<std::vector<uint8_t>> group(tables.begin(), tables.begin() + nq);
@@ -116,7 +116,7 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
   return failures;
 }
 
-// The level-dot kernel against its scalar reference for 1 to kMaxGroup queries, random
+// The level-dot kernels (nibbles and bytes) against their scalar references for 1 to kMaxGroup queries, random
 // levels and weights. Returns the number of failures.
 int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng) {
   if (!fs::cpu_has_avx512()) return 0;
@@ -125,8 +125,8 @@ int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng)
   const std::ptrdiff_t n_quads = fs::quad_count(n_bytes);
   const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
-  fs::block_codes(codes.data(), n, n_bytes, n_bytes, blocked.data());
-  uint8_t levels[16];
+  fs::block_codes(codes.data(), n, n_bytes, n_bytes, fs::Values{}, blocked.data());
+  uint8_t levels[256];
   for (auto& l : levels) l = static_cast<uint8_t>(rng());
   std::vector<std::vector<int8_t>> weights(fs::kMaxGroup, std::vector<int8_t>(n_quads * 8));
   for (auto& w : weights)
@@ -149,6 +149,12 @@ int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng)
       std::printf("FAIL level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
       ++failures;
     }
+    fs::scalar::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
+    fs::avx512::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
+    if (want != got) {
+      std::printf("FAIL byte level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
+      ++failures;
+    }
   }
   return failures;
 }
@@ -162,7 +168,7 @@ void time_paths(const std::vector<Path>& paths, int reps, std::mt19937_64& rng) 
   for (auto& t : tables[0]) t = static_cast<uint8_t>(rng());
   const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
-  fs::block_codes(codes.data(), n, n_bytes, n_bytes, blocked.data());
+  fs::block_codes(codes.data(), n, n_bytes, n_bytes, fs::Values{}, blocked.data());
   for (const Path& p : paths) {
     if (!p.available) {
       std::printf("%-7s not supported on this CPU\n", p.name);

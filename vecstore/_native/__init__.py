@@ -72,15 +72,16 @@ def cpu_features() -> dict:
             "module": None if _scan is None else _scan.__file__}
 
 
-def part_set(n_bytes: int, parts, lay_out: bool):
+def part_set(fmt, parts, lay_out: bool):
     """The parts of a search, checked and held by the compiled module for any number of
-    scans (``_scan.PartSet``). Each part is (blocked or None, codes, scales, norms, live
-    or None, ties, row map or None, offset); with ``lay_out`` parts without a blocked
-    layout get one, kept with the set."""
-    blocked, codes, scales, norms, live, ties, row_maps, offsets = (
-        list(column) for column in zip(*parts, strict=True)) if parts else ([],) * 8
-    return _scan.PartSet(n_bytes, blocked, codes, scales, norms, live, ties, row_maps,
-                         offsets, lay_out)
+    scans (``_scan.PartSet``), their codes read as the codec's ``ScanFormat`` ``fmt``
+    says. Each part is (blocked or None, blocked tail or None, codes, scales, tail scales
+    or None, norms, live or None, ties, row map or None, offset); with ``lay_out`` parts
+    without blocked layouts get them, kept with the set."""
+    columns = [list(column) for column in zip(*parts, strict=True)] if parts else [[]] * 10
+    blocked, tails, codes, scales, tail_scales, norms, live, ties, row_maps, offsets = columns
+    return _scan.PartSet(fmt.n_bytes, fmt.values, fmt.split, blocked, tails, codes, scales,
+                         tail_scales, norms, live, ties, row_maps, offsets, lay_out)
 
 
 def scan_topk(parts, nibble_tables, byte_tables, k: int, l2: bool, query_sq_norms,
@@ -142,9 +143,10 @@ def empty_layout(nbytes: int) -> np.ndarray:
     return buffer[start : start + nbytes]
 
 
-def block_codes(codes, n_bytes: int) -> np.ndarray:
-    """The first ``n_bytes`` of each row of ``codes`` (n, >= n_bytes) uint8 in FastScan's
-    blocked layout (1-D uint8, ``empty_layout``)."""
+def block_codes(codes, n_bytes: int, values=(0, 0, 0, 0)) -> np.ndarray:
+    """The ``n_bytes`` code bytes of each row of ``codes`` (n, stored bytes) uint8, made
+    as ``values`` (bits, count, head, tail_from) say (``ScanFormat``; the first n_bytes
+    stored bytes by default), in FastScan's blocked layout (1-D uint8, ``empty_layout``)."""
     out = empty_layout(blocked_size(codes.shape[0], n_bytes))
-    _scan.block_codes(codes, n_bytes, out)
+    _scan.block_codes(codes, n_bytes, tuple(values), out)
     return out

@@ -44,9 +44,61 @@ class RotatedQueries:
     sketched: np.ndarray | None = None
 
 
-def use_lookup_tables(nq: int, bits: int) -> bool:
-    """Whether ``lut_inner_products`` beats decoding plus a matrix product."""
-    return nq <= LUT_MAX_QUERIES and 8 % bits == 0
+def use_lookup_tables(nq: int) -> bool:
+    """Whether scores come from ``lut_inner_products`` (the compiled scan's sums, bit for
+    bit) rather than decoding plus a matrix product."""
+    return nq <= LUT_MAX_QUERIES
+
+
+def table_width(bits: int) -> int:
+    """The width a table scan reads b-bit values at: b where it divides 8, else 4 (b = 3)
+    or 8 (b = 5 to 7)."""
+    return bits if 8 % bits == 0 else (4 if bits < 4 else 8)
+
+
+@dataclass(frozen=True)
+class ScanFormat:
+    """How a table scan reads a codec's codes (the compiled module's ``fastscan.h``).
+
+    A row has ``n_bytes`` code bytes, made from the stored row as ``values`` = (bits,
+    count, head, tail_from) say: bits 0 takes the first n_bytes stored bytes as they are;
+    otherwise the first ``count`` packed values of ``bits`` bits are written at
+    ``table_width(bits)``, zero-padded to ``head`` bytes, and the stored bytes from
+    ``tail_from`` follow. Tables are nibble tables (``table_bits`` 4) or byte tables (8).
+    A row's table sum is that of bytes [0, split) plus, where ``split < n_bytes``, that of
+    the rest times the row's tail scale.
+    """
+
+    n_bytes: int
+    values: tuple[int, int, int, int]
+    split: int
+    table_bits: int
+
+
+def code_bytes(codes: np.ndarray, fmt: ScanFormat) -> np.ndarray:
+    """The code bytes (n, fmt.n_bytes) uint8 of stored codes (n, code_size) uint8."""
+    bits, count, head, tail_from = fmt.values
+    if bits == 0:
+        return codes[:, : fmt.n_bytes]
+    values = bitpack.unpack(codes[:, : bitpack.packed_size(count, bits)], count, bits)
+    out = np.zeros((codes.shape[0], fmt.n_bytes), dtype=np.uint8)
+    packed = bitpack.pack(values, table_width(bits))
+    out[:, : packed.shape[1]] = packed
+    out[:, head:] = codes[:, tail_from : tail_from + fmt.n_bytes - head]
+    return out
+
+
+def padded_levels(levels: np.ndarray, bits: int) -> np.ndarray:
+    """``levels`` (2**b,) float32 padded with zeros to the 2**table_width(b) values a table
+    of that width has."""
+    out = np.zeros(1 << table_width(bits), dtype=np.float32)
+    out[: levels.shape[0]] = levels
+    return out
+
+
+def quad_bytes(n: int) -> int:
+    """n rounded up to a multiple of 4 (the FastScan layout's groups of code bytes)."""
+    return -(-n // 4) * 4
 
 
 def byte_levels(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -169,6 +221,8 @@ class _TurboQuantBase:
         # unpacking then gathering each value at 4 bits, 12x at 1 bit.
         self._byte_items = (byte_items(self._centroids32, self.mse_bits)
                             if 8 % self.mse_bits == 0 else None)
+        self._table_bits = table_width(self.mse_bits)
+        self._table_levels = padded_levels(self._centroids32, self.mse_bits)
 
     # --- helpers -------------------------------------------------------------------------
 
@@ -219,10 +273,27 @@ class _TurboQuantBase:
 
     def _mse_scores(self, rotated: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """<q_rot, y_mse> for each query and code, (nq, n) float32."""
-        packed = codes[:, : self.index_bytes]
-        if use_lookup_tables(rotated.shape[0], self.mse_bits):
-            return lut_inner_products(rotated, packed, self._centroids32, self.mse_bits)
+        if use_lookup_tables(rotated.shape[0]):
+            fmt = self.scan_format
+            head = code_bytes(codes, fmt)[:, : fmt.split]
+            return lut_inner_products(rotated, head, self._table_levels, self._table_bits)
         return rotated @ self._dequantize(codes).T
+
+    def _mse_tables(self, rotated: np.ndarray, table_bits: int, n_bytes: int) -> np.ndarray:
+        """The MSE part's nibble (table_bits 4) or byte tables of rotated queries over
+        ``n_bytes`` code bytes."""
+        if table_bits == 4:
+            build = _native.nibble_tables if _native.compiled() else nibble_tables
+            return build(rotated, self._table_levels, self._table_bits, n_bytes)
+        return byte_tables(rotated, self._table_levels, self._table_bits, n_bytes)
+
+    @property
+    def score_levels(self) -> np.ndarray | None:
+        """For codes read as one value a nibble (3- and 4-bit indices) or a byte (5 to 8
+        bits), the centroids padded to (16,) or (256,) float32: every table entry [p, v]
+        of the MSE part is then rotated coordinate p times level v, which lets the compiled
+        scan look the levels up once for a whole batch of queries; None otherwise."""
+        return self._table_levels if self._table_bits >= 4 else None
 
     def _config(self, name: str) -> dict:
         return {
@@ -302,29 +373,28 @@ class TurboQuantMSE(_TurboQuantBase):
         """What ``score`` multiplies a code's table sum by, (n,) float32: its norm."""
         return self.norms(codes)
 
-    def score_tables(self, state: RotatedQueries) -> np.ndarray | None:
-        """Byte tables (nq, index_bytes, 256) float32 such that a code's score is its
-        ``score_scales`` times the sum, in byte order, of the tables at its index bytes
-        (what ``score`` computes for one or two queries); None for widths that do not
-        divide 8."""
-        if 8 % self.mse_bits:
-            return None
-        return byte_tables(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
+    @property
+    def scan_format(self) -> ScanFormat:
+        """The code bytes a table scan reads: the packed indices, 3-bit ones a nibble each
+        and 5- to 7-bit ones a byte each."""
+        width = self._table_bits
+        n_bytes = bitpack.packed_size(self.rot_dim, width)
+        values = (0, 0, 0, 0) if width == self.mse_bits else (self.mse_bits, self.rot_dim,
+                                                              n_bytes, 0)
+        return ScanFormat(n_bytes, values, n_bytes, 4 if 4 % width == 0 else 8)
+
+    def score_tables(self, state: RotatedQueries) -> np.ndarray:
+        """Byte tables (nq, scan_format.n_bytes, 256) float32 such that a code's score is
+        its ``score_scales`` times the sum, in byte order, of the tables at its code bytes
+        (what ``score`` computes for one or two queries)."""
+        return byte_tables(state.rotated, self._table_levels, self._table_bits,
+                           self.scan_format.n_bytes)
 
     def score_nibble_tables(self, state: RotatedQueries) -> np.ndarray | None:
-        """``score_tables`` split by half bytes, (nq, 2 * index_bytes, 16) float32, for a
-        FastScan pass that bounds scores; None for widths that do not divide 4."""
-        if 4 % self.mse_bits:
-            return None
-        build = _native.nibble_tables if _native.compiled() else nibble_tables
-        return build(state.rotated, self._centroids32, self.mse_bits, self.index_bytes)
-
-    @property
-    def score_levels(self) -> np.ndarray | None:
-        """For 4-bit codes, the centroids (16,) float32: every ``score_nibble_tables``
-        entry [p, v] is then rotated coordinate p times level v, which lets the compiled
-        scan look the levels up once for a whole batch of queries; None otherwise."""
-        return self._centroids32 if self.mse_bits == 4 else None
+        """``score_tables`` split by half bytes, (nq, 2 * scan_format.n_bytes, 16) float32,
+        for a FastScan pass that bounds scores; None where the code bytes are bytes."""
+        fmt = self.scan_format
+        return self._mse_tables(state.rotated, 4, fmt.n_bytes) if fmt.table_bits == 4 else None
 
     def to_config(self) -> dict:
         return self._config("tq")
@@ -367,7 +437,7 @@ class TurboQuantProd(_TurboQuantBase):
     def _sign_scores(self, sketched: np.ndarray, codes: np.ndarray) -> np.ndarray:
         """<S q, sign(S r)> for each query and code, (nq, n) float32."""
         packed = codes[:, self.index_bytes : self.norm_offset]
-        if use_lookup_tables(sketched.shape[0], 1):
+        if use_lookup_tables(sketched.shape[0]):
             return lut_inner_products(sketched, packed, _SIGN_LEVELS, 1)
         return sketched @ self._signs(codes).T
 
@@ -395,8 +465,46 @@ class TurboQuantProd(_TurboQuantBase):
         """Unbiased estimate of <q, x>, (nq, n) float32."""
         mse = self._mse_scores(state.rotated, codes)
         qjl = self._sign_scores(state.sketched, codes)
-        qjl *= (self.qjl_scale * self.residual_norms(codes))[None, :]
+        qjl *= self.score_tail_scales(codes)[None, :]
         return (mse + qjl) * self.norms(codes)[None, :]
+
+    @property
+    def scan_format(self) -> ScanFormat:
+        """The code bytes a table scan reads: the MSE indices (3-bit ones a nibble each,
+        5- to 7-bit ones a byte each) padded to a multiple of four bytes, then the sign
+        bytes, whose sum is scaled per row (``score_tail_scales``)."""
+        head = quad_bytes(bitpack.packed_size(self.rot_dim, self._table_bits))
+        return ScanFormat(head + self.sign_bytes,
+                          (self.mse_bits, self.rot_dim, head, self.index_bytes), head,
+                          4 if 4 % self._table_bits == 0 else 8)
+
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What ``score`` multiplies a code's table sum by, (n,) float32: its norm."""
+        return self.norms(codes)
+
+    def score_tail_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What the sign bytes' table sum is multiplied by before it joins the MSE part's,
+        (n,) float32: the QJL constant times ||r||."""
+        return self.qjl_scale * self.residual_norms(codes)
+
+    def score_tables(self, state: RotatedQueries) -> np.ndarray:
+        """Byte tables (nq, scan_format.n_bytes, 256) float32 of the MSE part, then of the
+        sketched query's signs (``scan_format``; what ``score`` computes for one or two
+        queries)."""
+        fmt = self.scan_format
+        return np.concatenate(
+            [byte_tables(state.rotated, self._table_levels, self._table_bits, fmt.split),
+             byte_tables(state.sketched, _SIGN_LEVELS, 1, self.sign_bytes)], axis=1)
+
+    def score_nibble_tables(self, state: RotatedQueries) -> np.ndarray | None:
+        """``score_tables`` split by half bytes, (nq, 2 * scan_format.n_bytes, 16) float32;
+        None where the MSE part's code bytes are bytes."""
+        fmt = self.scan_format
+        if fmt.table_bits != 4:
+            return None
+        build = _native.nibble_tables if _native.compiled() else nibble_tables
+        return np.concatenate([self._mse_tables(state.rotated, 4, fmt.split),
+                               build(state.sketched, _SIGN_LEVELS, 1, self.sign_bytes)], axis=1)
 
     def to_config(self) -> dict:
         config = self._config("tq-prod")

@@ -27,9 +27,9 @@ NIBBLES = "nibbles"
 BYTES = "bytes"
 # Rows a block of FastScan's blocked layout holds.
 BLOCK_ROWS = 32
-# Blocked layouts, score scales and norms of stable code arrays by (id of the array, bytes
-# a row), each dropped when its array is.
-_LAYOUTS: dict[tuple[int, int], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+# Blocked layouts and row scales of stable code arrays by (id of the array, scan format),
+# each dropped when its array is.
+_LAYOUTS: dict[tuple, tuple[tuple, tuple]] = {}
 
 
 def chunk_rows(nq: int, dim: int) -> int:
@@ -104,7 +104,7 @@ class QueryTables:
         kind = table_kind(codec)
         self.nibbles = _contiguous(codec.score_nibble_tables(state)) if kind == NIBBLES else None
         self.bytes = _contiguous(codec.score_tables(state)) if kind == BYTES else None
-        levels = getattr(codec, "score_levels", None) if kind == NIBBLES else None
+        levels = getattr(codec, "score_levels", None)
         self.levels = None if levels is None else _contiguous(levels)
 
 
@@ -114,19 +114,44 @@ def _contiguous(tables: np.ndarray) -> np.ndarray:
 
 def table_kind(codec: Codec) -> str | None:
     """Which lookup tables the compiled scan reads for ``codec``'s codes: ``NIBBLES``
-    (TurboQuant widths dividing 4, which also take the FastScan pass), ``BYTES`` (widths
-    dividing 8) or None (no compiled path)."""
-    bits = getattr(codec, "mse_bits", None)
-    if bits is None or not hasattr(codec, "score_tables"):
+    (code bytes read as 4-bit values, which also take the FastScan pass), ``BYTES`` or
+    None (no compiled path)."""
+    fmt = getattr(codec, "scan_format", None)
+    if fmt is None:
         return None
-    if 4 % bits == 0 and hasattr(codec, "score_nibble_tables"):
-        return NIBBLES
-    return BYTES if 8 % bits == 0 else None
+    return NIBBLES if fmt.table_bits == 4 else BYTES
 
 
-def codec_has_fastscan(codec: Codec) -> bool:
-    """Whether ``codec``'s codes take the FastScan pass (TurboQuant widths dividing 4)."""
-    return table_kind(codec) == NIBBLES
+def takes_fastscan(codec: Codec, path: str) -> bool:
+    """Whether ``codec``'s codes take the FastScan pass on ``path``: nibble tables on the
+    SIMD paths, byte tables of shared levels (one value a byte, no tail) on ``avx512``."""
+    kind = table_kind(codec)
+    if kind == NIBBLES:
+        return path not in ("scalar", _native.NUMPY)
+    fmt = codec.scan_format if kind == BYTES else None
+    return (path == "avx512" and fmt is not None and fmt.split == fmt.n_bytes
+            and getattr(codec, "score_levels", None) is not None)
+
+
+def _tail_from(fmt) -> int:
+    """Where a row's tail code bytes start in its stored bytes."""
+    return fmt.values[3] if fmt.values[0] else fmt.split
+
+
+def _blocked(codes: np.ndarray, fmt) -> tuple[np.ndarray, np.ndarray | None]:
+    """FastScan's blocked layouts of the head and (where ``fmt`` splits) the tail of the
+    code bytes of ``codes``."""
+    head = _native.block_codes(codes, fmt.split, fmt.values)
+    if fmt.split == fmt.n_bytes:
+        return head, None
+    return head, _native.block_codes(codes[:, _tail_from(fmt) :], fmt.n_bytes - fmt.split)
+
+
+def _row_scales(codec: Codec, codes: np.ndarray, fmt) -> tuple:
+    """Score scales, tail scales (None without a split) and norms of ``codes``, (n,)
+    float32 each."""
+    tails = codec.score_tail_scales(codes) if fmt.split < fmt.n_bytes else None
+    return codec.score_scales(codes), tails, codec.norms(codes)
 
 
 def native_part(codec: Codec, codes: np.ndarray, live: np.ndarray | None, ties: np.ndarray,
@@ -134,16 +159,16 @@ def native_part(codec: Codec, codes: np.ndarray, live: np.ndarray | None, ties: 
     """One part for ``_native.part_set``. ``stable`` says how its codes may be kept:
     False (not at all), True (the array never changes: its layout is kept while it lives)
     or the ``StreamLayout`` of an append-only stream. With ``fastscan``, kept codes carry
-    their blocked layout; the compiled module lays out the others."""
-    n_bytes = codec.index_bytes
+    their blocked layouts; the compiled module lays out the others."""
+    fmt = codec.scan_format
     if isinstance(stable, StreamLayout) and fastscan:
-        blocked, scales, norms = stable.view(codec, codes, n_bytes)
+        (blocked, tail), (scales, tails, norms) = stable.view(codec, codes, fmt)
     elif stable is True:
-        blocked, scales, norms = _stable_layout(codec, codes, n_bytes)
+        (blocked, tail), (scales, tails, norms) = _stable_layout(codec, codes, fmt)
     else:
-        blocked, scales, norms = None, codec.score_scales(codes), codec.norms(codes)
-    return (blocked if fastscan else None, codes, scales, norms,
-            None if live is None else np.ascontiguousarray(live, dtype=bool),
+        (blocked, tail), (scales, tails, norms) = (None, None), _row_scales(codec, codes, fmt)
+    return (blocked if fastscan else None, tail if fastscan else None, codes, scales, tails,
+            norms, None if live is None else np.ascontiguousarray(live, dtype=bool),
             np.ascontiguousarray(ties, dtype=np.int64), row_map, offset)
 
 
@@ -151,45 +176,53 @@ def part_set(codec: Codec, parts: list[tuple], path: str):
     """The compiled module's ``PartSet`` of ``parts`` (as ``scan_many`` takes them) for
     scans on ``path``, or None where the compiled kernels do not serve this codec or
     path. A set stays valid while its parts' arrays are unchanged."""
-    kind = table_kind(codec)
-    if path == _native.NUMPY or kind is None:
+    if path == _native.NUMPY or table_kind(codec) is None:
         return None
-    fastscan = kind == NIBBLES and path != "scalar"
+    fastscan = takes_fastscan(codec, path)
     native = [native_part(codec, codes, live, ids, row_map, offset, fastscan, stable)
               for codes, live, ids, row_map, offset, stable in parts]
-    return _native.part_set(codec.index_bytes, native, fastscan)
+    return _native.part_set(codec.scan_format, native, fastscan)
 
 
 class StreamLayout:
-    """FastScan's blocked layout, score scales and norms of an append-only stream of codes
-    (the memtable), extended as rows arrive: rows already written never change, so only
-    the new ones (and the last partial block) are laid out. Safe to share between
+    """FastScan's blocked layouts, score scales and norms of an append-only stream of
+    codes (the memtable), extended as rows arrive: rows already written never change, so
+    only the new ones (and the last partial block) are laid out. Safe to share between
     searches; a search of an older snapshot reads the first rows only."""
 
     def __init__(self):
         self._lock = threading.Lock()
         self._rows = 0
-        self._blocked = np.empty(0, dtype=np.uint8)
-        self._scales = np.empty(0, dtype=np.float32)
-        self._norms = np.empty(0, dtype=np.float32)
+        self._blocked = [np.empty(0, dtype=np.uint8), np.empty(0, dtype=np.uint8)]
+        self._scales = [np.empty(0, dtype=np.float32) for _ in range(3)]
 
-    def view(self, codec: Codec, codes: np.ndarray, n_bytes: int
-             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """The layout of ``codes`` (the stream's first n rows), (blocked, scales, norms)."""
+    def view(self, codec: Codec, codes: np.ndarray, fmt) -> tuple[tuple, tuple]:
+        """The layouts of ``codes`` (the stream's first n rows) as ``_blocked`` gives them
+        and their ``_row_scales``."""
         n = codes.shape[0]
-        size = _native.blocked_size(n, n_bytes)
+        widths = (fmt.split, fmt.n_bytes - fmt.split)
         with self._lock:
             if n > self._rows:
                 start = self._rows // BLOCK_ROWS * BLOCK_ROWS
-                first = _native.blocked_size(start, n_bytes)
-                self._blocked = _grown(self._blocked, size)
-                self._blocked[first:size] = _native.block_codes(codes[start:], n_bytes)
-                self._scales = _grown(self._scales, n)
-                self._scales[start:n] = codec.score_scales(codes[start:])
-                self._norms = _grown(self._norms, n)
-                self._norms[start:n] = codec.norms(codes[start:])
+                for i, layout in enumerate(_blocked(codes[start:], fmt)):
+                    if layout is None:
+                        continue
+                    first = _native.blocked_size(start, widths[i])
+                    size = _native.blocked_size(n, widths[i])
+                    self._blocked[i] = _grown(self._blocked[i], size)
+                    self._blocked[i][first:size] = layout
+                for i, values in enumerate(_row_scales(codec, codes[start:], fmt)):
+                    if values is not None:
+                        self._scales[i] = _grown(self._scales[i], n)
+                        self._scales[i][start:n] = values
                 self._rows = n
-            return self._blocked[:size], self._scales[:n], self._norms[:n]
+            blocked = tuple(None if width == 0 else
+                            self._blocked[i][: _native.blocked_size(n, width)]
+                            for i, width in enumerate(widths))
+            has_tails = widths[1] > 0
+            scales = tuple(None if i == 1 and not has_tails else values[:n]
+                           for i, values in enumerate(self._scales))
+            return blocked, scales
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
@@ -204,15 +237,13 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     return grown
 
 
-def _stable_layout(codec: Codec, codes: np.ndarray, n_bytes: int
-                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """FastScan's blocked layout of ``codes``' first ``n_bytes`` a row, the codes' score
-    scales and their norms, built once per array and kept while the array lives."""
-    key = (id(codes), n_bytes)
+def _stable_layout(codec: Codec, codes: np.ndarray, fmt) -> tuple[tuple, tuple]:
+    """``_blocked`` and ``_row_scales`` of ``codes``, built once per array and kept while
+    the array lives."""
+    key = (id(codes), fmt)
     layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = (_native.block_codes(codes, n_bytes), codec.score_scales(codes),
-                  codec.norms(codes))
+        layout = (_blocked(codes, fmt), _row_scales(codec, codes, fmt))
         _LAYOUTS[key] = layout
         weakref.finalize(codes, _LAYOUTS.pop, key, None)
     return layout
@@ -232,7 +263,7 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
     nq = queries.shape[0]
     # Batches beyond one block pay off only through the FastScan pass; otherwise the numpy
     # path's matrix product is faster.
-    if nq > NATIVE_MAX_QUERIES and (path == "scalar" or not codec_has_fastscan(codec)):
+    if nq > NATIVE_MAX_QUERIES and not takes_fastscan(codec, path):
         return None
     if native is None:
         native = part_set(codec, parts, path) if parts else None

@@ -37,10 +37,27 @@ inline std::ptrdiff_t block_count(std::ptrdiff_t n) { return (n + kBlockRows - 1
 // Bytes of the blocked layout of n rows: ceil(n/32) * 32 * padded_bytes(n_bytes).
 std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes);
 
-// Writes the blocked layout of n rows (row r at codes + r*stride) into out, which holds
-// blocked_size(n, n_bytes) bytes.
+// How the scan reads stored codes. With bits 0 a row's first n_bytes stored bytes are its
+// code bytes. Otherwise a stored row packs `count` values of `bits` bits (value j at bits
+// [j * bits, (j + 1) * bits) of the row's little-endian bit stream), and its code bytes
+// hold them at the width the tables read (bits dividing 8 as they are; 3 bits one a
+// nibble, 5 to 7 one a byte; value j in byte j / per_byte at bit (j % per_byte) * width),
+// zero up to `head` bytes; the code bytes past head are the stored bytes from `tail_from`.
+struct Values {
+  int bits = 0;
+  std::ptrdiff_t count = 0;
+  std::ptrdiff_t head = 0;
+  std::ptrdiff_t tail_from = 0;
+};
+
+// Writes the n_bytes code bytes of the stored row `row` to out.
+void code_bytes(const uint8_t* row, const Values& values, std::ptrdiff_t n_bytes,
+                uint8_t* out);
+
+// Writes the blocked layout of the code bytes of n stored rows (row r at codes + r*stride)
+// into out, which holds blocked_size(n, n_bytes) bytes.
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
-                 std::ptrdiff_t n_bytes, uint8_t* out);
+                 std::ptrdiff_t n_bytes, const Values& values, uint8_t* out);
 
 // For each of nq <= kMaxGroup queries q, writes sums[q][32*i + r] = the sum of row r of
 // block i, for the n_blocks blocks starting at blocked, from tables[q] (kernel tables of
@@ -59,7 +76,14 @@ using LevelAccumulate = void (*)(const uint8_t* blocked, std::ptrdiff_t n_blocks
                                  std::ptrdiff_t n_quads, const uint8_t* levels,
                                  const int8_t* const* weights, int nq, int32_t* const* sums);
 
+// The byte level-dot kernel, for code bytes that are 8-bit values whose byte tables are a
+// weight a position times a level a value shared by every position:
+//   sums[q][32*i + r] = sum over code bytes b of levels[code_b] * weights[q][b]
+// (levels (256,) uint8, weights (4 * n_quads,) int8 per query).
 namespace scalar {
+void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                           std::ptrdiff_t n_quads, const uint8_t* levels,
+                           const int8_t* const* weights, int nq, int32_t* const* sums);
 void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                       const uint8_t* levels, const int8_t* const* weights, int nq,
                       int32_t* const* sums);
@@ -76,6 +100,9 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
 void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                       const uint8_t* levels, const int8_t* const* weights, int nq,
                       int32_t* const* sums);
+void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                           std::ptrdiff_t n_quads, const uint8_t* levels,
+                           const int8_t* const* weights, int nq, int32_t* const* sums);
 }
 
 // Whether this CPU can run avx2::accumulate / avx512::accumulate (AVX-512 F, BW, VL,

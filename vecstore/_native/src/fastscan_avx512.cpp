@@ -161,4 +161,64 @@ void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrd
   }
 }
 
+namespace {
+
+// Block i for NQ queries of 8-bit code bytes: two vpermi2b look up the levels of values
+// 0-127 and 128-255, the top bit of each byte picks one, and vpdpbusd multiplies them by
+// each query's weights of the quad.
+template <int NQ>
+void byte_level_block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+                      const __m512i* levels, const int8_t* const* weights,
+                      int32_t* const* sums) {
+  __m512i acc[NQ][2];
+  for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
+  for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+    prefetch<NQ>(codes + 128 * g);
+    __m512i looked[2];
+    for (int h = 0; h < 2; ++h) {
+      const __m512i c = load(codes + 128 * g + 64 * h);
+      const __m512i low = _mm512_permutex2var_epi8(levels[0], c, levels[1]);
+      const __m512i high = _mm512_permutex2var_epi8(levels[2], c, levels[3]);
+      looked[h] = _mm512_mask_blend_epi8(_mm512_movepi8_mask(c), low, high);
+    }
+    for (int q = 0; q < NQ; ++q) {
+      int32_t quad_weights;
+      std::memcpy(&quad_weights, weights[q] + 4 * g, 4);
+      const __m512i w = _mm512_set1_epi32(quad_weights);
+      acc[q][0] = _mm512_dpbusd_epi32(acc[q][0], looked[0], w);
+      acc[q][1] = _mm512_dpbusd_epi32(acc[q][1], looked[1], w);
+    }
+  }
+  for (int q = 0; q < NQ; ++q) {
+    _mm512_storeu_si512(sums[q] + i * kBlockRows, acc[q][0]);
+    _mm512_storeu_si512(sums[q] + i * kBlockRows + 16, acc[q][1]);
+  }
+}
+
+template <int... NQ>
+void byte_level_group(int n, const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+                      const __m512i* levels, const int8_t* const* weights,
+                      int32_t* const* sums, std::integer_sequence<int, NQ...>) {
+  ((n == NQ + 1 ? byte_level_block<NQ + 1>(codes, i, n_quads, levels, weights, sums)
+                : void()), ...);
+}
+
+}  // namespace
+
+void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                           std::ptrdiff_t n_quads, const uint8_t* levels,
+                           const int8_t* const* weights, int nq, int32_t* const* sums) {
+  const __m512i tables[4] = {load(levels), load(levels + 64), load(levels + 128),
+                             load(levels + 192)};
+  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
+  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+    const uint8_t* codes = blocked + i * block_bytes;
+    for (int q = 0; q < nq; q += kLevelGroup) {
+      const int n = nq - q < kLevelGroup ? nq - q : kLevelGroup;
+      byte_level_group(n, codes, i, n_quads, tables, weights + q, sums + q,
+                       std::make_integer_sequence<int, kLevelGroup>{});
+    }
+  }
+}
+
 }  // namespace vecstore::fastscan::avx512

@@ -1,5 +1,6 @@
 // Portable parts of FastScan: the blocked layout, the scalar kernel and CPU detection.
 #include <cstring>
+#include <vector>
 
 #include "fastscan.h"
 
@@ -9,10 +10,34 @@ std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
   return block_count(n) * kBlockRows * padded_bytes(n_bytes);
 }
 
+void code_bytes(const uint8_t* row, const Values& values, std::ptrdiff_t n_bytes,
+                uint8_t* out) {
+  if (values.bits == 0) {
+    std::memcpy(out, row, static_cast<std::size_t>(n_bytes));
+    return;
+  }
+  std::memset(out, 0, static_cast<std::size_t>(values.head));
+  const int bits = values.bits;
+  const int width = 8 % bits == 0 ? bits : (bits < 4 ? 4 : 8);
+  const int per_byte = 8 / width;
+  const unsigned mask = (1u << bits) - 1;
+  for (std::ptrdiff_t j = 0; j < values.count; ++j) {
+    const std::ptrdiff_t bit = j * bits;
+    const int within = static_cast<int>(bit & 7);
+    unsigned word = row[bit >> 3];
+    if (within + bits > 8) word |= static_cast<unsigned>(row[(bit >> 3) + 1]) << 8;
+    const unsigned value = (word >> within) & mask;
+    out[j / per_byte] |= static_cast<uint8_t>(value << ((j % per_byte) * width));
+  }
+  std::memcpy(out + values.head, row + values.tail_from,
+              static_cast<std::size_t>(n_bytes - values.head));
+}
+
 void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
-                 std::ptrdiff_t n_bytes, uint8_t* out) {
+                 std::ptrdiff_t n_bytes, const Values& values, uint8_t* out) {
   const std::ptrdiff_t padded = padded_bytes(n_bytes);
   const std::ptrdiff_t n_blocks = block_count(n);
+  std::vector<uint8_t> scratch(values.bits == 0 ? 0 : static_cast<std::size_t>(n_bytes));
   for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
     uint8_t* block = out + i * kBlockRows * padded;
     const std::ptrdiff_t rows = n - i * kBlockRows < kBlockRows ? n - i * kBlockRows : kBlockRows;
@@ -22,6 +47,10 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
     const std::ptrdiff_t full = n_bytes / 4;
     for (std::ptrdiff_t r = 0; r < rows; ++r) {
       const uint8_t* row = codes + (i * kBlockRows + r) * stride;
+      if (values.bits != 0) {
+        code_bytes(row, values, n_bytes, scratch.data());
+        row = scratch.data();
+      }
       uint8_t* lane = block + 4 * r;
       for (std::ptrdiff_t g = 0; g < full; ++g) std::memcpy(lane + g * 128, row + 4 * g, 4);
       for (std::ptrdiff_t b = 4 * full; b < n_bytes; ++b) lane[full * 128 + (b - 4 * full)] = row[b];
@@ -69,6 +98,24 @@ void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrd
             acc[r] += levels[c & 15] * w[j] + levels[c >> 4] * w[4 + j];
           }
         }
+      }
+      std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
+    }
+  }
+}
+
+void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
+                           std::ptrdiff_t n_quads, const uint8_t* levels,
+                           const int8_t* const* weights, int nq, int32_t* const* sums) {
+  for (int q = 0; q < nq; ++q) {
+    for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+      const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
+      int32_t acc[kBlockRows] = {};
+      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
+        const int8_t* w = weights[q] + 4 * g;
+        const uint8_t* quad = block + g * 4 * kBlockRows;
+        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r)
+          for (int j = 0; j < 4; ++j) acc[r] += levels[quad[4 * r + j]] * w[j];
       }
       std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
     }

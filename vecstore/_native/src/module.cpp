@@ -89,83 +89,136 @@ std::size_t workers_for(int threads, std::ptrdiff_t n) {
       std::max<std::ptrdiff_t>(1, std::min<std::ptrdiff_t>(threads, (n + 16383) / 16384)));
 }
 
+// The Values of a stored format (fastscan.h), checked against n_bytes code bytes.
+fastscan::Values values_of(int bits, std::ptrdiff_t count, std::ptrdiff_t head,
+                           std::ptrdiff_t tail_from, std::ptrdiff_t n_bytes) {
+  if (bits < 0 || bits > 8 || count < 0 || head < 0 || head > n_bytes || tail_from < 0)
+    throw std::invalid_argument("values need bits in 0..8 and 0 <= head <= n_bytes");
+  if (bits != 0) {
+    const int width = 8 % bits == 0 ? bits : (bits < 4 ? 4 : 8);
+    if (count * width > 8 * head)
+      throw std::invalid_argument("the values do not fit the head of the code bytes");
+  }
+  return fastscan::Values{bits, count, head, tail_from};
+}
+
+// Stored bytes a row must hold for its code bytes.
+std::ptrdiff_t stored_bytes(const fastscan::Values& values, std::ptrdiff_t n_bytes) {
+  if (values.bits == 0) return n_bytes;
+  const std::ptrdiff_t packed = (values.count * values.bits + 7) / 8;
+  return std::max(packed, values.tail_from + n_bytes - values.head);
+}
+
 void check_codes(const Rows& codes, std::ptrdiff_t n_bytes) {
   if (codes.stride(1) != 1 || codes.shape(1) < static_cast<std::size_t>(n_bytes))
     throw std::invalid_argument("codes must be (n, >= n_bytes) uint8 with contiguous rows");
 }
 
 // The parts of a search, checked and held once: a search of an unchanged snapshot scans
-// the same PartSet again without converting its arrays. With `lay_out`, parts given
-// without a blocked layout get one, kept with the set.
+// the same PartSet again without converting its arrays. Stored rows give n_bytes code
+// bytes as `values` say; with tail scales, the code bytes split at `split` (fastscan.h,
+// scan.h). With `lay_out`, parts given without blocked layouts get them, kept with the
+// set.
 class PartSet {
  public:
-  PartSet(std::ptrdiff_t n_bytes, std::vector<Blocked> blocked, std::vector<Rows> codes,
-          std::vector<Floats> scales, std::vector<Floats> norms, std::vector<Live> live,
+  PartSet(std::ptrdiff_t n_bytes, std::tuple<int, std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t> values,
+          std::ptrdiff_t split, std::vector<Blocked> blocked, std::vector<Blocked> blocked_tails,
+          std::vector<Rows> codes, std::vector<Floats> scales, std::vector<std::optional<Floats>> tail_scales,
+          std::vector<Floats> norms, std::vector<Live> live,
           std::vector<Array<const int64_t, nb::ndim<1>>> ties, std::vector<RowMap> row_maps,
           std::vector<int64_t> offsets, bool lay_out)
-      : n_bytes_(n_bytes) {
+      : n_bytes_(n_bytes), split_(split) {
     const std::size_t n_parts = codes.size();
     if (n_bytes < 1) throw std::invalid_argument("n_bytes must be positive");
-    if (blocked.size() != n_parts || scales.size() != n_parts || norms.size() != n_parts ||
+    values_ = values_of(std::get<0>(values), std::get<1>(values), std::get<2>(values),
+                        std::get<3>(values), n_bytes);
+    const bool splits = split < n_bytes;
+    if (split < 1 || split > n_bytes || (splits && values_.bits != 0 && split != values_.head))
+      throw std::invalid_argument("split must be in 1..n_bytes, at the head of packed values");
+    if (blocked.size() != n_parts || blocked_tails.size() != n_parts ||
+        scales.size() != n_parts || tail_scales.size() != n_parts || norms.size() != n_parts ||
         live.size() != n_parts || ties.size() != n_parts || row_maps.size() != n_parts ||
         offsets.size() != n_parts)
       throw std::invalid_argument("every part needs codes, scales, norms, live, ties, rows");
+    const std::ptrdiff_t tail = n_bytes - split;
     for (std::size_t i = 0; i < n_parts; ++i) {
-      check_codes(codes[i], n_bytes);
+      check_codes(codes[i], stored_bytes(values_, n_bytes));
       const std::size_t n = codes[i].shape(0);
       if (scales[i].shape(0) != n || norms[i].shape(0) != n || ties[i].shape(0) != n ||
-          (live[i] && live[i]->shape(0) != n) || (row_maps[i] && row_maps[i]->shape(0) != n))
+          (live[i] && live[i]->shape(0) != n) || (row_maps[i] && row_maps[i]->shape(0) != n) ||
+          (tail_scales[i] && tail_scales[i]->shape(0) != n))
         throw std::invalid_argument(
             "scales, norms, live, ties and row maps must match the codes");
-      if (blocked[i] && blocked[i]->shape(0) != static_cast<std::size_t>(
-                            fastscan::blocked_size(static_cast<std::ptrdiff_t>(n), n_bytes)))
+      if (splits != tail_scales[i].has_value())
+        throw std::invalid_argument("codes split into a head and a tail need tail scales");
+      const auto rows = static_cast<std::ptrdiff_t>(n);
+      if ((blocked[i] && blocked[i]->shape(0) !=
+                             static_cast<std::size_t>(fastscan::blocked_size(rows, split))) ||
+          (blocked_tails[i] && (!splits || blocked_tails[i]->shape(0) !=
+                                static_cast<std::size_t>(fastscan::blocked_size(rows, tail)))))
         throw std::invalid_argument("blocked codes do not match their part's codes");
-      parts_.push_back(Part{codes[i].data(), codes[i].stride(0),
-                            static_cast<std::ptrdiff_t>(n), scales[i].data(), norms[i].data(),
+      parts_.push_back(Part{codes[i].data(), codes[i].stride(0), rows, scales[i].data(),
+                            norms[i].data(),
                             live[i] ? reinterpret_cast<const uint8_t*>(live[i]->data())
                                     : nullptr,
                             ties[i].data(), blocked[i] ? blocked[i]->data() : nullptr,
-                            row_maps[i] ? row_maps[i]->data() : nullptr, offsets[i]});
-      rows_ += static_cast<std::ptrdiff_t>(n);
+                            row_maps[i] ? row_maps[i]->data() : nullptr, offsets[i],
+                            tail_scales[i] ? tail_scales[i]->data() : nullptr,
+                            blocked_tails[i] ? blocked_tails[i]->data() : nullptr});
+      rows_ += rows;
     }
     blocked_ = std::move(blocked);
+    blocked_tails_ = std::move(blocked_tails);
     codes_ = std::move(codes);
     scales_ = std::move(scales);
+    tail_scales_ = std::move(tail_scales);
     norms_ = std::move(norms);
     live_ = std::move(live);
     ties_ = std::move(ties);
     row_maps_ = std::move(row_maps);
     if (lay_out) {
       nb::gil_scoped_release release;
+      const std::ptrdiff_t tail_from = values_.bits != 0 ? values_.tail_from : split;
       for (Part& part : parts_) {
-        if (part.blocked != nullptr) continue;
-        layouts_.emplace_back(
-            static_cast<std::size_t>(fastscan::blocked_size(part.rows, n_bytes)));
-        fastscan::block_codes(part.codes, part.rows, part.stride, n_bytes,
-                              layouts_.back().data());
-        part.blocked = layouts_.back().data();
+        if (part.blocked == nullptr) {
+          layouts_.emplace_back(static_cast<std::size_t>(fastscan::blocked_size(part.rows, split)));
+          fastscan::block_codes(part.codes, part.rows, part.stride, split, values_,
+                                layouts_.back().data());
+          part.blocked = layouts_.back().data();
+        }
+        if (splits && part.blocked_tail == nullptr) {
+          layouts_.emplace_back(static_cast<std::size_t>(fastscan::blocked_size(part.rows, tail)));
+          fastscan::block_codes(part.codes + tail_from, part.rows, part.stride, tail,
+                                fastscan::Values{}, layouts_.back().data());
+          part.blocked_tail = layouts_.back().data();
+        }
       }
     }
   }
 
   std::ptrdiff_t n_bytes() const { return n_bytes_; }
+  std::ptrdiff_t split() const { return split_; }
+  const fastscan::Values& values() const { return values_; }
   std::ptrdiff_t rows() const { return rows_; }
   std::size_t size() const { return parts_.size(); }
   bool laid_out() const {
-    return std::all_of(parts_.begin(), parts_.end(),
-                       [](const Part& p) { return p.blocked != nullptr; });
+    return std::all_of(parts_.begin(), parts_.end(), [this](const Part& p) {
+      return p.blocked != nullptr && (split_ == n_bytes_ || p.blocked_tail != nullptr);
+    });
   }
   const std::vector<Part>& parts() const { return parts_; }
 
  private:
-  std::ptrdiff_t n_bytes_;
+  std::ptrdiff_t n_bytes_, split_;
+  fastscan::Values values_;
   std::ptrdiff_t rows_ = 0;
   std::vector<Part> parts_;
   std::vector<std::vector<uint8_t>> layouts_;
   // The arrays the parts point into, held while the set lives.
-  std::vector<Blocked> blocked_;
+  std::vector<Blocked> blocked_, blocked_tails_;
   std::vector<Rows> codes_;
   std::vector<Floats> scales_, norms_;
+  std::vector<std::optional<Floats>> tail_scales_;
   std::vector<Live> live_;
   std::vector<Array<const int64_t, nb::ndim<1>>> ties_;
   std::vector<RowMap> row_maps_;
@@ -174,8 +227,9 @@ class PartSet {
 // Per query, the k best rows of a PartSet: keys (nq, k) float32 ascending, rows (numbered
 // by each part's row map or offset) and ties (nq, k) int64. With nibble tables on a SIMD
 // path the parts take the FastScan pass (they must all be laid out): on avx512 with the
-// codes' shared levels (16,) float32 (4-bit TurboQuant) the level-dot kernel, else the
-// table kernel; otherwise every row is scored exactly. Every key is the exact one.
+// codes' shared levels (16,) float32 the level-dot kernel, else the table kernel. Byte
+// tables with shared levels (256,) take the byte level-dot kernel on avx512. Otherwise
+// every row is scored exactly. Every key is the exact one.
 nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables,
                     std::optional<Floats> levels, std::size_t k, int metric,
                     Floats query_sq_norms, const std::string& path, int threads) {
@@ -190,17 +244,18 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
     throw std::invalid_argument("byte tables must be (nq, n_bytes, 256)");
   if (query_sq_norms.shape(0) != nq) throw std::invalid_argument("one query norm a query");
   if (k == 0) throw std::invalid_argument("k must be positive");
-  if (levels && (!nibble_tables || levels->shape(0) != 16))
-    throw std::invalid_argument("levels (16,) go with nibble tables of 4-bit codes");
+  if (levels && levels->shape(0) != (nibble_tables ? 16u : 256u))
+    throw std::invalid_argument("levels are (16,) with nibble tables, (256,) with byte tables");
   Kernel kernel{accumulate_for(path, nibble_tables.has_value()), nullptr, nullptr};
 #if defined(VECSTORE_X86)
-  if (levels && path == "avx512") {
-    kernel.level_accumulate = fastscan::avx512::level_accumulate;
+  // Byte tables have no table kernel, so codes split into a tail scan exactly.
+  if (levels && path == "avx512" && (nibble_tables || set.split() == n_bytes)) {
+    kernel.level_accumulate = nibble_tables ? fastscan::avx512::level_accumulate
+                                            : fastscan::avx512::byte_level_accumulate;
     kernel.levels = levels->data();
   }
 #endif
-  const fastscan::Accumulate accumulate = kernel.accumulate;
-  if (accumulate != nullptr && !set.laid_out())
+  if ((kernel.accumulate != nullptr || kernel.level_accumulate != nullptr) && !set.laid_out())
     throw std::invalid_argument("the FastScan pass needs every part laid out");
   std::vector<Query> queries(nq);
   for (std::size_t q = 0; q < nq; ++q) {
@@ -211,7 +266,8 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
   std::vector<std::vector<Candidate>> best;
   {
     nb::gil_scoped_release release;
-    const Search search{set.parts(), n_bytes, static_cast<Metric>(metric), k};
+    const Search search{set.parts(), n_bytes, set.values(), set.split(),
+                        static_cast<Metric>(metric), k};
     best = search_topk(search, queries, kernel, workers_for(threads, set.rows()));
   }
   return results(std::move(best), k);
@@ -315,13 +371,17 @@ std::ptrdiff_t blocked_size(std::ptrdiff_t n, std::ptrdiff_t n_bytes) {
   return fastscan::blocked_size(n, n_bytes);
 }
 
-void block_codes(Rows codes, std::ptrdiff_t n_bytes, Array<uint8_t, nb::ndim<1>> out) {
-  check_codes(codes, n_bytes);
+void block_codes(Rows codes, std::ptrdiff_t n_bytes,
+                 std::tuple<int, std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t> values,
+                 Array<uint8_t, nb::ndim<1>> out) {
+  const fastscan::Values v = values_of(std::get<0>(values), std::get<1>(values),
+                                       std::get<2>(values), std::get<3>(values), n_bytes);
+  check_codes(codes, stored_bytes(v, n_bytes));
   const std::ptrdiff_t n = static_cast<std::ptrdiff_t>(codes.shape(0));
   if (out.shape(0) != static_cast<std::size_t>(fastscan::blocked_size(n, n_bytes)))
     throw std::invalid_argument("out must hold blocked_size(n, n_bytes) bytes");
   nb::gil_scoped_release release;
-  fastscan::block_codes(codes.data(), n, codes.stride(0), n_bytes, out.data());
+  fastscan::block_codes(codes.data(), n, codes.stride(0), n_bytes, v, out.data());
 }
 
 }  // namespace
@@ -332,13 +392,15 @@ NB_MODULE(_scan, m) {
         "The compiled scan paths this CPU can run, fastest first.");
   nb::class_<PartSet>(m, "PartSet",
                       "The parts of a search, checked and held for any number of scans.")
-      .def(nb::init<std::ptrdiff_t, std::vector<Blocked>, std::vector<Rows>,
-                    std::vector<Floats>, std::vector<Floats>, std::vector<Live>,
-                    std::vector<Array<const int64_t, nb::ndim<1>>>, std::vector<RowMap>,
-                    std::vector<int64_t>, bool>(),
-           nb::arg("n_bytes"), nb::arg("blocked"), nb::arg("codes"), nb::arg("scales"),
-           nb::arg("norms"), nb::arg("live"), nb::arg("ties"), nb::arg("row_maps"),
-           nb::arg("offsets"), nb::arg("lay_out"))
+      .def(nb::init<std::ptrdiff_t, std::tuple<int, std::ptrdiff_t, std::ptrdiff_t, std::ptrdiff_t>,
+                    std::ptrdiff_t, std::vector<Blocked>, std::vector<Blocked>, std::vector<Rows>,
+                    std::vector<Floats>, std::vector<std::optional<Floats>>, std::vector<Floats>,
+                    std::vector<Live>, std::vector<Array<const int64_t, nb::ndim<1>>>,
+                    std::vector<RowMap>, std::vector<int64_t>, bool>(),
+           nb::arg("n_bytes"), nb::arg("values"), nb::arg("split"), nb::arg("blocked"),
+           nb::arg("blocked_tails"), nb::arg("codes"), nb::arg("scales"),
+           nb::arg("tail_scales"), nb::arg("norms"), nb::arg("live"), nb::arg("ties"),
+           nb::arg("row_maps"), nb::arg("offsets"), nb::arg("lay_out"))
       .def_prop_ro("rows", &PartSet::rows)
       .def("__len__", &PartSet::size);
   m.def("scan_topk", &scan_topk, nb::arg("parts"), nb::arg("nibble_tables").none(),
@@ -358,6 +420,8 @@ NB_MODULE(_scan, m) {
         "coordinates near a boundary computed again in float64.");
   m.def("blocked_size", &blocked_size, nb::arg("n"), nb::arg("n_bytes"),
         "Bytes of FastScan's blocked layout of n rows of n_bytes code bytes.");
-  m.def("block_codes", &block_codes, nb::arg("codes"), nb::arg("n_bytes"), nb::arg("out"),
-        "Writes the first n_bytes of each row of codes in FastScan's blocked layout to out.");
+  m.def("block_codes", &block_codes, nb::arg("codes"), nb::arg("n_bytes"), nb::arg("values"),
+        nb::arg("out"),
+        "Writes the n_bytes code bytes of each row of codes (as values (bits, count, head, "
+        "tail_from) say) in FastScan's blocked layout to out.");
 }

@@ -12,11 +12,13 @@ namespace vecstore {
 
 enum class Metric : int { kInnerProduct = 0, kL2 = 1 };
 
-// One part of a search: n_bytes code bytes a row, score(row) = scales[row] * (the row's
-// table sum), keys smaller-is-better (l2 adds norms[row]^2), equal keys to the smaller
-// ties[row]; rows where live is false are never returned. Rows come back numbered by
-// row_map[r], or offset + r without a map. blocked is the codes' FastScan layout, or
-// nullptr.
+// One part of a search: n_bytes code bytes a row (read from the stored rows as the
+// search's Values say), score(row) = scales[row] * (the row's table sum), keys
+// smaller-is-better (l2 adds norms[row]^2), equal keys to the smaller ties[row]; rows where
+// live is false are never returned. Rows come back numbered by row_map[r], or offset + r
+// without a map. blocked is the FastScan layout of the code bytes before the search's
+// split, blocked_tail that of the rest, or nullptr. Where a search splits its code bytes,
+// a row's table sum is (sum of the head) + (sum of the tail) * tail_scales[row].
 struct Part {
   const uint8_t* codes;      // row r starts at codes + r * stride
   std::ptrdiff_t stride;
@@ -25,9 +27,11 @@ struct Part {
   const float* norms;        // (rows,) float32
   const uint8_t* live;       // (rows,) bool, or nullptr for all rows
   const int64_t* ties;       // (rows,) int64
-  const uint8_t* blocked;    // blocked_size(rows, n_bytes) bytes, or nullptr
+  const uint8_t* blocked;    // blocked_size(rows, split) bytes, or nullptr
   const int64_t* row_map;    // (rows,) int64, or nullptr
   int64_t offset;
+  const float* tail_scales;  // (rows,) float32, or nullptr without a split
+  const uint8_t* blocked_tail;  // blocked_size(rows, n_bytes - split) bytes, or nullptr
 
   int64_t global(std::ptrdiff_t r) const { return row_map ? row_map[r] : offset + r; }
   bool alive(std::ptrdiff_t r) const { return live == nullptr || live[r]; }
@@ -78,14 +82,15 @@ inline float to_key(float sum, float scale, float norm, Metric metric, float que
   return -score;
 }
 
-// The float32 table sum of one row's code.
-inline float table_sum(const Query& query, const uint8_t* code, std::ptrdiff_t n_bytes) {
+// The float32 table sum of code bytes [begin, end) of one row's code.
+inline float table_sum(const Query& query, const uint8_t* code, std::ptrdiff_t begin,
+                       std::ptrdiff_t end) {
   float sum = 0.0f;
   if (query.bytes != nullptr) {
-    for (std::ptrdiff_t b = 0; b < n_bytes; ++b) sum += query.bytes[b * 256 + code[b]];
+    for (std::ptrdiff_t b = begin; b < end; ++b) sum += query.bytes[b * 256 + code[b]];
   } else {
     const float* t = query.nibbles;
-    for (std::ptrdiff_t b = 0; b < n_bytes; ++b) {
+    for (std::ptrdiff_t b = begin; b < end; ++b) {
       const float entry = t[32 * b + (code[b] & 15)] + t[32 * b + 16 + (code[b] >> 4)];
       sum += entry;
     }
@@ -93,22 +98,33 @@ inline float table_sum(const Query& query, const uint8_t* code, std::ptrdiff_t n
   return sum;
 }
 
-// What a search scans: its parts, their common code width, the metric and k.
+// What a search scans: its parts, how their stored rows give n_bytes code bytes, where
+// the code bytes split into head and tail (split == n_bytes: no tail), the metric and k.
 struct Search {
   std::vector<Part> parts;
   std::ptrdiff_t n_bytes;
+  fastscan::Values values;
+  std::ptrdiff_t split;
   Metric metric;
   std::size_t k;
 
   float exact_key(const Query& query, const Part& part, std::ptrdiff_t r) const {
-    return to_key(table_sum(query, part.codes + r * part.stride, n_bytes), part.scales[r],
-                  part.norms[r], metric, query.sq_norm);
+    const uint8_t* code = part.codes + r * part.stride;
+    thread_local std::vector<uint8_t> row;
+    if (values.bits != 0) {
+      row.resize(static_cast<std::size_t>(n_bytes));
+      fastscan::code_bytes(code, values, n_bytes, row.data());
+      code = row.data();
+    }
+    float sum = table_sum(query, code, 0, split);
+    if (split < n_bytes) sum = sum + table_sum(query, code, split, n_bytes) * part.tail_scales[r];
+    return to_key(sum, part.scales[r], part.norms[r], metric, query.sq_norm);
   }
 };
 
-// The FastScan kernels a search may take: the table kernel, and the level-dot kernel with
-// the levels (16,) float32 every nibble position's table is a multiple of (nullptr where
-// the tables are not of that form).
+// The FastScan kernels a search may take: the table kernel, and a level-dot kernel with
+// the levels every position's table is a multiple of: (16,) float32 for nibble tables,
+// (256,) for byte tables (nullptr where the tables are not of that form).
 struct Kernel {
   fastscan::Accumulate accumulate = nullptr;
   fastscan::LevelAccumulate level_accumulate = nullptr;
@@ -116,10 +132,11 @@ struct Kernel {
 };
 
 // Per query, the exact k best rows of every part, best first, rows split across `workers`
-// threads. With a kernel (every part then has its blocked layout and every query its
+// threads. With a kernel (every part then has its blocked layouts and every query its
 // nibble tables), quantized tables or levels bound each row's key and only rows that can
 // reach the k best are scored exactly; without (all nullptr), every row is. The level-dot
-// kernel runs where it and the levels are given.
+// kernel runs on the head where it and the levels are given; a tail takes the table
+// kernel.
 std::vector<std::vector<Candidate>> search_topk(const Search& search,
                                                 const std::vector<Query>& queries,
                                                 const Kernel& kernel, std::size_t workers);

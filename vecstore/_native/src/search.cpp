@@ -1,6 +1,6 @@
 // Exact top-k over the parts of a search. The exact scan scores every row. The FastScan
-// scan first sums quantized nibble tables over the blocked codes (a SIMD kernel), which
-// bounds every row's key; a row is kept when its lower bound can reach the k-th smallest
+// scan first sums quantized nibble tables over the blocked codes (a SIMD kernel; codes
+// split into a head and a tail take one pass of each), which bounds every row's key; a row is kept when its lower bound can reach the k-th smallest
 // upper bound seen so far, and at the end only the kept rows whose lower bound reaches the
 // final k-th upper bound are scored exactly. So the result is the exact scan's.
 #include <algorithm>
@@ -86,65 +86,71 @@ KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
 }
 
 // The level-dot kernel's shared levels: round(level / scale) + 128, so that they are
-// unsigned bytes, with scale = max |level| / 127.
+// unsigned bytes, with scale = max |level| / 127; `count` levels (16 for nibbles, 256
+// for bytes).
 struct Levels {
-  uint8_t biased[16];
+  uint8_t biased[256];
+  int count;
   int best;          // the level of largest magnitude
   double scale;
 };
 
-Levels quantize_levels(const float* levels) {
+Levels quantize_levels(const float* levels, int count) {
   Levels out{};
+  out.count = count;
   out.best = 0;
-  for (int v = 1; v < 16; ++v)
+  for (int v = 1; v < count; ++v)
     if (std::fabs(levels[v]) > std::fabs(levels[out.best])) out.best = v;
   out.scale = std::fabs(static_cast<double>(levels[out.best])) / 127.0;
   if (!(out.scale > 0.0)) out.scale = 1.0;
-  for (int v = 0; v < 16; ++v)
+  for (int v = 0; v < count; ++v)
     out.biased[v] = static_cast<uint8_t>(std::lround(levels[v] / out.scale) + 128);
   return out;
 }
 
-// The largest |entries[v] - weight * steps[v]| over the 16 entries of a position.
+// The largest |entries[v] - weight * steps[v]| over the `count` entries of a position.
 VECSTORE_CLONES
-double worst_error(const float* entries, double weight, const double* steps) {
+double worst_error(const float* entries, double weight, const double* steps, int count) {
   double worst = 0.0;
-  for (int v = 0; v < 16; ++v) {
+  for (int v = 0; v < count; ++v) {
     const double error = std::fabs(entries[v] - weight * steps[v]);
     worst = error > worst ? error : worst;
   }
   return worst;
 }
 
-// One query's level-dot weights: its nibble tables must be (its coordinate at position p)
-// times levels[v]. Weight w[p] = round(coordinate / s), delta = s * levels.scale, and err
-// adds each position's measured largest |t[p][v] - delta * w[p] * level_v| (levels
-// unbiased).
-KernelTables weigh(const float* nibbles, std::ptrdiff_t n_bytes, const float* levels,
+// One query's level-dot weights: its tables (nibble tables for 16 levels, byte tables
+// for 256) must be (its coordinate at position p) times levels[v]. Weight w[p] =
+// round(coordinate / s), delta = s * levels.scale, and err adds each position's measured
+// largest |t[p][v] - delta * w[p] * level_v| (levels unbiased). Weights are laid out as
+// fastscan.h's level kernels read them.
+KernelTables weigh(const float* tables, std::ptrdiff_t n_bytes, const float* levels,
                    const Levels& shared) {
-  const std::ptrdiff_t positions = 2 * n_bytes;
+  const bool bytes = shared.count == 256;
+  const std::ptrdiff_t positions = bytes ? n_bytes : 2 * n_bytes;
+  const int entries = shared.count;
   const std::ptrdiff_t n_quads = fastscan::quad_count(n_bytes);
   KernelTables out;
-  out.bytes.assign(static_cast<std::size_t>(n_quads * 8), 0);
+  out.bytes.assign(static_cast<std::size_t>(n_quads * (bytes ? 4 : 8)), 0);
   const double best_level = levels[shared.best];
   double largest = 0.0, abs_sum = 0.0;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
-    largest = std::max(largest, std::fabs(nibbles[p * 16 + shared.best] / best_level));
-    abs_sum += std::fabs(nibbles[p * 16 + shared.best]);
+    largest = std::max(largest, std::fabs(tables[p * entries + shared.best] / best_level));
+    abs_sum += std::fabs(tables[p * entries + shared.best]);
   }
   const double step = largest > 0.0 ? largest / 127.0 : 1.0;
   const double delta = step * shared.scale;
-  double steps[16];
-  for (int v = 0; v < 16; ++v) steps[v] = delta * (shared.biased[v] - 128);
+  double steps[256];
+  for (int v = 0; v < entries; ++v) steps[v] = delta * (shared.biased[v] - 128);
   double rounding = 0.0, weight_sum = 0.0;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
-    const double coordinate = nibbles[p * 16 + shared.best] / best_level;
+    const double coordinate = tables[p * entries + shared.best] / best_level;
     const long weight = std::max(-127L, std::min(127L, std::lround(coordinate / step)));
-    const std::ptrdiff_t byte = p / 2, half = p % 2;
-    out.bytes[static_cast<std::size_t>((byte / 4) * 8 + half * 4 + byte % 4)] =
-        static_cast<uint8_t>(static_cast<int8_t>(weight));
+    const std::ptrdiff_t byte = bytes ? p : p / 2, half = bytes ? 0 : p % 2;
+    const std::ptrdiff_t slot = bytes ? p : (byte / 4) * 8 + half * 4 + byte % 4;
+    out.bytes[static_cast<std::size_t>(slot)] = static_cast<uint8_t>(static_cast<int8_t>(weight));
     weight_sum += static_cast<double>(weight);
-    rounding += worst_error(nibbles + p * 16, static_cast<double>(weight), steps);
+    rounding += worst_error(tables + p * entries, static_cast<double>(weight), steps, entries);
   }
   const double low_sum = -128.0 * delta * weight_sum;
   out.low_sum = static_cast<float>(low_sum);
@@ -257,6 +263,30 @@ void row_bounds(const int32_t* sums, const float* scales, const float* norms,
   }
 }
 
+// row_bounds for codes whose sum is (head sum) + (tail sum) * tails[r], each sum known
+// from its own quantized sum and tables.
+VECSTORE_CLONES
+void split_row_bounds(const int32_t* sums, const int32_t* tail_sums, const float* scales,
+                      const float* tails, const float* norms, std::ptrdiff_t count, bool l2,
+                      float query_sq_norm, const KernelTables& head, const KernelTables& tail,
+                      float* lows, float* widths) {
+  const float head_base = std::fabs(head.low_sum) + head.err;
+  const float tail_base = std::fabs(tail.low_sum) + tail.err;
+  for (std::ptrdiff_t r = 0; r < count; ++r) {
+    const float head_sum = head.delta * static_cast<float>(sums[r]);
+    const float tail_sum = tail.delta * static_cast<float>(tail_sums[r]);
+    const float c = std::fabs(tails[r]);
+    const float sum = (head.low_sum + head_sum) + tails[r] * (tail.low_sum + tail_sum);
+    const float err = head.err + c * tail.err +
+                      1e-5f * (head_base + std::fabs(head_sum) + c * (tail_base + std::fabs(tail_sum)));
+    const float f = (l2 ? 2.0f : 1.0f) * scales[r];
+    const float base = l2 ? query_sq_norm + norms[r] * norms[r] : 0.0f;
+    const float width = f * err + 1e-5f * base + 1e-30f;
+    lows[r] = (base - f * sum) - width;
+    widths[r] = 2.0f * width;
+  }
+}
+
 // Which of the first count lows reach tau: flags[r] = 1 or 0, and 0 up to a multiple of 8.
 VECSTORE_CLONES
 void reaching(const float* lows, std::ptrdiff_t count, float tau, uint8_t* flags) {
@@ -264,18 +294,31 @@ void reaching(const float* lows, std::ptrdiff_t count, float tau, uint8_t* flags
   for (std::ptrdiff_t r = count; r % 8 != 0; ++r) flags[r] = 0;
 }
 
-// Bounds rows [row0, row0 + count) of `part` from their quantized sums and keeps those
-// that can reach the k best (a kept row's lower bound reaches the k-th upper bound as of
-// the chunk's start, which only falls).
+// The FastScan tables of one query: for the head of its codes, and for the tail where the
+// search splits them.
+struct SplitTables {
+  KernelTables head, tail;
+};
+
+// Bounds rows [row0, row0 + count) of `part` from their quantized sums (and tail sums, or
+// nullptr) and keeps those that can reach the k best (a kept row's lower bound reaches
+// the k-th upper bound as of the chunk's start, which only falls).
 void keep_rows(const Search& search, const Part& part, std::size_t part_index,
                std::ptrdiff_t row0, std::ptrdiff_t count, const int32_t* sums,
-               const KernelTables& t, float query_sq_norm, QueryBounds& bounds) {
+               const int32_t* tail_sums, const SplitTables& t, float query_sq_norm,
+               QueryBounds& bounds) {
   alignas(64) float lows[kChunkRows];
   alignas(64) float widths[kChunkRows];
   alignas(64) uint8_t flags[kChunkRows];
-  row_bounds(sums, part.scales + row0, part.norms + row0, count,
-             search.metric == Metric::kL2, query_sq_norm, t.low_sum, t.delta, t.err, lows,
-             widths);
+  const bool l2 = search.metric == Metric::kL2;
+  if (tail_sums == nullptr) {
+    row_bounds(sums, part.scales + row0, part.norms + row0, count, l2, query_sq_norm,
+               t.head.low_sum, t.head.delta, t.head.err, lows, widths);
+  } else {
+    split_row_bounds(sums, tail_sums, part.scales + row0, part.tail_scales + row0,
+                     part.norms + row0, count, l2, query_sq_norm, t.head, t.tail, lows,
+                     widths);
+  }
   reaching(lows, count, bounds.uppers.bound(), flags);
   for (std::ptrdiff_t r0 = 0; r0 < count; r0 += 8) {
     uint64_t word;
@@ -291,12 +334,17 @@ void keep_rows(const Search& search, const Part& part, std::size_t part_index,
 
 // One worker's FastScan pass over its spans for every query.
 void bound_spans(const Search& search, const std::vector<Span>& spans,
-                 const std::vector<Query>& queries, const std::vector<KernelTables>& tables,
+                 const std::vector<Query>& queries, const std::vector<SplitTables>& tables,
                  const Kernel& kernel, const Levels& levels, std::vector<QueryBounds>& bounds) {
-  const std::ptrdiff_t n_quads = fastscan::quad_count(search.n_bytes);
+  const bool split = search.split < search.n_bytes;
+  const std::ptrdiff_t n_quads = fastscan::quad_count(search.split);
+  const std::ptrdiff_t tail_quads = split ? fastscan::quad_count(search.n_bytes - search.split) : 0;
   const std::ptrdiff_t block_bytes = fastscan::kBlockRows * 4 * n_quads;
+  const std::ptrdiff_t tail_block_bytes = fastscan::kBlockRows * 4 * tail_quads;
   // Kept per thread: a fresh buffer a call would cost page faults on every search.
   thread_local std::vector<int32_t> sums(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
+  thread_local std::vector<int32_t> tail_sums;
+  if (split) tail_sums.resize(static_cast<std::size_t>(fastscan::kMaxGroup * kChunkRows));
   const std::size_t nq = queries.size();
   for (const Span& span : spans) {
     const Part& part = search.parts[span.part];
@@ -308,10 +356,14 @@ void bound_spans(const Search& search, const std::vector<Span>& spans,
       for (std::size_t q0 = 0; q0 < nq; q0 += fastscan::kMaxGroup) {
         const int group = static_cast<int>(std::min<std::size_t>(fastscan::kMaxGroup, nq - q0));
         const uint8_t* group_tables[fastscan::kMaxGroup];
+        const uint8_t* group_tail_tables[fastscan::kMaxGroup];
         int32_t* group_sums[fastscan::kMaxGroup];
+        int32_t* group_tail_sums[fastscan::kMaxGroup];
         for (int g = 0; g < group; ++g) {
-          group_tables[g] = tables[q0 + g].bytes.data();
+          group_tables[g] = tables[q0 + g].head.bytes.data();
+          group_tail_tables[g] = tables[q0 + g].tail.bytes.data();
           group_sums[g] = sums.data() + g * kChunkRows;
+          group_tail_sums[g] = split ? tail_sums.data() + g * kChunkRows : nullptr;
         }
         const uint8_t* codes = part.blocked + first * block_bytes;
         if (kernel.levels != nullptr) {
@@ -321,9 +373,12 @@ void bound_spans(const Search& search, const std::vector<Span>& spans,
         } else {
           kernel.accumulate(codes, n_blocks, n_quads, group_tables, group, group_sums);
         }
+        if (split)
+          kernel.accumulate(part.blocked_tail + first * tail_block_bytes, n_blocks, tail_quads,
+                            group_tail_tables, group, group_tail_sums);
         for (int g = 0; g < group; ++g)
-          keep_rows(search, part, span.part, row0, count, group_sums[g], tables[q0 + g],
-                    queries[q0 + g].sq_norm, bounds[q0 + g]);
+          keep_rows(search, part, span.part, row0, count, group_sums[g], group_tail_sums[g],
+                    tables[q0 + g], queries[q0 + g].sq_norm, bounds[q0 + g]);
       }
     }
   }
@@ -366,12 +421,15 @@ std::vector<std::vector<Candidate>> search_topk(const Search& search,
     return best;
   }
   const bool level_dot = kernel.level_accumulate != nullptr && kernel.levels != nullptr;
-  const Levels levels = level_dot ? quantize_levels(kernel.levels) : Levels{};
-  std::vector<KernelTables> tables;
-  tables.reserve(nq);
-  for (const Query& query : queries)
-    tables.push_back(level_dot ? weigh(query.nibbles, search.n_bytes, kernel.levels, levels)
-                               : quantize(query.nibbles, search.n_bytes));
+  const bool bytes = nq > 0 && queries[0].nibbles == nullptr;
+  const Levels levels = level_dot ? quantize_levels(kernel.levels, bytes ? 256 : 16) : Levels{};
+  const std::ptrdiff_t head = search.split, tail = search.n_bytes - search.split;
+  std::vector<SplitTables> tables(nq);
+  for (std::size_t q = 0; q < nq; ++q) {
+    const float* t = bytes ? queries[q].bytes : queries[q].nibbles;
+    tables[q].head = level_dot ? weigh(t, head, kernel.levels, levels) : quantize(t, head);
+    if (tail > 0) tables[q].tail = quantize(t + 2 * head * 16, tail);
+  }
   const Kernel chosen = level_dot ? kernel : Kernel{kernel.accumulate, nullptr, nullptr};
   std::vector<std::vector<QueryBounds>> bounds(workers, std::vector<QueryBounds>(nq, QueryBounds(k)));
   in_parallel(workers, [&](std::size_t w) {
