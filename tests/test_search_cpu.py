@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import vecstore
-from vecstore.codecs import make_codec, turboquant
+from vecstore.codecs import make_codec, tables
 from vecstore.search import cpu
 from vecstore.search.topk import TopK
 
@@ -60,7 +60,8 @@ def test_topk_breaks_ties_by_smaller_id():
     np.testing.assert_array_equal(keys, [[0.5, 0.5, 0.5]])
 
 
-@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq4", "tq8", "tq2-prod", "tq3-prod", "tq5-prod"])
+@pytest.mark.parametrize("spec", ["tq1", "tq2", "tq3", "tq4", "tq6", "tq8", "tq2-prod",
+                                  "tq3-prod", "tq4-prod", "tq5-prod", "fp8"])
 def test_lookup_table_and_matrix_paths_agree(monkeypatch, spec):
     rng = np.random.default_rng(2)
     x = rng.standard_normal((200, 37)).astype(np.float32)
@@ -68,9 +69,9 @@ def test_lookup_table_and_matrix_paths_agree(monkeypatch, spec):
     codec = make_codec(spec, dim=37, seed=3)
     codes = codec.encode(x)
     state = codec.prepare_query(q)
-    monkeypatch.setattr(turboquant, "LUT_MAX_QUERIES", 0)
+    monkeypatch.setattr(tables, "LUT_MAX_QUERIES", 0)
     by_matrix = codec.score(state, codes)
-    monkeypatch.setattr(turboquant, "LUT_MAX_QUERIES", 8)
+    monkeypatch.setattr(tables, "LUT_MAX_QUERIES", 8)
     by_tables = codec.score(state, codes)
     np.testing.assert_allclose(by_tables, by_matrix, rtol=1e-5, atol=1e-5)
 

@@ -3,10 +3,10 @@ scikit-build-core) and the choice of scan path.
 
 Paths, fastest first: ``avx512`` (AVX-512 F/BW/VL with VBMI and VNNI), ``avx2``,
 ``scalar`` (portable C++) and ``numpy`` (the reference, always there). On ``avx512`` and
-``avx2``, codes of 1-, 2- and 4-bit TurboQuant widths first take a FastScan pass
-(quantized nibble tables in SIMD registers over a blocked copy of the codes) that bounds
-each row's score, so only rows that can reach the top k are scored exactly; ``scalar``
-scores every row exactly. Every path reports the numpy path's keys. The fastest path is
+``avx2``, codes read as nibbles (and on ``avx512`` byte codes of shared levels) first take
+a FastScan pass (quantized tables in SIMD registers over a blocked copy of the codes) that
+bounds each row's score, so only rows that can reach the top k are scored exactly;
+``scalar`` scores every row exactly. Every path reports the numpy path's keys. The fastest path is
 used unless the ``VECSTORE_SIMD`` environment variable names another. Scans split rows
 across ``set_num_threads(n)`` threads (all cores by default) and release the GIL.
 """
@@ -85,13 +85,14 @@ def part_set(fmt, parts, lay_out: bool):
 
 
 def scan_topk(parts, nibble_tables, byte_tables, k: int, l2: bool, query_sq_norms,
-              path: str, levels=None):
+              path: str, levels=None, offsets=None):
     """Per query the exact k best rows of the ``part_set`` ``parts``: keys, rows and ties
     (nq, k). Tables are (nq, 2 * n_bytes, 16) nibble tables or, for codecs without them,
-    (nq, n_bytes, 256) byte tables. ``levels`` (16,) float32, for 4-bit codes whose
-    nibble tables are coordinate times level, lets ``avx512`` take the level-dot kernel."""
+    (nq, n_bytes, 256) byte tables. ``levels`` ((16,) or (256,) float32), for codes whose
+    tables are coordinate times a shared level, lets ``avx512`` take a level-dot kernel.
+    ``offsets`` (nq,) float32 are added to every score of their query."""
     return _scan.scan_topk(parts, nibble_tables, byte_tables, levels, k, 1 if l2 else 0,
-                           query_sq_norms, path, _threads)
+                           query_sq_norms, offsets, path, _threads)
 
 
 def compiled() -> bool:

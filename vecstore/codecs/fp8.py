@@ -23,6 +23,7 @@ import ml_dtypes
 import numpy as np
 
 from vecstore.codecs.base import BLOCK_ENTRIES, blockwise_row_norms, input_matrix
+from vecstore.codecs.tables import ScanFormat, byte_tables, table_sums, use_lookup_tables
 from vecstore.errors import InvalidArgument
 
 Minifloat = Literal["fp16", "fp8"]
@@ -35,6 +36,35 @@ SCALE_BYTES = 4
 def minifloat_size(count: int, fmt: Minifloat) -> int:
     """Bytes that ``count`` coordinates take in format ``fmt``, per-vector scale included."""
     return 2 * count if fmt == "fp16" else count + SCALE_BYTES
+
+
+def e4m3_levels() -> np.ndarray:
+    """The value of every E4M3 byte, (256,) float32; the two NaN patterns, which
+    ``to_e4m3`` never writes, read as 0."""
+    levels = np.arange(256, dtype=np.uint8).view(ml_dtypes.float8_e4m3fn).astype(np.float32)
+    return np.where(np.isnan(levels), np.float32(0), levels).astype(np.float32)
+
+
+E4M3_LEVELS = e4m3_levels()
+
+
+def minifloat_scales(codes: np.ndarray, count: int) -> np.ndarray:
+    """The per-vector scales (n,) float32 of fp8 codes of ``count`` coordinates."""
+    return np.ascontiguousarray(codes[:, count : count + SCALE_BYTES]).view("<f4")[:, 0].astype(
+        np.float32)
+
+
+def e4m3_scan_format(count: int) -> ScanFormat:
+    """fp8 codes of ``count`` coordinates as a table scan reads them: one E4M3 byte a
+    coordinate, byte tables of the shared ``E4M3_LEVELS``."""
+    return ScanFormat(count, (0, 0, 0, 0), count, 8)
+
+
+def e4m3_table_scores(queries: np.ndarray, codes: np.ndarray, count: int) -> np.ndarray:
+    """<q, x_hat> (nq, n) float32 of queries (nq, count) float32 and fp8 codes by byte
+    tables: each code's table sum times its scale, as the compiled scan computes it."""
+    tables = byte_tables(queries, E4M3_LEVELS, 8, count)
+    return table_sums(tables, codes[:, :count]) * minifloat_scales(codes, count)[None, :]
 
 
 def to_e4m3(values: np.ndarray) -> np.ndarray:
@@ -78,8 +108,7 @@ def decode_minifloats(codes: np.ndarray, count: int, fmt: Minifloat) -> np.ndarr
     codes = np.ascontiguousarray(codes, dtype=np.uint8)
     if fmt == "fp16":
         return codes.view("<f2").astype(np.float32)
-    scales = np.ascontiguousarray(codes[:, count:]).view("<f4")[:, 0].astype(np.float32)
-    return from_e4m3(codes[:, :count]) * scales[:, None]
+    return from_e4m3(codes[:, :count]) * minifloat_scales(codes, count)[:, None]
 
 
 def check_format(fmt: str) -> None:
@@ -123,12 +152,34 @@ class MinifloatCodec:
         return input_matrix(q, self.dim, self.spec)
 
     def score(self, state: np.ndarray, codes: np.ndarray) -> np.ndarray:
-        """<q, x_hat>, (nq, n) float32: blocks of codes are decoded and multiplied."""
+        """<q, x_hat>, (nq, n) float32: for one or two fp8 queries by byte tables (as the
+        compiled scan sums them), else blocks of codes are decoded and multiplied."""
         out = np.empty((state.shape[0], codes.shape[0]), dtype=np.float32)
         step = max(1, BLOCK_ENTRIES // self.dim)
+        tables = self.fmt == "fp8" and use_lookup_tables(state.shape[0])
         for start in range(0, codes.shape[0], step):
-            out[:, start : start + step] = state @ self.decode(codes[start : start + step]).T
+            block = codes[start : start + step]
+            out[:, start : start + step] = (e4m3_table_scores(state, block, self.dim) if tables
+                                            else state @ self.decode(block).T)
         return out
+
+    @property
+    def scan_format(self) -> ScanFormat | None:
+        """fp8 codes as a table scan reads them (``e4m3_scan_format``); None for fp16."""
+        return e4m3_scan_format(self.dim) if self.fmt == "fp8" else None
+
+    def score_tables(self, state: np.ndarray) -> np.ndarray:
+        """Byte tables (nq, d, 256) float32: q_j times the value of each E4M3 byte."""
+        return byte_tables(state, E4M3_LEVELS, 8, self.dim)
+
+    @property
+    def score_levels(self) -> np.ndarray:
+        """The value of every E4M3 byte (256,) float32, shared by all coordinates."""
+        return E4M3_LEVELS
+
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What a code's table sum is multiplied by, (n,) float32: its stored scale."""
+        return minifloat_scales(codes, self.dim)
 
     def norms(self, codes: np.ndarray) -> np.ndarray:
         """||x_hat|| of each decoded vector, (n,) float32."""

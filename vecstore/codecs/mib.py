@@ -16,8 +16,9 @@ own reading of it:
 Scoring (``scoring=``):
 
 - ``"asymmetric"``: the float query against the reconstruction, <R q, y_hat> = <q, x_hat>,
-  a true inner-product estimate. A few queries use per-byte lookup tables, larger batches
-  a matrix product with the reconstructed block.
+  a true inner-product estimate. A few queries use per-byte lookup tables over the code
+  bytes of ``scan_format`` (as the compiled scan sums them), larger batches a matrix
+  product with the reconstructed block.
 - ``"hamming"`` (b = 1 only): the query is binarized with the same thresholds and compared
   by popcount over the packed bits. A Hamming distance h over D bits maps to the estimate
   ||q|| * rms * cos(pi h / D), with rms the root-mean-square norm of the training rows:
@@ -61,6 +62,14 @@ from vecstore.codecs.base import (
 )
 from vecstore.codecs.kmeans import sample_rows
 from vecstore.codecs.rotation import HADAMARD_MIN_POW2, make_rotation
+from vecstore.codecs.tables import (
+    ScanFormat,
+    bytes_from_nibbles,
+    code_bytes,
+    table_sums,
+    table_width,
+    value_tables,
+)
 from vecstore.errors import InvalidArgument
 
 Scoring = Literal["asymmetric", "hamming"]
@@ -72,6 +81,7 @@ DEFAULT_MAX_TRAIN = 65536
 TABLE_MAX_QUERIES = 8
 SAMPLE_STREAM = 0
 _BYTE_POPCOUNT = np.array([bin(v).count("1") for v in range(256)], dtype=np.uint8)
+_NIBBLE_POPCOUNT = _BYTE_POPCOUNT[:16]
 
 
 @dataclass(frozen=True)
@@ -304,27 +314,67 @@ class MIBCodec:
         if self.scoring == "hamming":
             bits = bitpack.pack(self._levels(rotated), 1)
             return MIBQueries(rotated, bits=bits, norms=np.linalg.norm(q, axis=1))
-        if q.shape[0] <= TABLE_MAX_QUERIES and 8 % self.bits == 0:
-            return MIBQueries(rotated, tables=self._byte_tables(rotated))
+        if q.shape[0] <= TABLE_MAX_QUERIES:
+            return MIBQueries(rotated, tables=self.score_tables(MIBQueries(rotated)))
         return MIBQueries(rotated)
 
-    def _byte_tables(self, rotated: np.ndarray) -> np.ndarray:
-        """For each query and code byte, the partial inner product each of the 256 byte values
-        contributes: (nq, code_size, 256) float32. Needs b to divide 8."""
-        per_byte = 8 // self.bits
-        mask = (1 << self.bits) - 1
-        padded_dim = self.code_size * per_byte
-        levels = np.zeros((1 << self.bits, padded_dim), dtype=np.float32)
-        levels[:, : self.rot_dim] = self.levels
-        queries = np.zeros((rotated.shape[0], padded_dim), dtype=np.float32)
-        queries[:, : self.rot_dim] = rotated
-        byte_values = np.arange(256)
-        tables = np.zeros((rotated.shape[0], self.code_size, 256), dtype=np.float32)
-        for slot in range(per_byte):
-            dims = np.arange(self.code_size) * per_byte + slot
-            slot_levels = levels[(byte_values >> (slot * self.bits)) & mask][:, dims]
-            tables += queries[:, dims][:, :, None] * slot_levels.T[None, :, :]
-        return tables
+    @property
+    def scan_format(self) -> ScanFormat:
+        """The code bytes a table scan reads: the stored levels (3-bit ones a nibble each,
+        5- to 7-bit ones a byte each); for Hamming scoring, the bits."""
+        width = table_width(self.bits)
+        n_bytes = bitpack.packed_size(self.rot_dim, width)
+        values = (0, 0, 0, 0) if width == self.bits else (self.bits, self.rot_dim, n_bytes, 0)
+        return ScanFormat(n_bytes, values, n_bytes, 4 if width <= 4 else 8)
+
+    def score_nibble_tables(self, state: MIBQueries) -> np.ndarray | None:
+        """Nibble tables (nq, 2 * scan_format.n_bytes, 16) float32, for levels read as
+        nibbles (None otherwise): the rotated queries against the cell means, or for
+        Hamming scoring the bits in which each nibble value differs from the query's."""
+        require_trained(self)
+        fmt = self.scan_format
+        if fmt.table_bits != 4:
+            return None
+        if self.scoring == "hamming":
+            nibbles = np.stack([state.bits & 15, state.bits >> 4], axis=2).reshape(
+                state.bits.shape[0], -1)
+            return _NIBBLE_POPCOUNT[nibbles[:, :, None] ^ np.arange(16)].astype(np.float32)
+        return value_tables(state.rotated, self.levels, self.bits, fmt.n_bytes)
+
+    def score_tables(self, state: MIBQueries) -> np.ndarray:
+        """Byte tables (nq, scan_format.n_bytes, 256) float32: a code's <q, x_hat> is the
+        sum, in byte order, of the tables at its code bytes."""
+        require_trained(self)
+        nibbles = self.score_nibble_tables(state)
+        if nibbles is not None:
+            return bytes_from_nibbles(nibbles)
+        return value_tables(state.rotated, self.levels, self.bits, self.scan_format.n_bytes)
+
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What a code's table sum is multiplied by, (n,) float32: one, or for Hamming
+        scoring minus one (the sum is a distance, and a scan ranks by the
+        ``table_sum_scores`` it maps to)."""
+        return np.full(codes.shape[0], -1 if self.scoring == "hamming" else 1, dtype=np.float32)
+
+    @property
+    def ranks_by_table_sums(self) -> bool:
+        """Whether table sums are distances that rank rows (Hamming scoring) rather than
+        scores."""
+        return self.scoring == "hamming"
+
+    def table_sum_scores(self, state: MIBQueries) -> np.ndarray | None:
+        """For Hamming scoring, the score of every distance h = 0..D per query, (nq, D + 1)
+        float32, when it falls strictly with h for every query (then ranking by distance
+        is ranking by score, ties to the smaller id alike); None otherwise."""
+        distances = np.broadcast_to(np.arange(self.rot_dim + 1, dtype=np.int32),
+                                    (state.rotated.shape[0], self.rot_dim + 1))
+        scores = self._hamming_scores(state, distances)
+        return scores if bool((np.diff(scores, axis=1) < 0).all()) else None
+
+    def _hamming_scores(self, state: MIBQueries, distances: np.ndarray) -> np.ndarray:
+        """||q|| * rms * cos(pi h / D) of Hamming distances (nq, n) int32: (nq, n) float32."""
+        cosines = np.cos(np.pi / self.rot_dim * distances).astype(np.float32)
+        return cosines * (state.norms * np.float32(self.rms_norm))[:, None]
 
     def score(self, state: MIBQueries, codes: np.ndarray) -> np.ndarray:
         """Estimated <q, x>, (nq, n) float32: <q, x_hat> for asymmetric scoring, the cosine
@@ -333,15 +383,14 @@ class MIBCodec:
         codes = np.asarray(codes, dtype=np.uint8)
         nq, n = state.rotated.shape[0], codes.shape[0]
         if state.bits is not None:
-            distances = hamming_distances(state.bits, codes)
-            cosines = np.cos(np.pi / self.rot_dim * distances).astype(np.float32)
-            return cosines * (state.norms * np.float32(self.rms_norm))[:, None]
+            return self._hamming_scores(state, hamming_distances(state.bits, codes))
         out = np.zeros((nq, n), dtype=np.float32)
         if state.tables is not None:
-            columns = np.ascontiguousarray(codes.T)
-            for query in range(nq):
-                for byte in range(self.code_size):
-                    out[query] += state.tables[query, byte].take(columns[byte])
+            fmt = self.scan_format
+            step = max(1, BLOCK_ENTRIES // fmt.n_bytes)
+            for start in range(0, n, step):
+                out[:, start : start + step] = table_sums(
+                    state.tables, code_bytes(codes[start : start + step], fmt))
             return out
         step = max(1, BLOCK_ENTRIES // self.rot_dim)
         for start in range(0, n, step):

@@ -30,13 +30,18 @@ from vecstore.codecs.base import (
     training_matrix,
 )
 from vecstore.codecs.fp8 import (
+    E4M3_LEVELS,
     Minifloat,
     check_format,
     decode_minifloats,
+    e4m3_scan_format,
+    e4m3_table_scores,
     encode_minifloats,
+    minifloat_scales,
     minifloat_size,
 )
 from vecstore.codecs.kmeans import sample_rows
+from vecstore.codecs.tables import ScanFormat, byte_tables, use_lookup_tables
 from vecstore.errors import InvalidArgument
 
 DEFAULT_MAX_TRAIN = 65536
@@ -191,15 +196,42 @@ class PCACodec:
         return ProjectedQueries(q @ self.mean, q @ self._components_t)
 
     def score(self, state: ProjectedQueries, codes: np.ndarray) -> np.ndarray:
-        """<q, x_hat> = <q, m> + <P q, z_hat>, (nq, n) float32."""
+        """<q, x_hat> = <q, m> + <P q, z_hat>, (nq, n) float32; <P q, z_hat> by byte tables
+        for one or two fp8 queries (as the compiled scan sums them)."""
         require_trained(self)
         out = np.empty((state.projected.shape[0], codes.shape[0]), dtype=np.float32)
         step = max(1, BLOCK_ENTRIES // self.rank)
+        tables = self.fmt == "fp8" and use_lookup_tables(state.projected.shape[0])
         for start in range(0, codes.shape[0], step):
-            block = self.coordinates(codes[start : start + step])
-            out[:, start : start + step] = state.projected @ block.T
+            block = codes[start : start + step]
+            out[:, start : start + step] = (
+                e4m3_table_scores(state.projected, block, self.rank) if tables
+                else state.projected @ self.coordinates(block).T)
         out += state.offsets[:, None]
         return out
+
+    @property
+    def scan_format(self) -> ScanFormat | None:
+        """fp8 coordinates as a table scan reads them (``e4m3_scan_format``); None for
+        fp16."""
+        return e4m3_scan_format(self.rank) if self.fmt == "fp8" else None
+
+    def score_tables(self, state: ProjectedQueries) -> np.ndarray:
+        """Byte tables (nq, r, 256) float32: (P q)_j times the value of each E4M3 byte."""
+        return byte_tables(state.projected, E4M3_LEVELS, 8, self.rank)
+
+    @property
+    def score_levels(self) -> np.ndarray:
+        """The value of every E4M3 byte (256,) float32, shared by all coordinates."""
+        return E4M3_LEVELS
+
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What a code's table sum is multiplied by, (n,) float32: its stored scale."""
+        return minifloat_scales(codes, self.rank)
+
+    def score_offsets(self, state: ProjectedQueries) -> np.ndarray:
+        """What every score of a query adds, (nq,) float32: <q, m>."""
+        return state.offsets
 
     # --- config --------------------------------------------------------------------------
 

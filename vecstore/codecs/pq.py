@@ -11,8 +11,10 @@ reconstruction, so the l2 key ||q||^2 - 2 <q, x_hat> + ||x_hat||^2 is exactly fa
 asymmetric distance ||q - x_hat||^2 and both spend the same bytes per vector.
 
 Scoring is asymmetric: a float query against the coded base. A few queries use distance
-tables, (M, 2**nbits) inner products <q_m, c_mj> per query, summed by M lookups per code;
-larger batches decode each block of codes once and take a matrix product.
+tables, (M, 2**nbits) inner products <q_m, c_mj> per query, summed by lookups over the
+code bytes of ``scan_format`` (pairs of 3- and 4-bit indices a byte, larger ones a byte
+each), as the compiled scan sums them; larger batches decode each block of codes once and
+take a matrix product.
 """
 
 from __future__ import annotations
@@ -31,6 +33,14 @@ from vecstore.codecs.base import (
     training_matrix,
 )
 from vecstore.codecs.kmeans import DEFAULT_NITER, Backend, kmeans, sample_rows
+from vecstore.codecs.tables import (
+    ScanFormat,
+    bytes_from_nibbles,
+    code_bytes,
+    padded_tables,
+    table_sums,
+    table_width,
+)
 from vecstore.errors import InvalidArgument
 
 DEFAULT_MAX_TRAIN = 65536
@@ -185,20 +195,70 @@ class ProductQuantizer:
         q = input_matrix(q, self.dim, self.spec)
         if q.shape[0] > TABLE_MAX_QUERIES:
             return PQQueries(q, None)
+        return PQQueries(q, self._distance_tables(q))
+
+    def _distance_tables(self, q: np.ndarray) -> np.ndarray:
+        """<q_m, c_mj> of queries (nq, d) float32: (nq, M, 2**nbits) float32."""
         subvectors = q.reshape(-1, self.m, self.dsub).transpose(1, 0, 2)
-        tables = (subvectors @ self._centroids_t).transpose(1, 0, 2)
-        return PQQueries(q, np.ascontiguousarray(tables))
+        return np.ascontiguousarray((subvectors @ self._centroids_t).transpose(1, 0, 2))
+
+    @property
+    def scan_format(self) -> ScanFormat | None:
+        """The code bytes a table scan reads: 3- and 4-bit indices a nibble each, 5- to
+        8-bit ones a byte each; None for 1 and 2 bits."""
+        if self.nbits < 3:
+            return None
+        width = table_width(self.nbits)
+        n_bytes = bitpack.packed_size(self.m, width)
+        values = (0, 0, 0, 0) if width == self.nbits else (self.nbits, self.m, n_bytes, 0)
+        return ScanFormat(n_bytes, values, n_bytes, width)
+
+    def _tables(self, state: PQQueries, width: int) -> np.ndarray:
+        """The distance tables of ``state`` as nibble (width 4) or byte (8) tables over the
+        code bytes."""
+        tables = state.tables if state.tables is not None else self._distance_tables(
+            state.queries)
+        n_bytes = self.scan_format.n_bytes
+        if width == 4:
+            return padded_tables(tables, 2 * n_bytes, 16)
+        return padded_tables(tables, n_bytes, 256)
+
+    def score_nibble_tables(self, state: PQQueries) -> np.ndarray | None:
+        """Nibble tables (nq, 2 * scan_format.n_bytes, 16) float32 for indices of 3 and 4
+        bits, None otherwise."""
+        fmt = self.scan_format
+        return self._tables(state, 4) if fmt is not None and fmt.table_bits == 4 else None
+
+    def score_tables(self, state: PQQueries) -> np.ndarray:
+        """Byte tables (nq, scan_format.n_bytes, 256) float32: a code's score is the sum, in
+        byte order, of the tables at its code bytes (what ``score`` computes for up to
+        TABLE_MAX_QUERIES queries)."""
+        if self.scan_format.table_bits == 4:
+            return bytes_from_nibbles(self._tables(state, 4))
+        return self._tables(state, 8)
+
+    def score_scales(self, codes: np.ndarray) -> np.ndarray:
+        """What a code's table sum is multiplied by, (n,) float32: one."""
+        return np.ones(codes.shape[0], dtype=np.float32)
 
     def score(self, state: PQQueries, codes: np.ndarray) -> np.ndarray:
         """Asymmetric inner products <q, x_hat>, (nq, n) float32."""
         require_trained(self)
         nq, n = state.queries.shape[0], codes.shape[0]
         out = np.zeros((nq, n), dtype=np.float32)
+        fmt = self.scan_format
         if state.tables is None:
             step = self._block_rows(self.dim)
             for start in range(0, n, step):
                 decoded = self.decode(codes[start : start + step])
                 out[:, start : start + step] = state.queries @ decoded.T
+            return out
+        if fmt is not None:
+            tables = self.score_tables(state)
+            step = self._block_rows(fmt.n_bytes)
+            for start in range(0, n, step):
+                out[:, start : start + step] = table_sums(
+                    tables, code_bytes(codes[start : start + step], fmt))
             return out
         step = self._block_rows(self.m)
         for start in range(0, n, step):

@@ -24,12 +24,20 @@ from vecstore import _native
 from vecstore.codecs import bitpack
 from vecstore.codecs.lloyd_max import codebook
 from vecstore.codecs.rotation import make_rotation, stable_normal
+from vecstore.codecs.tables import (
+    ScanFormat,
+    byte_tables,
+    code_bytes,
+    lut_inner_products,
+    nibble_tables,
+    padded_levels,
+    quad_bytes,
+    table_width,
+    use_lookup_tables,
+)
 
 NORM_BYTES = 4
 ENCODE_CHUNK = 4096
-# Up to this many queries, bit widths that divide 8 score through per-byte lookup tables;
-# larger batches decode the codes once and use a matrix product.
-LUT_MAX_QUERIES = 2
 SKETCH_STREAM = 1
 COUNT_QUANTIZE_MAX_BITS = 5
 _SIGN_LEVELS = np.array([-1.0, 1.0], dtype=np.float32)
@@ -42,63 +50,6 @@ class RotatedQueries:
 
     rotated: np.ndarray
     sketched: np.ndarray | None = None
-
-
-def use_lookup_tables(nq: int) -> bool:
-    """Whether scores come from ``lut_inner_products`` (the compiled scan's sums, bit for
-    bit) rather than decoding plus a matrix product."""
-    return nq <= LUT_MAX_QUERIES
-
-
-def table_width(bits: int) -> int:
-    """The width a table scan reads b-bit values at: b where it divides 8, else 4 (b = 3)
-    or 8 (b = 5 to 7)."""
-    return bits if 8 % bits == 0 else (4 if bits < 4 else 8)
-
-
-@dataclass(frozen=True)
-class ScanFormat:
-    """How a table scan reads a codec's codes (the compiled module's ``fastscan.h``).
-
-    A row has ``n_bytes`` code bytes, made from the stored row as ``values`` = (bits,
-    count, head, tail_from) say: bits 0 takes the first n_bytes stored bytes as they are;
-    otherwise the first ``count`` packed values of ``bits`` bits are written at
-    ``table_width(bits)``, zero-padded to ``head`` bytes, and the stored bytes from
-    ``tail_from`` follow. Tables are nibble tables (``table_bits`` 4) or byte tables (8).
-    A row's table sum is that of bytes [0, split) plus, where ``split < n_bytes``, that of
-    the rest times the row's tail scale.
-    """
-
-    n_bytes: int
-    values: tuple[int, int, int, int]
-    split: int
-    table_bits: int
-
-
-def code_bytes(codes: np.ndarray, fmt: ScanFormat) -> np.ndarray:
-    """The code bytes (n, fmt.n_bytes) uint8 of stored codes (n, code_size) uint8."""
-    bits, count, head, tail_from = fmt.values
-    if bits == 0:
-        return codes[:, : fmt.n_bytes]
-    values = bitpack.unpack(codes[:, : bitpack.packed_size(count, bits)], count, bits)
-    out = np.zeros((codes.shape[0], fmt.n_bytes), dtype=np.uint8)
-    packed = bitpack.pack(values, table_width(bits))
-    out[:, : packed.shape[1]] = packed
-    out[:, head:] = codes[:, tail_from : tail_from + fmt.n_bytes - head]
-    return out
-
-
-def padded_levels(levels: np.ndarray, bits: int) -> np.ndarray:
-    """``levels`` (2**b,) float32 padded with zeros to the 2**table_width(b) values a table
-    of that width has."""
-    out = np.zeros(1 << table_width(bits), dtype=np.float32)
-    out[: levels.shape[0]] = levels
-    return out
-
-
-def quad_bytes(n: int) -> int:
-    """n rounded up to a multiple of 4 (the FastScan layout's groups of code bytes)."""
-    return -(-n // 4) * 4
 
 
 def byte_levels(levels: np.ndarray, bits: int) -> np.ndarray:
@@ -127,61 +78,6 @@ def decode_bytes(items: np.ndarray, packed: np.ndarray, count: int) -> np.ndarra
 
 
 _SIGN_ITEMS = byte_items(_SIGN_LEVELS, 1)
-
-
-def byte_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
-                ) -> np.ndarray:
-    """Per query, the partial sum each byte value contributes at each byte position:
-    (nq, n_bytes, 256) float32 for queries (nq, D) float32, D <= 8 * n_bytes / bits, and
-    ``levels`` (2**bits,) float32 (bits divides 8). For widths dividing 4 an entry is the
-    float32 sum of its two ``nibble_tables`` entries (low half first), which the compiled
-    kernels rebuild from the nibble tables alone."""
-    if 4 % bits == 0:
-        nibbles = nibble_tables(queries, levels, bits, n_bytes)
-        values = np.arange(256)
-        return nibbles[:, 0::2, :][:, :, values & 15] + nibbles[:, 1::2, :][:, :, values >> 4]
-    padded = np.zeros((queries.shape[0], n_bytes), dtype=np.float32)
-    padded[:, : queries.shape[1]] = queries
-    return padded[:, :, None] * np.asarray(levels, dtype=np.float32)[None, None, :]
-
-
-def nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
-                  ) -> np.ndarray:
-    """Per query, what each 4-bit half of a code byte contributes: (nq, 2 * n_bytes, 16)
-    float32, entry [2b + h, v] for the low (h = 0) or high (h = 1) nibble v of byte b, for
-    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4). The
-    products of a nibble's coordinates are added in slot order, in float32."""
-    per_nibble = 4 // bits
-    mask = (1 << bits) - 1
-    values = np.arange(16)
-    levels = np.asarray(levels, dtype=np.float32)
-    padded = np.zeros((queries.shape[0], 2 * n_bytes * per_nibble), dtype=np.float32)
-    padded[:, : queries.shape[1]] = queries
-    slots = padded.reshape(-1, 2 * n_bytes, per_nibble)
-    tables = slots[:, :, :1] * levels[values & mask]
-    for slot in range(1, per_nibble):
-        tables = tables + slots[:, :, slot : slot + 1] * levels[(values >> (slot * bits)) & mask]
-    return tables
-
-
-def lut_inner_products(queries: np.ndarray, packed: np.ndarray, levels: np.ndarray,
-                       bits: int) -> np.ndarray:
-    """Sum_j q_j * levels[v_j] for b-bit values v packed per ``bitpack``, by byte tables.
-
-    queries : (nq, D) float32, D <= 8 * P / bits
-    packed : (n, P) uint8, each byte holding 8 / bits values (bits divides 8)
-    levels : (2**bits,) float32, the value each b-bit index stands for
-    Returns (nq, n) float32. Each query gets a (P, 256) table of the partial sums a byte
-    contributes, so a code costs P lookups instead of D multiply-adds.
-    """
-    n_bytes = packed.shape[1]
-    tables = byte_tables(queries, levels, bits, n_bytes)
-    columns = np.ascontiguousarray(packed.T)
-    out = np.zeros((queries.shape[0], packed.shape[0]), dtype=np.float32)
-    for i in range(queries.shape[0]):
-        for byte in range(n_bytes):
-            out[i] += tables[i, byte].take(columns[byte])
-    return out
 
 
 def _read_f32(codes: np.ndarray, offset: int) -> np.ndarray:

@@ -98,7 +98,8 @@ def scan(codec: Codec, codes: np.ndarray, queries: np.ndarray, k: int, metric: M
 class QueryTables:
     """The lookup tables of one query state for the compiled scan: ``nibbles``
     (``codec.score_nibble_tables``) where the codec has them, else ``bytes``
-    (``codec.score_tables``); float32, C-contiguous, or None."""
+    (``codec.score_tables``); the codec's shared ``levels`` and the queries' score
+    ``offsets`` where it has them; float32, C-contiguous, or None."""
 
     def __init__(self, codec: Codec, state):
         kind = table_kind(codec)
@@ -106,6 +107,8 @@ class QueryTables:
         self.bytes = _contiguous(codec.score_tables(state)) if kind == BYTES else None
         levels = getattr(codec, "score_levels", None)
         self.levels = None if levels is None else _contiguous(levels)
+        offsets = getattr(codec, "score_offsets", None)
+        self.offsets = None if offsets is None else _contiguous(offsets(state))
 
 
 def _contiguous(tables: np.ndarray) -> np.ndarray:
@@ -261,6 +264,11 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
     """
     path = _native.scan_path()
     nq = queries.shape[0]
+    # Codecs whose table sums only rank rows (Hamming distances) map them to scores
+    # afterwards; l2 keys need each row's score, which such sums do not give.
+    ranks_only = getattr(codec, "ranks_by_table_sums", False)
+    if ranks_only and (metric == "l2" or table_kind(codec) is None):
+        return None
     # Batches beyond one block pay off only through the FastScan pass; otherwise the numpy
     # path's matrix product is faster.
     if nq > NATIVE_MAX_QUERIES and not takes_fastscan(codec, path):
@@ -277,12 +285,23 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
         block_state = state if state is not None and nq <= NATIVE_MAX_QUERIES \
             else codec.prepare_query(queries[block])
         tables = QueryTables(codec, block_state)
+        scores = codec.table_sum_scores(block_state) if ranks_only else None
+        if ranks_only and scores is None:
+            return None
         found = _native.scan_topk(native, tables.nibbles, tables.bytes, k, metric == "l2",
-                                  query_sq_norms[block], path, tables.levels)
-        keys.append(found[0])
+                                  query_sq_norms[block], path, tables.levels, tables.offsets)
+        keys.append(found[0] if scores is None else _ranked_keys(found[0], scores))
         rows.append(found[1])
         ties.append(found[2])
     if len(keys) == 1:
         return TopK.of(keys[0], rows[0], ties[0], ordered=True)
     return TopK.of(np.concatenate(keys), np.concatenate(rows), np.concatenate(ties),
                    ordered=True)
+
+
+def _ranked_keys(sums: np.ndarray, scores: np.ndarray) -> np.ndarray:
+    """Keys (nq, k) float32 of table sums (nq, k) that are distances into ``scores``
+    (nq, D + 1), +inf staying +inf."""
+    found = np.isfinite(sums)
+    distances = np.where(found, sums, 0).astype(np.int64)
+    return np.where(found, -np.take_along_axis(scores, distances, axis=1), np.float32(np.inf))

@@ -229,10 +229,12 @@ class PartSet {
 // path the parts take the FastScan pass (they must all be laid out): on avx512 with the
 // codes' shared levels (16,) float32 the level-dot kernel, else the table kernel. Byte
 // tables with shared levels (256,) take the byte level-dot kernel on avx512. Otherwise
-// every row is scored exactly. Every key is the exact one.
+// every row is scored exactly. Scores add the query offsets (nq,) float32 where given.
+// Every key is the exact one.
 nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables,
                     std::optional<Floats> levels, std::size_t k, int metric,
-                    Floats query_sq_norms, const std::string& path, int threads) {
+                    Floats query_sq_norms, std::optional<Floats> query_offsets,
+                    const std::string& path, int threads) {
   const std::ptrdiff_t n_bytes = set.n_bytes();
   if (!nibble_tables && !byte_tables) throw std::invalid_argument("a scan needs tables");
   const std::size_t nq = nibble_tables ? nibble_tables->shape(0) : byte_tables->shape(0);
@@ -242,7 +244,8 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
   if (!nibble_tables && (byte_tables->shape(1) != static_cast<std::size_t>(n_bytes) ||
                          byte_tables->shape(2) != 256))
     throw std::invalid_argument("byte tables must be (nq, n_bytes, 256)");
-  if (query_sq_norms.shape(0) != nq) throw std::invalid_argument("one query norm a query");
+  if (query_sq_norms.shape(0) != nq || (query_offsets && query_offsets->shape(0) != nq))
+    throw std::invalid_argument("one query norm and offset a query");
   if (k == 0) throw std::invalid_argument("k must be positive");
   if (levels && levels->shape(0) != (nibble_tables ? 16u : 256u))
     throw std::invalid_argument("levels are (16,) with nibble tables, (256,) with byte tables");
@@ -262,6 +265,7 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
     queries[q].nibbles = nibble_tables ? nibble_tables->data() + q * 2 * n_bytes * 16 : nullptr;
     queries[q].bytes = nibble_tables ? nullptr : byte_tables->data() + q * n_bytes * 256;
     queries[q].sq_norm = query_sq_norms.data()[q];
+    queries[q].offset = query_offsets ? query_offsets->data()[q] : 0.0f;
   }
   std::vector<std::vector<Candidate>> best;
   {
@@ -405,7 +409,8 @@ NB_MODULE(_scan, m) {
       .def("__len__", &PartSet::size);
   m.def("scan_topk", &scan_topk, nb::arg("parts"), nb::arg("nibble_tables").none(),
         nb::arg("byte_tables").none(), nb::arg("levels").none(), nb::arg("k"), nb::arg("metric"),
-        nb::arg("query_sq_norms"), nb::arg("path"), nb::arg("threads"),
+        nb::arg("query_sq_norms"), nb::arg("query_offsets").none(), nb::arg("path"),
+        nb::arg("threads"),
         "Per query, the exact k best rows of a PartSet: keys (nq, k) float32 ascending, "
         "rows and ties (nq, k) int64 (-1 rows, +inf keys past the live rows).");
   m.def("nibble_tables", &nibble_tables, nb::arg("rotated"), nb::arg("levels"),

@@ -37,7 +37,8 @@ struct Part {
   bool alive(std::ptrdiff_t r) const { return live == nullptr || live[r]; }
 };
 
-// The tables of one query. A row's table sum adds, in byte order and in float32, one entry
+// The tables of one query; its score of a row is the row's scale times its table sum,
+// plus the query's offset. A row's table sum adds, in byte order and in float32, one entry
 // a byte: bytes[b * 256 + code_b] where byte tables are given, else
 // nibbles[2b][code_b & 15] + nibbles[2b+1][code_b >> 4] (rounded to float32 first), which
 // equals the byte table built from the nibble tables.
@@ -45,6 +46,7 @@ struct Query {
   const float* nibbles;      // (2 * n_bytes, 16) float32, or nullptr
   const float* bytes;        // (n_bytes, 256) float32, or nullptr (then nibbles is set)
   float sq_norm;             // ||q||^2, for l2
+  float offset;              // added to every score of the query (0: none)
 };
 
 // One candidate of a top-k.
@@ -74,8 +76,10 @@ class TopK {
   std::vector<Candidate> heap_;
 };
 
-inline float to_key(float sum, float scale, float norm, Metric metric, float query_sq_norm) {
-  const float score = sum * scale;
+inline float to_key(float sum, float scale, float norm, Metric metric, float query_sq_norm,
+                    float offset) {
+  float score = sum * scale;
+  if (offset != 0.0f) score = score + offset;
   if (metric == Metric::kL2) {
     return (score * -2.0f + query_sq_norm) + norm * norm;
   }
@@ -118,7 +122,7 @@ struct Search {
     }
     float sum = table_sum(query, code, 0, split);
     if (split < n_bytes) sum = sum + table_sum(query, code, split, n_bytes) * part.tail_scales[r];
-    return to_key(sum, part.scales[r], part.norms[r], metric, query.sq_norm);
+    return to_key(sum, part.scales[r], part.norms[r], metric, query.sq_norm, query.offset);
   }
 };
 

@@ -235,8 +235,8 @@ std::vector<std::vector<Span>> split(const Search& search, std::size_t workers) 
 
 // Per row r < count, the lower bound of its key and the width of its key interval, from
 // its quantized sum. Key = c - f * (table sum), c = ||q||^2 + ||x||^2 and f = 2 scale for
-// l2, c = 0 and f = scale for ip; the relative slack covers float32 rounding here and in
-// the exact key.
+// l2, c = 0 and f = scale for ip (scales may be negative); the relative slack covers
+// float32 rounding here and in the exact key.
 VECSTORE_CLONES
 void row_bounds(const int32_t* sums, const float* scales, const float* norms,
                 std::ptrdiff_t count, bool l2, float query_sq_norm, float low_sum, float delta,
@@ -248,7 +248,7 @@ void row_bounds(const int32_t* sums, const float* scales, const float* norms,
       const float f = 2.0f * scales[r];
       const float c = query_sq_norm + norms[r] * norms[r];
       const float width =
-          f * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-5f * c + 1e-30f;
+          std::fabs(f) * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-5f * c + 1e-30f;
       lows[r] = (c - f * (low_sum + quantized)) - width;
       widths[r] = 2.0f * width;
     }
@@ -256,7 +256,7 @@ void row_bounds(const int32_t* sums, const float* scales, const float* norms,
     for (std::ptrdiff_t r = 0; r < count; ++r) {
       const float quantized = delta * static_cast<float>(sums[r]);
       const float f = scales[r];
-      const float width = f * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-30f;
+      const float width = std::fabs(f) * (err + 1e-5f * (base + std::fabs(quantized))) + 1e-30f;
       lows[r] = -(f * (low_sum + quantized)) - width;
       widths[r] = 2.0f * width;
     }
@@ -281,9 +281,20 @@ void split_row_bounds(const int32_t* sums, const int32_t* tail_sums, const float
                       1e-5f * (head_base + std::fabs(head_sum) + c * (tail_base + std::fabs(tail_sum)));
     const float f = (l2 ? 2.0f : 1.0f) * scales[r];
     const float base = l2 ? query_sq_norm + norms[r] * norms[r] : 0.0f;
-    const float width = f * err + 1e-5f * base + 1e-30f;
+    const float width = std::fabs(f) * err + 1e-5f * base + 1e-30f;
     lows[r] = (base - f * sum) - width;
     widths[r] = 2.0f * width;
+  }
+}
+
+// Moves the first count key bounds by -shift, widening them by the rounding that adding
+// a query's offset to its scores costs.
+VECSTORE_CLONES
+void shift_bounds(float* lows, float* widths, std::ptrdiff_t count, float shift) {
+  const float slack = 1e-5f * std::fabs(shift);
+  for (std::ptrdiff_t r = 0; r < count; ++r) {
+    lows[r] = (lows[r] - shift) - slack;
+    widths[r] += 2.0f * slack;
   }
 }
 
@@ -305,8 +316,9 @@ struct SplitTables {
 // the k-th upper bound as of the chunk's start, which only falls).
 void keep_rows(const Search& search, const Part& part, std::size_t part_index,
                std::ptrdiff_t row0, std::ptrdiff_t count, const int32_t* sums,
-               const int32_t* tail_sums, const SplitTables& t, float query_sq_norm,
+               const int32_t* tail_sums, const SplitTables& t, const Query& query,
                QueryBounds& bounds) {
+  const float query_sq_norm = query.sq_norm;
   alignas(64) float lows[kChunkRows];
   alignas(64) float widths[kChunkRows];
   alignas(64) uint8_t flags[kChunkRows];
@@ -319,6 +331,7 @@ void keep_rows(const Search& search, const Part& part, std::size_t part_index,
                      part.norms + row0, count, l2, query_sq_norm, t.head, t.tail, lows,
                      widths);
   }
+  if (query.offset != 0.0f) shift_bounds(lows, widths, count, (l2 ? 2.0f : 1.0f) * query.offset);
   reaching(lows, count, bounds.uppers.bound(), flags);
   for (std::ptrdiff_t r0 = 0; r0 < count; r0 += 8) {
     uint64_t word;
@@ -378,7 +391,7 @@ void bound_spans(const Search& search, const std::vector<Span>& spans,
                             group_tail_tables, group, group_tail_sums);
         for (int g = 0; g < group; ++g)
           keep_rows(search, part, span.part, row0, count, group_sums[g], group_tail_sums[g],
-                    tables[q0 + g], queries[q0 + g].sq_norm, bounds[q0 + g]);
+                    tables[q0 + g], queries[q0 + g], bounds[q0 + g]);
       }
     }
   }
