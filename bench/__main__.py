@@ -13,6 +13,7 @@ from functools import partial
 from threadpoolctl import threadpool_limits
 from tqdm import tqdm
 
+import vecstore
 from bench.datasets import load_dataset
 from bench.peers import peer_specs
 from bench.plot import PLOT_DIR, load_rows, plot_results
@@ -79,7 +80,7 @@ def main(argv: list[str] | None = None) -> int:
     encode.add_argument("--seed", type=int, default=0)
     encode.add_argument("--repeat", type=int, default=3)
     encode.add_argument("--threads", type=int, default=None,
-                        help="cap BLAS and OpenMP threads (1 measures one core)")
+                        help="cap vecstore's, BLAS and OpenMP threads (1 measures one core)")
 
     storage = commands.add_parser("storage", help="time inserts (sync and batch durability) "
                                                   "and reopening an on-disk database")
@@ -171,9 +172,15 @@ def main(argv: list[str] | None = None) -> int:
 def encode_command(args: argparse.Namespace) -> int:
     dataset = load_dataset(args.dataset)
     specs = [s.strip() for s in args.codecs.split(",") if s.strip()]
-    with threadpool_limits(limits=args.threads):
-        rows = [measure_encode(dataset, spec, seed=args.seed, repeat=args.repeat)
-                for spec in specs]
+    previous = vecstore.get_num_threads()
+    if args.threads:
+        vecstore.set_num_threads(args.threads)
+    try:
+        with threadpool_limits(limits=args.threads):
+            rows = [measure_encode(dataset, spec, seed=args.seed, repeat=args.repeat)
+                    for spec in specs]
+    finally:
+        vecstore.set_num_threads(previous)
     for row in rows:
         row["threads"] = args.threads
         print(f"{row['codec']:<10} {row['n_base']} x {row['dim']}: {row['encode_s']:.3f} s, "
