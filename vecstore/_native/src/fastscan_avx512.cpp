@@ -143,6 +143,19 @@ void level_group(int n, const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n
   ((n == NQ + 1 ? level_block<NQ + 1>(codes, i, n_quads, levels, weights, sums) : void()), ...);
 }
 
+// Calls group(n, codes, i, q) for every block i (its codes at `codes`) and every group of
+// n <= kLevelGroup queries from query q: a block stays in the first level cache while
+// every query scores it.
+template <typename Group>
+void over_groups(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                 int nq, const Group& group) {
+  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
+  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
+    for (int q = 0; q < nq; q += kLevelGroup)
+      group(nq - q < kLevelGroup ? nq - q : kLevelGroup, blocked + i * block_bytes, i, q);
+  }
+}
+
 }  // namespace
 
 void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
@@ -150,15 +163,11 @@ void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrd
                       int32_t* const* sums) {
   const __m512i table = _mm512_broadcast_i32x4(
       _mm_loadu_si128(reinterpret_cast<const __m128i*>(levels)));
-  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
-  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-    const uint8_t* codes = blocked + i * block_bytes;
-    for (int q = 0; q < nq; q += kLevelGroup) {
-      const int n = nq - q < kLevelGroup ? nq - q : kLevelGroup;
-      level_group(n, codes, i, n_quads, table, weights + q, sums + q,
-                  std::make_integer_sequence<int, kLevelGroup>{});
-    }
-  }
+  over_groups(blocked, n_blocks, n_quads, nq,
+              [&](int n, const uint8_t* codes, std::ptrdiff_t i, int q) {
+                level_group(n, codes, i, n_quads, table, weights + q, sums + q,
+                            std::make_integer_sequence<int, kLevelGroup>{});
+              });
 }
 
 namespace {
@@ -210,15 +219,11 @@ void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
                            const int8_t* const* weights, int nq, int32_t* const* sums) {
   const __m512i tables[4] = {load(levels), load(levels + 64), load(levels + 128),
                              load(levels + 192)};
-  const std::ptrdiff_t block_bytes = kBlockRows * 4 * n_quads;
-  for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-    const uint8_t* codes = blocked + i * block_bytes;
-    for (int q = 0; q < nq; q += kLevelGroup) {
-      const int n = nq - q < kLevelGroup ? nq - q : kLevelGroup;
-      byte_level_group(n, codes, i, n_quads, tables, weights + q, sums + q,
-                       std::make_integer_sequence<int, kLevelGroup>{});
-    }
-  }
+  over_groups(blocked, n_blocks, n_quads, nq,
+              [&](int n, const uint8_t* codes, std::ptrdiff_t i, int q) {
+                byte_level_group(n, codes, i, n_quads, tables, weights + q, sums + q,
+                                 std::make_integer_sequence<int, kLevelGroup>{});
+              });
 }
 
 }  // namespace vecstore::fastscan::avx512
