@@ -215,6 +215,19 @@ def test_blocked_layouts_are_kept_per_array_and_dropped_with_it(real, monkeypatc
     assert len(cpu._LAYOUTS) == before
 
 
+@pytest.mark.parametrize("spec", ["tq4", "tq8"])
+def test_exact_scans_keep_row_scales_but_no_blocked_layout(real, monkeypatch, spec):
+    """The scalar path (and byte codes off avx512) scores every row: a kept array gets
+    its row scales, not a blocked copy of its codes."""
+    base, queries = real
+    codec = make_codec(spec, dim=384)
+    codes = codec.encode(base[:1000])
+    scan_with("scalar", monkeypatch, codec, codes, queries[:1], 5, "ip", stable=True)
+    blocked, scales = cpu._LAYOUTS[(id(codes), codec.scan_format, False)]
+    assert blocked == (None, None)
+    np.testing.assert_array_equal(scales[0], codec.score_scales(codes))
+
+
 @pytest.mark.parametrize("path", [p for p in COMPILED if p != "scalar"])
 def test_large_batches_take_the_fastscan_pass_in_blocks(real, monkeypatch, path):
     base, queries = real

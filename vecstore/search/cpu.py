@@ -27,8 +27,8 @@ NIBBLES = "nibbles"
 BYTES = "bytes"
 # Rows a block of FastScan's blocked layout holds.
 BLOCK_ROWS = 32
-# Blocked layouts and row scales of stable code arrays by (id of the array, scan format),
-# each dropped when its array is.
+# Blocked layouts and row scales of stable code arrays by (id of the array, scan format,
+# whether the layouts were built), each dropped when its array is.
 _LAYOUTS: dict[tuple, tuple[tuple, tuple]] = {}
 
 
@@ -167,7 +167,7 @@ def native_part(codec: Codec, codes: np.ndarray, live: np.ndarray | None, ties: 
     if isinstance(stable, StreamLayout) and fastscan:
         (blocked, tail), (scales, tails, norms) = stable.view(codec, codes, fmt)
     elif stable is True:
-        (blocked, tail), (scales, tails, norms) = _stable_layout(codec, codes, fmt)
+        (blocked, tail), (scales, tails, norms) = _stable_layout(codec, codes, fmt, fastscan)
     else:
         (blocked, tail), (scales, tails, norms) = (None, None), _row_scales(codec, codes, fmt)
     return (blocked if fastscan else None, tail if fastscan else None, codes, scales, tails,
@@ -240,13 +240,15 @@ def _grown(array: np.ndarray, size: int) -> np.ndarray:
     return grown
 
 
-def _stable_layout(codec: Codec, codes: np.ndarray, fmt) -> tuple[tuple, tuple]:
-    """``_blocked`` and ``_row_scales`` of ``codes``, built once per array and kept while
-    the array lives."""
-    key = (id(codes), fmt)
+def _stable_layout(codec: Codec, codes: np.ndarray, fmt, fastscan: bool
+                   ) -> tuple[tuple, tuple]:
+    """``_blocked`` (with ``fastscan``, else no layouts) and ``_row_scales`` of ``codes``,
+    built once per array and kept while the array lives."""
+    key = (id(codes), fmt, fastscan)
     layout = _LAYOUTS.get(key)
     if layout is None:
-        layout = (_blocked(codes, fmt), _row_scales(codec, codes, fmt))
+        blocked = _blocked(codes, fmt) if fastscan else (None, None)
+        layout = (blocked, _row_scales(codec, codes, fmt))
         _LAYOUTS[key] = layout
         weakref.finalize(codes, _LAYOUTS.pop, key, None)
     return layout
