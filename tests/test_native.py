@@ -326,6 +326,21 @@ def test_a_stream_layout_serves_older_snapshots(real, spec):
             np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("dim", [50, 97, 384])
+def test_compiled_nibble_tables_are_the_numpy_ones(real, bits, dim):
+    """The compiled module's nibble tables of shared levels, with coordinates past the
+    queries' padded to zero, are ``value_tables``' bits."""
+    from vecstore.codecs import tables
+
+    _, queries = real
+    levels = np.linspace(-1.3, 1.7, 1 << bits).astype(np.float32)
+    n_bytes = -(-dim * bits // 8) + 1
+    q = np.ascontiguousarray(queries[:5, :dim])
+    np.testing.assert_array_equal(_native.nibble_tables(q, levels, bits, n_bytes),
+                                  tables.value_tables(q, levels, bits, n_bytes))
+
+
 def test_code_bytes_give_each_value_its_table_width(real):
     """3-bit indices are read a nibble each and 6-bit ones a byte each, with the same
     values; the prod codec's sign bytes follow its padded MSE part."""

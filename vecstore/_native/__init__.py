@@ -102,7 +102,7 @@ def compiled() -> bool:
 
 def nibble_tables(rotated, levels, bits: int, n_bytes: int) -> np.ndarray:
     """TurboQuant's nibble tables (nq, 2 * n_bytes, 16) float32 of rotated queries (nq, D)
-    float32, bit for bit as ``turboquant.nibble_tables`` builds them in numpy (needs the
+    float32, bit for bit as ``tables.value_tables`` builds them in numpy (needs the
     compiled module)."""
     return _scan.nibble_tables(np.ascontiguousarray(rotated, dtype=np.float32),
                                np.ascontiguousarray(levels, dtype=np.float32), bits, n_bytes)

@@ -17,6 +17,7 @@ No norm is stored: ``norms`` returns ||x_hat||, the norm of the decoded vector.
 
 from __future__ import annotations
 
+import functools
 from typing import Literal
 
 import ml_dtypes
@@ -163,7 +164,7 @@ class MinifloatCodec:
                                             else state @ self.decode(block).T)
         return out
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat | None:
         """fp8 codes as a table scan reads them (``e4m3_scan_format``); None for fp16."""
         return e4m3_scan_format(self.dim) if self.fmt == "fp8" else None

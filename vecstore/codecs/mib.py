@@ -45,6 +45,7 @@ the reconstruction, so the l2 key is ||q - x_hat||^2 under asymmetric scoring.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Literal
 
@@ -318,7 +319,7 @@ class MIBCodec:
             return MIBQueries(rotated, tables=self.score_tables(MIBQueries(rotated)))
         return MIBQueries(rotated)
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat:
         """The code bytes a table scan reads: the stored levels (3-bit ones a nibble each,
         5- to 7-bit ones a byte each); for Hamming scoring, the bits."""

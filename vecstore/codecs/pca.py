@@ -17,6 +17,7 @@ fp16-pca{r}: [r float16], 2 r bytes. No norm is stored: ``norms`` returns ||x_ha
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -210,7 +211,7 @@ class PCACodec:
         out += state.offsets[:, None]
         return out
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat | None:
         """fp8 coordinates as a table scan reads them (``e4m3_scan_format``); None for
         fp16."""

@@ -19,6 +19,7 @@ take a matrix product.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -202,7 +203,7 @@ class ProductQuantizer:
         subvectors = q.reshape(-1, self.m, self.dsub).transpose(1, 0, 2)
         return np.ascontiguousarray((subvectors @ self._centroids_t).transpose(1, 0, 2))
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat | None:
         """The code bytes a table scan reads: 3- and 4-bit indices a nibble each, 5- to
         8-bit ones a byte each; None for 1 and 2 bits."""

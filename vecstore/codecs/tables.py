@@ -1,6 +1,6 @@
 """Lookup tables of table scans: how a codec's stored codes read as code bytes
 (``ScanFormat``, ``code_bytes``), the nibble and byte tables of queries whose values stand
-for per-position levels, and their sums over code bytes (``lut_inner_products``). The
+for levels (``value_tables``), and their sums over code bytes (``lut_inner_products``). The
 compiled scan sums the same tables in the same order, so both give the same bits."""
 
 from __future__ import annotations
@@ -76,14 +76,12 @@ def quad_bytes(n: int) -> int:
 def byte_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
                 ) -> np.ndarray:
     """Per query, the partial sum each byte value contributes at each byte position:
-    (nq, n_bytes, 256) float32 for queries (nq, D) float32, D <= 8 * n_bytes / bits, and
-    ``levels`` (2**bits,) float32 (bits divides 8). For widths dividing 4 an entry is the
-    float32 sum of its two ``nibble_tables`` entries (``bytes_from_nibbles``)."""
-    if 4 % bits == 0:
-        return bytes_from_nibbles(nibble_tables(queries, levels, bits, n_bytes))
-    padded = np.zeros((queries.shape[0], n_bytes), dtype=np.float32)
-    padded[:, : queries.shape[1]] = queries
-    return padded[:, :, None] * np.asarray(levels, dtype=np.float32)[None, None, :]
+    (nq, n_bytes, 256) float32 for queries (nq, D) float32 and ``levels`` (2**bits,) or
+    (2**bits, D) float32 as ``value_tables`` takes them (bits divides 8). For widths
+    dividing 4 an entry is the float32 sum of its two nibble table entries
+    (``bytes_from_nibbles``)."""
+    tables = value_tables(queries, levels, bits, n_bytes)
+    return bytes_from_nibbles(tables) if 4 % bits == 0 else tables
 
 
 def bytes_from_nibbles(nibbles: np.ndarray) -> np.ndarray:
@@ -94,33 +92,19 @@ def bytes_from_nibbles(nibbles: np.ndarray) -> np.ndarray:
     return nibbles[:, 0::2, :][:, :, values & 15] + nibbles[:, 1::2, :][:, :, values >> 4]
 
 
-def nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
-                  ) -> np.ndarray:
-    """Per query, what each 4-bit half of a code byte contributes: (nq, 2 * n_bytes, 16)
-    float32, entry [2b + h, v] for the low (h = 0) or high (h = 1) nibble v of byte b, for
-    queries (nq, D) float32 and ``levels`` (2**bits,) float32 (bits divides 4). The
-    products of a nibble's coordinates are added in slot order, in float32."""
-    per_nibble = 4 // bits
-    mask = (1 << bits) - 1
-    values = np.arange(16)
-    levels = np.asarray(levels, dtype=np.float32)
-    padded = np.zeros((queries.shape[0], 2 * n_bytes * per_nibble), dtype=np.float32)
-    padded[:, : queries.shape[1]] = queries
-    slots = padded.reshape(-1, 2 * n_bytes, per_nibble)
-    tables = slots[:, :, :1] * levels[values & mask]
-    for slot in range(1, per_nibble):
-        tables = tables + slots[:, :, slot : slot + 1] * levels[(values >> (slot * bits)) & mask]
-    return tables
-
-
 def value_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
                  ) -> np.ndarray:
-    """Tables of b-bit values whose level depends on the coordinate, for queries (nq, D)
-    float32 and levels (2**bits, D) float32 (value v at coordinate j stands for
+    """Tables of b-bit values for queries (nq, D) float32 and levels (2**bits,) float32
+    shared by every coordinate or (2**bits, D) float32 (value v at coordinate j stands for
     levels[v, j]): nibble tables (nq, 2 n_bytes, 16) where ``table_width(bits)`` is at
-    most 4, else byte tables (nq, n_bytes, 256), float32. A position holds 4 / bits
-    coordinates where bits divides 4 (their products added in slot order, in float32, as
-    ``nibble_tables`` adds them), else one; entries of values past 2**bits are zero."""
+    most 4, else byte tables (nq, n_bytes, 256), float32. Entry [2b + h, v] of nibble
+    tables is for the low (h = 0) or high (h = 1) nibble v of code byte b. A position holds
+    4 / bits coordinates where bits divides 4 (their products added in slot order, in
+    float32), else one; coordinates past D and values past 2**bits count zero. The compiled
+    module's ``nibble_tables`` builds the same bits for shared levels."""
+    levels = np.asarray(levels, dtype=np.float32)
+    if levels.ndim == 1:
+        levels = levels[:, None]
     table = 4 if table_width(bits) <= 4 else 8
     per = table // bits if table % bits == 0 else 1
     positions = n_bytes * 8 // table

@@ -16,6 +16,7 @@ D is the rotated dimension: d, or d padded to a power of two for the Hadamard ro
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import numpy as np
@@ -29,11 +30,11 @@ from vecstore.codecs.tables import (
     byte_tables,
     code_bytes,
     lut_inner_products,
-    nibble_tables,
     padded_levels,
     quad_bytes,
     table_width,
     use_lookup_tables,
+    value_tables,
 )
 
 NORM_BYTES = 4
@@ -78,6 +79,16 @@ def decode_bytes(items: np.ndarray, packed: np.ndarray, count: int) -> np.ndarra
 
 
 _SIGN_ITEMS = byte_items(_SIGN_LEVELS, 1)
+
+
+def shared_nibble_tables(queries: np.ndarray, levels: np.ndarray, bits: int, n_bytes: int
+                         ) -> np.ndarray:
+    """``value_tables`` of levels (2**bits,) float32 shared by every coordinate, bits
+    dividing 4: (nq, 2 * n_bytes, 16) float32, built by the compiled module where it is
+    there (the same bits)."""
+    if _native.compiled():
+        return _native.nibble_tables(queries, levels, bits, n_bytes)
+    return value_tables(queries, levels, bits, n_bytes)
 
 
 def _read_f32(codes: np.ndarray, offset: int) -> np.ndarray:
@@ -175,13 +186,6 @@ class _TurboQuantBase:
             return lut_inner_products(rotated, head, self._table_levels, self._table_bits)
         return rotated @ self._dequantize(codes).T
 
-    def _mse_tables(self, rotated: np.ndarray, table_bits: int, n_bytes: int) -> np.ndarray:
-        """The MSE part's nibble (table_bits 4) or byte tables of rotated queries over
-        ``n_bytes`` code bytes."""
-        if table_bits == 4:
-            build = _native.nibble_tables if _native.compiled() else nibble_tables
-            return build(rotated, self._table_levels, self._table_bits, n_bytes)
-        return byte_tables(rotated, self._table_levels, self._table_bits, n_bytes)
 
     @property
     def score_levels(self) -> np.ndarray | None:
@@ -269,7 +273,7 @@ class TurboQuantMSE(_TurboQuantBase):
         """What ``score`` multiplies a code's table sum by, (n,) float32: its norm."""
         return self.norms(codes)
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat:
         """The code bytes a table scan reads: the packed indices, 3-bit ones a nibble each
         and 5- to 7-bit ones a byte each."""
@@ -290,7 +294,10 @@ class TurboQuantMSE(_TurboQuantBase):
         """``score_tables`` split by half bytes, (nq, 2 * scan_format.n_bytes, 16) float32,
         for a FastScan pass that bounds scores; None where the code bytes are bytes."""
         fmt = self.scan_format
-        return self._mse_tables(state.rotated, 4, fmt.n_bytes) if fmt.table_bits == 4 else None
+        if fmt.table_bits != 4:
+            return None
+        return shared_nibble_tables(state.rotated, self._table_levels, self._table_bits,
+                                    fmt.n_bytes)
 
     def to_config(self) -> dict:
         return self._config("tq")
@@ -364,7 +371,7 @@ class TurboQuantProd(_TurboQuantBase):
         qjl *= self.score_tail_scales(codes)[None, :]
         return (mse + qjl) * self.norms(codes)[None, :]
 
-    @property
+    @functools.cached_property
     def scan_format(self) -> ScanFormat:
         """The code bytes a table scan reads: the MSE indices (3-bit ones a nibble each,
         5- to 7-bit ones a byte each) padded to a multiple of four bytes, then the sign
@@ -398,9 +405,10 @@ class TurboQuantProd(_TurboQuantBase):
         fmt = self.scan_format
         if fmt.table_bits != 4:
             return None
-        build = _native.nibble_tables if _native.compiled() else nibble_tables
-        return np.concatenate([self._mse_tables(state.rotated, 4, fmt.split),
-                               build(state.sketched, _SIGN_LEVELS, 1, self.sign_bytes)], axis=1)
+        return np.concatenate(
+            [shared_nibble_tables(state.rotated, self._table_levels, self._table_bits,
+                                  fmt.split),
+             shared_nibble_tables(state.sketched, _SIGN_LEVELS, 1, self.sign_bytes)], axis=1)
 
     def to_config(self) -> dict:
         config = self._config("tq-prod")

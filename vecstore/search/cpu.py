@@ -131,8 +131,8 @@ def takes_fastscan(codec: Codec, path: str) -> bool:
     kind = table_kind(codec)
     if kind == NIBBLES:
         return path not in ("scalar", _native.NUMPY)
-    fmt = codec.scan_format if kind == BYTES else None
-    return (path == "avx512" and fmt is not None and fmt.split == fmt.n_bytes
+    return (kind == BYTES and path == "avx512"
+            and codec.scan_format.split == codec.scan_format.n_bytes
             and getattr(codec, "score_levels", None) is not None)
 
 
@@ -222,10 +222,8 @@ class StreamLayout:
             blocked = tuple(None if width == 0 else
                             self._blocked[i][: _native.blocked_size(n, width)]
                             for i, width in enumerate(widths))
-            has_tails = widths[1] > 0
-            scales = tuple(None if i == 1 and not has_tails else values[:n]
-                           for i, values in enumerate(self._scales))
-            return blocked, scales
+            scales, tails, norms = (values[:n] for values in self._scales)
+            return blocked, (scales, tails if widths[1] else None, norms)
 
 
 def _grown(array: np.ndarray, size: int) -> np.ndarray:
@@ -269,7 +267,7 @@ def scan_many(codec: Codec, queries: np.ndarray, k: int, metric: Metric, parts: 
     # Codecs whose table sums only rank rows (Hamming distances) map them to scores
     # afterwards; l2 keys need each row's score, which such sums do not give.
     ranks_only = getattr(codec, "ranks_by_table_sums", False)
-    if ranks_only and (metric == "l2" or table_kind(codec) is None):
+    if ranks_only and metric == "l2":
         return None
     # Batches beyond one block pay off only through the FastScan pass; otherwise the numpy
     # path's matrix product is faster.
