@@ -13,23 +13,32 @@
 #endif
 
 namespace vecstore::encode {
+namespace {
+
+// sum over i < d of a[i] * b[i] in float64. Any order of such a sum rounds to the same
+// float32 (encode.h), so eight partial sums run side by side. Always inlined, so that it
+// takes the instruction set of each clone that calls it.
+template <typename B>
+__attribute__((always_inline)) inline double dot64(const float* a, const B* b, std::ptrdiff_t d) {
+  double partial[8] = {};
+  std::ptrdiff_t i = 0;
+  for (; i + 8 <= d; i += 8)
+    for (int lane = 0; lane < 8; ++lane)
+      partial[lane] += static_cast<double>(a[i + lane]) * static_cast<double>(b[i + lane]);
+  for (; i < d; ++i) partial[0] += static_cast<double>(a[i]) * static_cast<double>(b[i]);
+  double sum = 0.0;
+  for (const double p : partial) sum += p;
+  return sum;
+}
+
+}  // namespace
 
 VECSTORE_CLONES
 void normalize(const float* x, std::ptrdiff_t d, std::ptrdiff_t begin, std::ptrdiff_t end,
                float* norms, float* unit) {
   for (std::ptrdiff_t r = begin; r < end; ++r) {
     const float* row = x + r * d;
-    // Any order of the float64 sum rounds to the same float32 norm (encode.h), so eight
-    // partial sums run side by side.
-    double partial[8] = {};
-    std::ptrdiff_t i = 0;
-    for (; i + 8 <= d; i += 8)
-      for (int lane = 0; lane < 8; ++lane)
-        partial[lane] += static_cast<double>(row[i + lane]) * row[i + lane];
-    for (; i < d; ++i) partial[0] += static_cast<double>(row[i]) * row[i];
-    double sum = 0.0;
-    for (const double p : partial) sum += p;
-    const float norm = static_cast<float>(std::sqrt(sum));
+    const float norm = static_cast<float>(std::sqrt(dot64(row, row, d)));
     norms[r] = norm;
     const float divisor = norm > 0.0f ? norm : 1.0f;
     for (std::ptrdiff_t k = 0; k < d; ++k) unit[r * d + k] = row[k] / divisor;
@@ -163,19 +172,7 @@ void quantize_pack(const float* rotated, const float* unit, const double* matrix
                                  upper.data(), margin, index.data(), near.data());
     for (int32_t c = 0; c < n_near; ++c) {
       const std::ptrdiff_t j = near[c];
-      // Any order of the float64 sum rounds to the same float32 (encode.h), so eight
-      // partial sums run side by side.
-      double partial[8] = {};
-      const float* u = unit + r * d;
-      const double* m = matrix + j * d;
-      std::ptrdiff_t i = 0;
-      for (; i + 8 <= d; i += 8)
-        for (int lane = 0; lane < 8; ++lane)
-          partial[lane] += static_cast<double>(u[i + lane]) * m[i + lane];
-      for (; i < d; ++i) partial[0] += static_cast<double>(u[i]) * m[i];
-      double exact = 0.0;
-      for (const double p : partial) exact += p;
-      const float value = static_cast<float>(exact);
+      const float value = static_cast<float>(dot64(unit + r * d, matrix + j * d, d));
       index[j] = static_cast<int32_t>(
           std::lower_bound(boundaries, boundaries + n_boundaries, value) - boundaries);
     }

@@ -50,6 +50,10 @@ struct Values {
   std::ptrdiff_t tail_from = 0;
 };
 
+// The width code bytes hold `bits`-bit values at (Values): bits where it divides 8, else
+// 4 (3 bits) or 8 (5 to 7 bits).
+inline int value_width(int bits) { return 8 % bits == 0 ? bits : (bits < 4 ? 4 : 8); }
+
 // Writes the n_bytes code bytes of the stored row `row` to out.
 void code_bytes(const uint8_t* row, const Values& values, std::ptrdiff_t n_bytes,
                 uint8_t* out);

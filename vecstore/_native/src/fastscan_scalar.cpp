@@ -18,7 +18,7 @@ void code_bytes(const uint8_t* row, const Values& values, std::ptrdiff_t n_bytes
   }
   std::memset(out, 0, static_cast<std::size_t>(values.head));
   const int bits = values.bits;
-  const int width = 8 % bits == 0 ? bits : (bits < 4 ? 4 : 8);
+  const int width = value_width(bits);
   const int per_byte = 8 / width;
   const unsigned mask = (1u << bits) - 1;
   for (std::ptrdiff_t j = 0; j < values.count; ++j) {
@@ -59,67 +59,65 @@ void block_codes(const uint8_t* codes, std::ptrdiff_t n, std::ptrdiff_t stride,
 }
 
 namespace scalar {
+namespace {
 
-void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
-                const uint8_t* const* tables, int nq, int32_t* const* sums) {
+// sums[q][32*i + r] = the sum over quads g of quad_sum(q, g, the four code bytes of row r
+// of block i in quad g), for every query q < nq and block i < n_blocks.
+template <typename QuadSum>
+void block_sums(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                int nq, int32_t* const* sums, const QuadSum& quad_sum) {
   for (int q = 0; q < nq; ++q) {
     for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
       const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
       int32_t acc[kBlockRows] = {};
       for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-        const uint8_t* lo = tables[q] + 128 * g;
-        const uint8_t* hi = lo + 64;
         const uint8_t* quad = block + g * 4 * kBlockRows;
-        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r) {
-          for (int j = 0; j < 4; ++j) {
-            const uint8_t c = quad[4 * r + j];
-            acc[r] += lo[16 * j + (c & 15)] + hi[16 * j + (c >> 4)];
-          }
-        }
+        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r)
+          acc[r] += quad_sum(q, g, quad + 4 * r);
       }
       std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
     }
   }
+}
+
+}  // namespace
+
+void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                const uint8_t* const* tables, int nq, int32_t* const* sums) {
+  block_sums(blocked, n_blocks, n_quads, nq, sums,
+             [&](int q, std::ptrdiff_t g, const uint8_t* c) {
+               const uint8_t* lo = tables[q] + 128 * g;
+               const uint8_t* hi = lo + 64;
+               int32_t sum = 0;
+               for (int j = 0; j < 4; ++j)
+                 sum += lo[16 * j + (c[j] & 15)] + hi[16 * j + (c[j] >> 4)];
+               return sum;
+             });
 }
 
 void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                       const uint8_t* levels, const int8_t* const* weights, int nq,
                       int32_t* const* sums) {
-  for (int q = 0; q < nq; ++q) {
-    for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-      const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
-      int32_t acc[kBlockRows] = {};
-      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-        const int8_t* w = weights[q] + 8 * g;
-        const uint8_t* quad = block + g * 4 * kBlockRows;
-        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r) {
-          for (int j = 0; j < 4; ++j) {
-            const uint8_t c = quad[4 * r + j];
-            acc[r] += levels[c & 15] * w[j] + levels[c >> 4] * w[4 + j];
-          }
-        }
-      }
-      std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
-    }
-  }
+  block_sums(blocked, n_blocks, n_quads, nq, sums,
+             [&](int q, std::ptrdiff_t g, const uint8_t* c) {
+               const int8_t* w = weights[q] + 8 * g;
+               int32_t sum = 0;
+               for (int j = 0; j < 4; ++j)
+                 sum += levels[c[j] & 15] * w[j] + levels[c[j] >> 4] * w[4 + j];
+               return sum;
+             });
 }
 
 void byte_level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks,
                            std::ptrdiff_t n_quads, const uint8_t* levels,
                            const int8_t* const* weights, int nq, int32_t* const* sums) {
-  for (int q = 0; q < nq; ++q) {
-    for (std::ptrdiff_t i = 0; i < n_blocks; ++i) {
-      const uint8_t* block = blocked + i * kBlockRows * 4 * n_quads;
-      int32_t acc[kBlockRows] = {};
-      for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
-        const int8_t* w = weights[q] + 4 * g;
-        const uint8_t* quad = block + g * 4 * kBlockRows;
-        for (std::ptrdiff_t r = 0; r < kBlockRows; ++r)
-          for (int j = 0; j < 4; ++j) acc[r] += levels[quad[4 * r + j]] * w[j];
-      }
-      std::memcpy(sums[q] + i * kBlockRows, acc, sizeof(acc));
-    }
-  }
+  block_sums(blocked, n_blocks, n_quads, nq, sums,
+             [&](int q, std::ptrdiff_t g, const uint8_t* c) {
+               const int8_t* w = weights[q] + 4 * g;
+               int32_t sum = 0;
+               for (int j = 0; j < 4; ++j) sum += levels[c[j]] * w[j];
+               return sum;
+             });
 }
 
 }  // namespace scalar

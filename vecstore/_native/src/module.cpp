@@ -95,7 +95,7 @@ fastscan::Values values_of(int bits, std::ptrdiff_t count, std::ptrdiff_t head,
   if (bits < 0 || bits > 8 || count < 0 || head < 0 || head > n_bytes || tail_from < 0)
     throw std::invalid_argument("values need bits in 0..8 and 0 <= head <= n_bytes");
   if (bits != 0) {
-    const int width = 8 % bits == 0 ? bits : (bits < 4 ? 4 : 8);
+    const int width = fastscan::value_width(bits);
     if (count * width > 8 * head)
       throw std::invalid_argument("the values do not fit the head of the code bytes");
   }
@@ -280,7 +280,7 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
 // TurboQuant's nibble tables, (nq, 2 * n_bytes, 16) float32, of rotated queries (nq, D)
 // float32 and the codebook levels (2^bits,) float32 for bits dividing 4: entry [p][v] adds,
 // in slot order and in float32, coordinate (4 / bits) * p + s times the level of slot s
-// of v (coordinates past D are zero), exactly as turboquant.nibble_tables in numpy.
+// of v (coordinates past D are zero), exactly as codecs.tables.value_tables in numpy.
 nb::ndarray<nb::numpy, float, nb::ndim<3>> nibble_tables(Array<const float, nb::ndim<2>> rotated,
                                                          Floats levels, int bits,
                                                          std::ptrdiff_t n_bytes) {
