@@ -30,6 +30,16 @@ def scan_with(path, monkeypatch, *args, **kwargs):
     return sorted_top(cpu.scan(*args, **kwargs))
 
 
+def assert_numpy_bits(path, monkeypatch, codec, codes, q, k, metric, mask, stable=False):
+    """A scan on ``path`` gives the numpy path's keys and rows bit for bit; returns the
+    rows."""
+    keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask, stable=stable)
+    want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k, metric, mask)
+    np.testing.assert_array_equal(keys, want_keys)
+    np.testing.assert_array_equal(rows, want_rows)
+    return rows
+
+
 @pytest.fixture(scope="module")
 def real(wordnet):
     return wordnet["base"][:6000], wordnet["queries"][:16]
@@ -48,10 +58,7 @@ def test_one_or_two_queries_equal_the_numpy_path_bit_for_bit(real, monkeypatch, 
     codes = codec.encode(x)
     live = np.random.default_rng(dim).random(x.shape[0]) > 0.3
     for k, mask in ((1, None), (10, live), (100, None)):
-        keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask)
-        want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k, metric, mask)
-        np.testing.assert_array_equal(keys, want_keys)
-        np.testing.assert_array_equal(rows, want_rows)
+        rows = assert_numpy_bits(path, monkeypatch, codec, codes, q, k, metric, mask)
         if mask is not None:
             assert mask[rows[rows >= 0]].all()
 
@@ -159,12 +166,7 @@ def test_the_fastscan_pass_keeps_the_exact_result(real, monkeypatch, path, spec,
     live = np.random.default_rng(dim + 1).random(x.shape[0]) > 0.5
     for q in (queries[:1, :dim], queries[5:7, :dim]):
         for k, mask in ((1, None), (10, None), (64, live), (7000, live)):
-            keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask,
-                                   stable=True)
-            want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k,
-                                             metric, mask)
-            np.testing.assert_array_equal(keys, want_keys)
-            np.testing.assert_array_equal(rows, want_rows)
+            assert_numpy_bits(path, monkeypatch, codec, codes, q, k, metric, mask, stable=True)
 
 
 @pytest.mark.parametrize("path", COMPILED)
@@ -191,12 +193,7 @@ def test_trained_and_minifloat_codecs_equal_the_numpy_path_bit_for_bit(
     live = np.random.default_rng(dim + 2).random(x.shape[0]) > 0.4
     for k, mask in ((1, None), (10, live), (50, None)):
         for stable in (False, True):
-            keys, rows = scan_with(path, monkeypatch, codec, codes, q, k, metric, mask,
-                                   stable=stable)
-            want_keys, want_rows = scan_with("numpy", monkeypatch, codec, codes, q, k,
-                                             metric, mask)
-            np.testing.assert_array_equal(keys, want_keys)
-            np.testing.assert_array_equal(rows, want_rows)
+            assert_numpy_bits(path, monkeypatch, codec, codes, q, k, metric, mask, stable)
     # Hamming distances rank rows but give no l2 key: only that case scans in numpy.
     assert bool(calls) != (spec == "mib-hamming" and metric == "l2")
 
