@@ -248,7 +248,8 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench gpu", description=__doc__)
     parser.add_argument("--n", type=int, default=1_000_000)
     parser.add_argument("--dims", default="384,1536")
-    parser.add_argument("--batches", default="1,256,4096")
+    parser.add_argument("--batches", default=None,
+                        help="batch sizes (default 1,256,4096; 1,16,256,4096 end to end)")
     parser.add_argument("--big", type=int, default=10_000_000,
                         help="also time this many rows at the first dimension (0: skip)")
     parser.add_argument("--k", type=int, default=10)
@@ -260,6 +261,12 @@ def main(argv: list[str]) -> int:
                         help="only run small searches against the CPU (for compute-sanitizer)")
     parser.add_argument("--stages", action="store_true",
                         help="only time the stages of the tensor-core path on one tile")
+    parser.add_argument("--end-to-end", action="store_true",
+                        help="time Collection.search on an on-disk collection laid out as in "
+                             "use (bench/gpu_e2e.py)")
+    parser.add_argument("--codec", default="tq4", help="the end-to-end collection's codec")
+    parser.add_argument("--layouts", default="64MiB,16 segments",
+                        help="end-to-end layouts: 64MiB segments, or 'N segments'")
     args = parser.parse_args(argv)
     reason = gpu.unavailable_reason()
     if reason is not None:
@@ -267,6 +274,13 @@ def main(argv: list[str]) -> int:
         return 2
     if args.check:
         return check()
+    if args.end_to_end:
+        from bench import gpu_e2e
+
+        args.batches = args.batches or "1,16,256,4096"
+        write_rows(gpu_e2e.main(args), args.out)
+        return 0
+    args.batches = args.batches or "1,256,4096"
     if args.stages:
         for dim in (int(d) for d in args.dims.split(",")):
             for nq in (256, 4096):
@@ -275,8 +289,13 @@ def main(argv: list[str]) -> int:
     rows = run(args.n, [int(d) for d in args.dims.split(",")],
                [int(b) for b in args.batches.split(",")], args.big or None, args.k, args.repeat,
                args.batch_kernels.split(","))
-    if args.out:
-        with open(args.out, "w") as f:
+    write_rows(rows, args.out)
+    return 0
+
+
+def write_rows(rows: list[dict], out: str | None) -> None:
+    """Write ``rows`` as JSON lines to ``out`` (nothing when None)."""
+    if out:
+        with open(out, "w") as f:
             for row in rows:
                 f.write(json.dumps(row) + "\n")
-    return 0

@@ -252,6 +252,14 @@ def test_bad_queries(db):
         c.search(np.zeros(4))
     with pytest.raises(InvalidArgument, match="NaN"):
         c.search(np.array([np.nan, 1, 1, 1]))
+    # Queries sum their norms in float32: Inf, a norm past the limit and one whose
+    # float32 sum overflows are each refused, naming the first such row.
+    with pytest.raises(InvalidArgument, match=r"NaN or Inf \(first at row 1\)"):
+        c.search(np.array([[1, 1, 1, 1], [1, np.inf, 1, 1]]))
+    with pytest.raises(InvalidArgument, match="row 1 has norm 2e\\+18"):
+        c.search(np.array([[1, 1, 1, 1], [2e18, 0, 0, 0]]))
+    with pytest.raises(InvalidArgument, match="row 0 has norm inf"):
+        c.search(np.array([[3e38, 3e38, 0, 0]]))
 
 
 def test_errors_are_builtin_subclasses():

@@ -123,11 +123,15 @@ def test_resident_codes_are_freed_when_segments_go():
         c.add(unit_rows(3000, 32, 6))
         c.flush()
         c.search(unit_rows(1, 32, 7), 5)
-        before = c._gpu.resident_bytes
+        scanner = c._gpu.get()
+        before = scanner.resident_bytes
         c.delete(np.arange(0, 3000, 2))
         c.compact()
         c.search(unit_rows(1, 32, 7), 5)
-        assert 0 < c._gpu.resident_bytes < before
+        assert c._arena.rebuilds == 1
+        assert 0 < scanner.resident_bytes < before
+        db.drop_collection("c")
+        assert scanner.resident_bytes == 0 and not scanner._plans
 
 
 @pytest.mark.gpu
@@ -135,7 +139,7 @@ def test_resident_codes_are_freed_when_segments_go():
 @pytest.mark.parametrize("spec", ["tq4", "tq3-prod", "mib-hamming"])
 def test_memtable_rows_are_uploaded_once(spec):
     """Searching after each write uploads only the memtable's new rows; the live rows go
-    up once more as a segment at the flush, and the memtable's buffers are let go."""
+    up once more as a segment at the flush."""
     x, q = unit_rows(3000, 64, 20), unit_rows(5, 64, 21)
     with vecstore.open() as db:
         c = db.create_collection("c", dim=64, metric="l2", codec=spec)
@@ -146,10 +150,10 @@ def test_memtable_rows_are_uploaded_once(spec):
             cpu = c.search(q, 11, device="cpu")
             assert_same_results(cpu, c.search(q, 10, device="gpu"),
                                 1e-4 * float(np.abs(cpu.distances).max()))
-        assert c._gpu.uploaded_rows == 3000
+        assert c._arena.uploaded_rows == 3000
         c.flush()
         c.search(q, 10, device="gpu")
-        assert c._gpu.uploaded_rows == 3000 + len(c) and not c._gpu._growing
+        assert c._arena.uploaded_rows == 3000 + len(c)
 
 
 @pytest.mark.gpu
@@ -160,7 +164,7 @@ def test_the_budget_is_enforced():
     with vecstore.open() as db:
         c = db.create_collection("c", dim=32, metric="ip", codec="tq4")
         c.add(unit_rows(1000, 32, 8))
-        c._gpu = GpuScanner(budget_bytes=1000)
+        c._gpu._scanner = GpuScanner(budget_bytes=1000)
         with pytest.raises(vecstore.OutOfDeviceMemory, match="budget"):
             c.search(unit_rows(1, 32, 9), 5, device="gpu")
 
@@ -443,10 +447,10 @@ def test_the_kernel_sources_ship_with_the_package():
 def test_single_queries_replay_a_plan_with_the_general_kernels_results(rotation, metric):
     """One-query searches of a part run as a captured plan (pinned buffers, rotation on
     the device for dense rotations, on the host for Hadamard ones): they return the
-    general path's rows and keys, reuse the plan, rebuild it when a growing part gains
-    rows, and a plan held by a pending search sends the next search down the general
-    path. A mask gets a plan from its second search as the same object (a segment's
-    live rows); a new mask object each time (a filter) keeps the general path."""
+    general path's rows and keys, reuse the plan, keep one per part, and a plan held by
+    a pending search sends the next search down the general path. A mask gets a plan
+    from its second search as the same object (a segment's live rows); a new mask object
+    each time (a filter) keeps the general path."""
     from vecstore.search.gpu_query import PendingQuery
 
     x = unit_rows(6000, 100, 30) * np.random.default_rng(31).uniform(0.5, 2, (6000, 1))
@@ -491,11 +495,61 @@ def test_single_queries_replay_a_plan_with_the_general_kernels_results(rotation,
     assert not isinstance(filtered, PendingQuery)
     assert_same(filtered.result(), masked)
 
-    for rows in (3000, 6000):
-        growing = scanner.resident_growing("memtable", codec, codes[:rows])
-        found = search(growing, q)
+    for rows in (3000, 4000):
+        part = scanner.resident(f"first {rows}", codec, codes[:rows])
+        found = search(part, q)
         assert isinstance(found, PendingQuery)
-        assert_same(found.result(), general(growing, q, rows))
+        assert_same(found.result(), general(part, q, rows))
     assert len(scanner._plans) == 3
     scanner.retain(["part"])
     assert len(scanner._plans) == 1
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("spec", ["tq4", "tq2-prod", "pq16x8", "mib-hamming"])
+def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
+    """Segments, a memtable, deletes and a filter: one arena serves every search with the
+    CPU's results; a delete uploads no rows, an add only its own; a second collection
+    draws on the same scanner and budget."""
+    import pyarrow.compute as pc
+
+    x, q = unit_rows(6000, 64, 60), unit_rows(8, 64, 61)
+    # Segments of 1,000 rows by explicit flushes; the memtable (at most 2,000 rows) stays
+    # below the automatic flush's size.
+    with vecstore.open(tmp_path, segment_bytes=1 << 20, merge_policy=None) as db:
+        c = db.create_collection("c", dim=64, metric="ip", codec=spec)
+        for start in range(0, 5000, 1000):
+            c.add(x[start : start + 1000],
+                  metadata={"even": np.arange(start, start + 1000) % 2 == 0})
+            c.flush()
+        c.add(x[5000:], metadata={"even": np.arange(5000, 6000) % 2 == 0})
+        c.delete(np.arange(0, 6000, 11))
+        parts, _, _, _ = c._cached_snapshot()
+        assert len(parts) >= 6
+
+        def check(**options):
+            cpu = c.search(q, 11, device="cpu", **options)
+            found = c.search(q, 10, device="gpu", **options)
+            assert_same_results(cpu, found, 1e-4 * float(np.abs(cpu.distances).max()))
+            return found
+
+        check()
+        uploaded = c._arena.uploaded_rows
+        assert uploaded == 6000
+        c.delete(np.arange(1, 6000, 13))
+        assert not np.isin(check().ids, np.arange(1, 6000, 13)).any()
+        assert c._arena.uploaded_rows == uploaded
+        c.add(unit_rows(1000, 64, 62), metadata={"even": np.ones(1000, dtype=bool)})
+        check()
+        assert c._arena.uploaded_rows == uploaded + 1000
+        found = check(filter=pc.field("even"))
+        kept = found.ids[found.ids >= 0]
+        assert ((kept % 2 == 0) | (kept >= 6000)).all()
+
+        d = db.create_collection("d", dim=64, metric="ip", codec=spec)
+        d.add(x[:500])
+        d.search(q, 10, device="gpu")
+        scanner = c._gpu.get()
+        assert d._gpu.get() is scanner
+        assert scanner.resident_bytes == c._arena.nbytes + d._arena.nbytes

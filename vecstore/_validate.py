@@ -7,11 +7,11 @@ import numpy as np
 from vecstore.errors import InvalidArgument
 
 
-def as_matrix(x, dim: int, what: str = "vectors") -> np.ndarray:
+def as_matrix(x, dim: int, what: str = "vectors", *, check_finite: bool = True) -> np.ndarray:
     """Return ``x`` as a C-contiguous float32 array of shape (n, dim), n >= 1.
 
     A 1-D input of length ``dim`` is one row. Rejects non-numeric and complex dtypes,
-    booleans, wrong shapes, empty batches and NaN or Inf values.
+    booleans, wrong shapes, empty batches and (with ``check_finite``) NaN or Inf values.
     """
     try:
         arr = np.asarray(x)
@@ -32,11 +32,15 @@ def as_matrix(x, dim: int, what: str = "vectors") -> np.ndarray:
     if arr.shape[0] == 0:
         raise InvalidArgument(f"{what} is an empty batch")
     out = np.ascontiguousarray(arr, dtype=np.float32)
-    finite = np.isfinite(out)
-    if not finite.all():
-        row = int(np.nonzero(~finite.all(axis=1))[0][0])
-        raise InvalidArgument(f"{what} contain NaN or Inf (first at row {row})")
+    if check_finite:
+        finite = np.isfinite(out)
+        if not finite.all():
+            raise_not_finite(what, int(np.nonzero(~finite.all(axis=1))[0][0]))
     return out
+
+
+def raise_not_finite(what: str, row: int):
+    raise InvalidArgument(f"{what} contain NaN or Inf (first at row {row})")
 
 
 # The largest Euclidean norm of a stored vector or a query: inner products and squared
@@ -44,11 +48,24 @@ def as_matrix(x, dim: int, what: str = "vectors") -> np.ndarray:
 MAX_NORM = 1e18
 
 
-def row_norms(x: np.ndarray, what: str = "vectors") -> np.ndarray:
-    """Euclidean norms (n,) float32 of the rows of ``x`` (n, d) float32, computed in
-    float64; InvalidArgument naming the first row whose norm passes MAX_NORM."""
-    norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
-    large = np.nonzero(norms > MAX_NORM)[0]
+def row_norms(x: np.ndarray, what: str = "vectors", *, precise: bool = True) -> np.ndarray:
+    """Euclidean norms (n,) float32 of the rows of ``x`` (n, d) float32; InvalidArgument
+    naming the first row whose norm passes MAX_NORM.
+
+    ``precise`` sums in float64, for stored vectors. Otherwise (queries) the sum is in
+    float32, several times faster, and also stands for ``as_matrix``'s finite check: a
+    row holding NaN or Inf has a norm that is not finite, and so does a row whose sum
+    overflows, which is past MAX_NORM anyway. InvalidArgument names such a row.
+    """
+    if precise:
+        norms = np.sqrt(np.einsum("ij,ij->i", x, x, dtype=np.float64))
+    else:
+        with np.errstate(over="ignore", invalid="ignore"):
+            norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+        unbounded = np.nonzero(~(norms <= MAX_NORM))[0]
+        if unbounded.size and not np.isfinite(x[unbounded[0]]).all():
+            raise_not_finite(what, int(unbounded[0]))
+    large = np.nonzero(~(norms <= MAX_NORM))[0]
     if large.size:
         raise InvalidArgument(
             f"{what} at row {int(large[0])} has norm {norms[large[0]]:.3g}; norms above "

@@ -32,6 +32,7 @@ from vecstore.id_index import IdIndex
 from vecstore.merge_policy import TieredMergePolicy
 from vecstore.parts import Memtable, Part, Segment, gather, grow, search_masks
 from vecstore.search import cpu
+from vecstore.search.device import SharedScanner
 from vecstore.search.rescore import rerank
 from vecstore.search.topk import EMPTY_TIE, TopK
 from vecstore.storage.wal import OP_ADD, OP_DELETE, OP_UPSERT
@@ -52,6 +53,8 @@ COMPILED_GATHER_FRACTION = 1 / 64
 # they sit in its cache under FILTERS.
 FILTER_CACHE = 16
 FILTERS = "filters"
+# The part sets' entry holding a filter's mask over the GPU arena.
+ARENA_MASK = "gpu arena mask"
 # The most candidates (query block rows * k * rescore) one scan step keeps: 80 MiB of
 # keys, rows and ties.
 SCAN_CANDIDATES = 1 << 22
@@ -97,7 +100,8 @@ class Collection:
     def __init__(self, name: str, codec: Codec, metric: Metric, *,
                  store_vectors: str | None = None, rescore_codec: Codec | None = None,
                  store=None, segment_bytes: int = DEFAULT_SEGMENT_BYTES,
-                 device: str = "auto", merge_policy: TieredMergePolicy | None = None):
+                 device: str = "auto", merge_policy: TieredMergePolicy | None = None,
+                 gpu_scanner: SharedScanner | None = None):
         self.name = name
         self.codec = codec
         self.metric = metric
@@ -107,7 +111,8 @@ class Collection:
         self.segment_bytes = segment_bytes
         self.merge_policy = merge_policy
         self.device = check_device(device)
-        self._gpu = None
+        self._gpu = SharedScanner() if gpu_scanner is None else gpu_scanner
+        self._arena = None
         self._store = store
         self._lock = threading.RLock()
         self._segments: list[Segment] = []
@@ -228,6 +233,7 @@ class Collection:
                     self._checkpoint(merge=False)
             finally:
                 self._closed = True
+                self._release_arena()
                 if self._store is not None:
                     self._store.close()
 
@@ -238,6 +244,7 @@ class Collection:
         with self._lock:
             self._dropped = True
             self._closed = True
+            self._release_arena()
             if self._store is not None:
                 self._store.close()
 
@@ -258,10 +265,13 @@ class Collection:
                 (capacity, self.rescore_codec.code_size), dtype=np.uint8)
         return Memtable(columns)
 
-    def _prepare_vectors(self, vectors, what: str) -> tuple[np.ndarray, np.ndarray]:
-        """Validated (n, d) float32, normalized for cosine, and the norms (n,) as given."""
-        x = _validate.as_matrix(vectors, self.dim, what)
-        norms = _validate.row_norms(x, what)
+    def _prepare_vectors(self, vectors, what: str, *,
+                         precise: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """Validated (n, d) float32, normalized for cosine, and the norms (n,) as given
+        (summed in float64 where ``precise``, as for stored vectors; in float32 for
+        queries)."""
+        x = _validate.as_matrix(vectors, self.dim, what, check_finite=precise)
+        norms = _validate.row_norms(x, what, precise=precise)
         if self.metric == "cosine":
             zero = np.nonzero(norms == 0)[0]
             if zero.size:
@@ -812,7 +822,7 @@ class Collection:
         rows match. ``device`` ("auto", "cpu", "gpu") overrides the collection's device.
         """
         self._check_open()
-        q, _ = self._prepare_vectors(queries, "queries")
+        q, _ = self._prepare_vectors(queries, "queries", precise=False)
         k = _validate.as_k(k)
         _validate.check_search_size(q.shape[0], k, _validate.as_rescore(rescore))
         fetch_column = self._rescore_column(rescore)
@@ -834,7 +844,7 @@ class Collection:
         if not offsets[-1]:   # nothing stored (an untrained codec has no query state yet)
             return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
         # Queries are scanned in blocks whose candidate lists stay within SCAN_CANDIDATES.
-        block_rows = int(np.clip(SCAN_CANDIDATES // k_scan, 1, cpu.QUERY_BLOCK))
+        block_rows = max(1, min(SCAN_CANDIDATES // k_scan, cpu.QUERY_BLOCK))
         for start in range(0, q.shape[0], block_rows):
             block = slice(start, start + block_rows)
             top = scan_parts(q[block], k_scan, parts, offsets, masks, part_sets)
@@ -940,29 +950,51 @@ class Collection:
 
     def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks,
                         part_sets: dict | None = None) -> TopK:
-        if self._gpu is None:
-            from vecstore.search.gpu import GpuScanner
-
-            self._gpu = GpuScanner()
+        """One scan of the whole snapshot on the GPU: every part sits in the collection's
+        arena (``search/gpu_arena.py``) with its deleted rows biased out there; a filter
+        goes up as one mask over the arena, kept with the snapshot's part sets."""
+        arena = self._device_arena()
         query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
-        self._gpu.retain(part.key if part.stream is None else part.stream for part in parts)
-        top = TopK(q.shape[0], k)
-        # Every part's kernels are launched before the first result is awaited.
-        pending = [self._gpu.submit(self.codec, self._device_codes(part), q, self.metric, k,
-                                    query_sq_norms, mask)
-                   for part, mask in zip(parts, masks, strict=False)]
-        for part, offset, scan in zip(parts, offsets, pending, strict=False):
-            keys, found = scan.result()
-            ties = np.where(found >= 0, part.columns[rows.ID][np.maximum(found, 0)], EMPTY_TIE)
-            local = TopK.of(keys, found, ties)
-            top.merge(local, offset=offset)
-        return top
+        filtered = any(mask is not part.live for mask, part in zip(masks, parts, strict=True))
 
-    def _device_codes(self, part: Part):
-        """``part``'s codes on the GPU: segments once, the memtable's new rows only."""
-        if part.stream is not None:
-            return self._gpu.resident_growing(part.stream, self.codec, part.columns[rows.CODE])
-        return self._gpu.resident(part.key, self.codec, part.columns[rows.CODE])
+        def scan(view) -> TopK:
+            mask = self._arena_mask(view, masks, part_sets) if filtered else None
+            keys, found = arena.scanner.scan(self.codec, view.device, q, self.metric, k,
+                                             query_sq_norms, mask)
+            ties = np.where(found >= 0, view.ids[np.maximum(found, 0)], EMPTY_TIE)
+            # The kernels return each query's keys sorted, empty slots (+inf) last; only
+            # equal keys, ordered by arena row rather than by id, need sorting again.
+            tied = (keys[:, 1:] == keys[:, :-1]) & np.isfinite(keys[:, 1:])
+            return TopK.of(keys, view.positions(found, offsets), ties, ordered=not tied.any())
+
+        return arena.search(parts, scan)
+
+    def _device_arena(self):
+        """This collection's arena on the database's GPU scanner, for its codec."""
+        with self._lock:
+            if self._arena is None or self._arena.codec is not self.codec:
+                from vecstore.search.gpu_arena import DeviceArena
+
+                self._arena = DeviceArena(self._gpu.get(), self.codec)
+            return self._arena
+
+    def _release_arena(self) -> None:
+        """Free this collection's device memory (its arena and the plans built on it)."""
+        arena, self._arena = self._arena, None
+        if arena is not None:
+            arena.scanner.forget(arena)
+
+    @staticmethod
+    def _arena_mask(view, masks, part_sets: dict | None) -> np.ndarray:
+        """The filter's mask over ``view``'s arena rows, the same object while the arena
+        stays the same (so its bias goes up once)."""
+        held = None if part_sets is None else part_sets.get(ARENA_MASK)
+        if held is not None and held[0] is view.device:
+            return held[1]
+        mask = view.mask(masks)
+        if part_sets is not None:
+            part_sets[ARENA_MASK] = (view.device, mask)
+        return mask
 
     def _rescore_column(self, rescore) -> str | None:
         """The column holding finer vectors, or None when not rescoring."""

@@ -17,6 +17,7 @@ from vecstore.collection import (
 )
 from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 from vecstore.merge_policy import TieredMergePolicy
+from vecstore.search.device import SharedScanner
 
 DURABILITIES = ("sync", "batch")
 DEFAULT_SYNC_INTERVAL = 0.05
@@ -73,6 +74,8 @@ class Database:
         self.sync_interval = sync_interval
         self.segment_bytes = segment_bytes
         self._collections: dict[str, Collection] = {}
+        # One GPU scanner, and so one device memory budget, for every collection.
+        self._gpu = SharedScanner()
         self._damaged: dict[str, DataLoss] = {}
         self._lock = threading.Lock()
         self._closed = False
@@ -126,7 +129,7 @@ class Database:
                           store_vectors=config.get("store_vectors"),
                           rescore_codec=codec_from_config(finer) if finer else None,
                           store=store, segment_bytes=self.segment_bytes, device=self.device,
-                          merge_policy=self.merge_policy)
+                          merge_policy=self.merge_policy, gpu_scanner=self._gpu)
 
     def create_collection(self, name: str, *, dim: int, metric: str = "cosine",
                           codec: str = "tq4", seed: int = 0, rotation: str = "auto",
@@ -165,7 +168,8 @@ class Database:
                 raise AlreadyExists(f"collection {name!r} already exists")
             collection = Collection(name, coder, metric, store_vectors=store_vectors,
                                     rescore_codec=finer, segment_bytes=self.segment_bytes,
-                                    device=self.device, merge_policy=self.merge_policy)
+                                    device=self.device, merge_policy=self.merge_policy,
+                                    gpu_scanner=self._gpu)
             if self._dir is not None:
                 collection._store = self._dir.create_collection(
                     name, collection.config(), self.durability, self.sync_interval)
