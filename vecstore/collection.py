@@ -933,10 +933,23 @@ class Collection:
                 self._memtable_layout = (stream, cpu.StreamLayout())
             return self._memtable_layout[1]
 
+    def search_device(self, k: int = 10) -> str:
+        """Where a search of k results runs under the collection's device setting: "gpu"
+        when the setting allows the GPU, CuPy sees one and the codec has a kernel for
+        that k, else "cpu"."""
+        return "cpu" if self.device == "cpu" or self._gpu_unusable(k) else "gpu"
+
     def _use_gpu(self, device: str, k: int) -> bool:
         """Whether this search runs on the GPU; GpuUnavailable when ``device="gpu"`` cannot."""
         if device == "cpu":
             return False
+        reason = self._gpu_unusable(k)
+        if reason is not None and device == "gpu":
+            raise GpuUnavailable(reason)
+        return reason is None
+
+    def _gpu_unusable(self, k: int) -> str | None:
+        """Why a search of k results cannot run on the GPU, or None when it can."""
         from vecstore.search import gpu
 
         reason = gpu.unavailable_reason()
@@ -944,9 +957,7 @@ class Collection:
             reason = f"codec {self.codec.spec!r} has no GPU kernel yet"
         if reason is None and k > gpu.MAX_K:
             reason = f"the GPU kernels keep at most {gpu.MAX_K} candidates per query"
-        if reason is not None and device == "gpu":
-            raise GpuUnavailable(reason)
-        return reason is None
+        return reason
 
     def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks,
                         part_sets: dict | None = None) -> TopK:

@@ -171,20 +171,36 @@ def kernel_source(name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-@lru_cache(maxsize=128)
+def _current_device() -> int:
+    return _import_cupy().cuda.runtime.getDevice()
+
+
 def _kernel(source: str, name: str):
-    """The compiled kernel ``name`` (a template instance) of ``cuda/<source>``."""
+    """The compiled kernel ``name`` (a template instance) of ``cuda/<source>``, loaded on
+    the current device (a module belongs to one device's context, so each device keeps
+    its own, as ``cupy.memoize(for_each_device=True)`` does)."""
+    return _device_kernel(source, name, _current_device())
+
+
+@lru_cache(maxsize=128)
+def _device_kernel(source: str, name: str, device: int):
+    """``_kernel`` on ``device`` (the current one)."""
     cupy = _import_cupy()
     module = cupy.RawModule(code=kernel_source(source), options=("-std=c++17",),
                             name_expressions=[name])
     return module.get_function(name)
 
 
-@lru_cache(maxsize=32)
 def _hopper_kernel(source: str, name: str):
     """``_kernel`` for sources with Hopper-only instructions (wgmma), which need the
     architecture-specific target sm_90a. CuPy compiles for the plain architecture, so the
     program is compiled here with NVRTC and its binary loaded as a module."""
+    return _device_hopper_kernel(source, name, _current_device())
+
+
+@lru_cache(maxsize=32)
+def _device_hopper_kernel(source: str, name: str, device: int):
+    """``_hopper_kernel`` on ``device`` (the current one)."""
     cupy = _import_cupy()
     from cupy_backends.cuda.libs import nvrtc
 

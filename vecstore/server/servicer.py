@@ -83,17 +83,6 @@ def collection_info(collection: Collection) -> pb.CollectionInfo:
         metadata_schema=wire.pack_schema(collection.metadata_schema))
 
 
-def search_device(collection: Collection) -> str:
-    """Where searches of ``collection`` run: "gpu" when its device setting allows the GPU,
-    CuPy sees one and the codec has a kernel, else "cpu"."""
-    if collection.device == "cpu":
-        return "cpu"
-    from vecstore.search import gpu
-
-    usable = gpu.unavailable_reason() is None and gpu.supports(collection.codec)
-    return "gpu" if usable else "cpu"
-
-
 class VecstoreServicer(pb_grpc.VecstoreServicer):
     """Serves one open Database. ``read_only_caller(context)`` says whether the caller's
     key allows reads only (for ServerInfo)."""
@@ -261,7 +250,7 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
                                 code_bytes=stats["code_bytes"], merges=stats["merges"],
                                 write_amplification=stats["write_amplification"],
                                 codec=collection.codec.spec,
-                                device=search_device(collection))
+                                device=collection.search_device())
 
     @_errors_to_status
     def ServerInfo(self, request, context):
