@@ -25,6 +25,8 @@ from bench.datasets import CACHE_DIR, REPO_ROOT, Dataset
 from bench.storage import tiled_batch
 
 K = 10
+# The parts of a call's time the server reports (wire.ServerTiming), in its order.
+BREAKDOWN = ("decode", "queue", "search", "encode")
 GT_CHUNK = 100_000
 SERVER_START_S = 120
 
@@ -86,8 +88,8 @@ def exact_neighbours(dataset: Dataset, queries: np.ndarray, n: int) -> np.ndarra
 def _search_worker(url, api_key, name, queries, offset, duration, ready, out):
     """One client process: single-query searches for ``duration`` seconds once every
     worker has connected (``ready``, a barrier); puts (latencies, query indices, found ids,
-    error names) on ``out``."""
-    latencies, asked, found, errors = [], [], [], []
+    error names, the server's (decode, queue, search, encode) seconds per call) on ``out``."""
+    latencies, asked, found, errors, server = [], [], [], [], []
     with vecstore.Client(url, api_key=api_key) as client:
         collection = client.get_collection(name)
         collection.search(queries[offset % len(queries)], k=K)  # connect and warm up
@@ -98,15 +100,17 @@ def _search_worker(url, api_key, name, queries, offset, duration, ready, out):
             q = i % len(queries)
             t0 = time.perf_counter()
             try:
-                ids = collection.search(queries[q], k=K).ids[0]
+                result, timings = collection.search_timed(queries[q], k=K)
             except vecstore.VecstoreError as exc:
                 errors.append(type(exc).__name__)
             else:
                 latencies.append(time.perf_counter() - t0)
                 asked.append(q)
-                found.append(ids)
+                found.append(result.ids[0])
+                if timings[0] is not None:
+                    server.append(tuple(timings[0]))
             i += 1
-    out.put((latencies, asked, found, errors))
+    out.put((latencies, asked, found, errors, server))
 
 
 def measure_level(url: str, api_key: str | None, name: str, queries: np.ndarray,
@@ -135,7 +139,16 @@ def measure_level(url: str, api_key: str | None, name: str, queries: np.ndarray,
     elapsed = ended - started
     p50, p95, p99 = (np.percentile(latencies, [50, 95, 99]) * 1e3 if latencies.size
                      else (float("nan"),) * 3)
-    return {"kind": "search", "concurrency": concurrency, "duration_s": elapsed,
+    server = np.array([t for r in results for t in r[4]], dtype=np.float64).reshape(-1, 4)
+    breakdown = {}
+    for column, part in enumerate(BREAKDOWN):
+        for label, quantile in (("p50", 50), ("p99", 99)):
+            value = np.percentile(server[:, column], quantile) * 1e3 if server.size else np.nan
+            breakdown[f"server_{part}_{label}_ms"] = float(value)
+    # What the server does not account for: the client, the channel and gRPC's own work.
+    outside = (latencies[: server.shape[0]] - server.sum(axis=1)) * 1e3 if server.size else []
+    breakdown["outside_server_p50_ms"] = float(np.median(outside)) if len(outside) else np.nan
+    return {"kind": "search", "concurrency": concurrency, "duration_s": elapsed, **breakdown,
             "searches": int(latencies.size), "qps": latencies.size / elapsed,
             "p50_ms": float(p50), "p95_ms": float(p95), "p99_ms": float(p99),
             "errors": len(errors), "error_kinds": sorted(set(errors)),
@@ -176,6 +189,10 @@ def run_load(*, url: str | None, serve: Path | None, device: str, api_key: str |
                   f"ms, p95 {row['p95_ms']:.1f} ms, p99 {row['p99_ms']:.1f} ms, "
                   f"{row['errors']} errors, recall@10 {row['recall_at_10']:.4f} "
                   f"({row['searches']} searches)", flush=True)
+            print("    server p50 (p99): " + ", ".join(
+                f"{part} {row[f'server_{part}_p50_ms']:.3f} ({row[f'server_{part}_p99_ms']:.3f})"
+                for part in BREAKDOWN) + f" ms; outside the server "
+                f"{row['outside_server_p50_ms']:.3f} ms", flush=True)
     finally:
         if process is not None:
             stop_server(process)

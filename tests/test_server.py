@@ -849,3 +849,31 @@ def test_serve_help_names_the_defaults():
     for words in ("--data DATA", "default: 127.0.0.1", "default: 50051", "default 256",
                   "default 30.0", "--allow-insecure-keys", "$VECSTORE_API_KEY"):
         assert words in text, words
+
+
+def test_search_calls_report_where_the_server_spent_their_time(client):
+    """Every Search response carries the server's decode, queue, search and encode times
+    as trailing metadata; the client reads them per call."""
+    name = "timed"
+    collection = client.create_collection(name, dim=8, metric="ip", codec="tq4")
+    try:
+        collection.add(np.eye(8, dtype=np.float32))
+        result, timings = collection.search_timed(np.eye(8, dtype=np.float32)[:2], k=3)
+        assert result.ids.shape == (2, 3) and len(timings) == 1
+        timing = timings[0]
+        assert all(seconds >= 0 for seconds in timing)
+        assert 0 < timing.search_s < 10
+        same = collection.search(np.eye(8, dtype=np.float32)[:2], k=3)
+        np.testing.assert_array_equal(same.ids, result.ids)
+    finally:
+        client.drop_collection(name)
+
+
+def test_server_timing_round_trips_and_refuses_garbage():
+    timing = wire.ServerTiming(1.5e-5, 0.0, 2.25e-3, 4e-6)
+    back = wire.ServerTiming.unpack(timing.pack())
+    assert timing.pack() == "15,0,2250,4"
+    np.testing.assert_allclose(back, timing, atol=1e-6)
+    for bad in ("", "1,2,3", "1,2,3,x", "1,2,3,4,5"):
+        with pytest.raises(vecstore.InvalidArgument, match="malformed"):
+            wire.ServerTiming.unpack(bad)

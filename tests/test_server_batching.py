@@ -153,3 +153,34 @@ def test_concurrent_batched_searches_equal_single_searches():
     for i, result in enumerate(expected):
         np.testing.assert_array_equal(found[i].ids, result.ids)
         np.testing.assert_allclose(found[i].distances, result.distances, rtol=1e-5)
+
+
+def test_queued_calls_learn_how_long_they_waited_and_searched():
+    """A call queued behind a blocked batch waits at least as long as that batch was held,
+    and shares its batch's search time with the calls batched with it."""
+    collection, batcher = GatedCollection(), SearchBatcher()
+    kind = SearchKind(collection, 2, None, "", None)
+    times: dict[int, object] = {}
+
+    def call(index):
+        times[index] = batcher.timed_search(kind, queries_of(index), None)[1]
+
+    first = threading.Thread(target=call, args=(0,))
+    first.start()
+    deadline = time.monotonic() + 10
+    while not collection.sizes and time.monotonic() < deadline:
+        time.sleep(0.001)
+    queued = [threading.Thread(target=call, args=(i,)) for i in (1, 2)]
+    for thread in queued:
+        thread.start()
+    deadline = time.monotonic() + 10
+    while len(batcher._queued.get(kind, ())) < 2 and time.monotonic() < deadline:
+        time.sleep(0.001)
+    held = 0.05
+    time.sleep(held)
+    collection.gate.set()
+    for thread in [first, *queued]:
+        thread.join(10)
+    assert times[0].search_s >= held and times[0].queued_s < held
+    assert times[1].queued_s >= held and times[2].queued_s >= held
+    assert times[1].search_s == times[2].search_s < held

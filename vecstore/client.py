@@ -123,18 +123,23 @@ class Client:
             self._closed = True
             self._channel.close()
 
-    def _call(self, method: str, request):
+    def _call(self, method: str, request, *, with_call: bool = False):
         """``request`` through the stub's ``method``, retrying UNAVAILABLE with backoff;
         a failure raises the vecstore error of its status code. ``request`` may be a
-        callable returning a fresh request iterator (client streams)."""
+        callable returning a fresh request iterator (client streams). ``with_call``
+        returns (response, the call's trailing metadata as a dict)."""
         if self._closed:
             raise Closed("the client is closed")
         backoff, attempt = FIRST_BACKOFF_S, 0
         while True:
             try:
                 sent = request() if callable(request) else request
-                return getattr(self._stub, method)(sent, timeout=self.timeout,
-                                                   metadata=self._metadata)
+                stub = getattr(self._stub, method)
+                if not with_call:
+                    return stub(sent, timeout=self.timeout, metadata=self._metadata)
+                response, call = stub.with_call(sent, timeout=self.timeout,
+                                                metadata=self._metadata)
+                return response, dict(call.trailing_metadata() or ())
             except grpc.RpcError as exc:
                 if exc.code() != grpc.StatusCode.UNAVAILABLE:
                     raise error_from_rpc(exc) from None
@@ -223,10 +228,10 @@ class RemoteCollection:
         on the server. Safe to call more than once."""
         self._closed = True
 
-    def _call(self, method: str, request):
+    def _call(self, method: str, request, *, with_call: bool = False):
         if self._closed:
             raise Closed(f"collection {self.name!r} is closed")
-        return self._client._call(method, request)
+        return self._client._call(method, request, with_call=with_call)
 
     # --- description --------------------------------------------------------------------
 
@@ -375,6 +380,15 @@ class RemoteCollection:
                filter=None, device: str | None = None) -> SearchResult:
         """The k nearest stored vectors to each query (nq, d) or (d,): a SearchResult of
         (nq, k) float32 distances and int64 ids, as ``Collection.search``."""
+        return self.search_timed(queries, k, rescore=rescore, filter=filter,
+                                 device=device)[0]
+
+    def search_timed(self, queries, k: int = 10, *, rescore: int | None = None,
+                     filter=None, device: str | None = None
+                     ) -> tuple[SearchResult, list[wire.ServerTiming | None]]:
+        """``search``, and where the server spent each of its calls' time (one call per
+        ``batch_bytes`` of queries): decoding, queued for a batch, searching, encoding
+        (None from a server that does not say)."""
         q = _validate.as_matrix(queries, self.dim, "queries")
         k = _validate.as_k(k)
         rescore = _validate.as_rescore(rescore)
@@ -383,17 +397,19 @@ class RemoteCollection:
         filter_json = wire.filter_to_json(filter)
         # A result is at most a 10-byte id varint and a 4-byte distance.
         per_call = max(1, self._client.batch_bytes // max(4 * self.dim, 14 * k + 10))
-        parts = []
+        parts, timings = [], []
         for start in range(0, q.shape[0], per_call):
             request = pb.SearchRequest(collection=self.name, dim=self.dim, k=k,
                                        queries=wire.pack_vectors(q[start : start + per_call]),
                                        filter_json=filter_json, device=wire.DEVICE_ENUMS[device])
             if rescore is not None:
                 request.rescore = rescore
-            response = self._call("Search", request)
+            response, trailing = self._call("Search", request, with_call=True)
+            packed = trailing.get(wire.TIMING_HEADER)
+            timings.append(None if packed is None else wire.ServerTiming.unpack(packed))
             parts.append(wire.expand_results(response.counts, response.ids,
                                              response.distances, k, self.metric))
         if len(parts) == 1:
-            return parts[0]
+            return parts[0], timings
         return SearchResult(np.concatenate([part.distances for part in parts]),
-                            np.concatenate([part.ids for part in parts]))
+                            np.concatenate([part.ids for part in parts])), timings

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import struct
+from typing import NamedTuple
 
 import numpy as np
 import pyarrow as pa
@@ -43,6 +44,33 @@ DEVICE_ENUMS = {None: pb.DEVICE_UNSPECIFIED, "auto": pb.DEVICE_AUTO, "cpu": pb.D
 DEVICE_NAMES = {value: name for name, value in DEVICE_ENUMS.items()}
 # MessageHeader union values of Arrow's Message.fbs.
 _DICTIONARY_BATCH, _RECORD_BATCH = 2, 3
+
+
+# Trailing metadata of every Search response: where the server spent the call's time.
+TIMING_HEADER = "vecstore-timing-us"
+
+
+class ServerTiming(NamedTuple):
+    """Seconds one Search call spent in the server: decoding the request, queued for its
+    batch, in that batch's search, and encoding the response."""
+
+    decode_s: float
+    queue_s: float
+    search_s: float
+    encode_s: float
+
+    def pack(self) -> str:
+        """Whole microseconds, comma-separated, as TIMING_HEADER carries them."""
+        return ",".join(str(round(seconds * 1e6)) for seconds in self)
+
+    @classmethod
+    def unpack(cls, text: str) -> ServerTiming:
+        """The timing ``pack`` wrote; InvalidArgument for anything else."""
+        try:
+            values = [int(part) / 1e6 for part in text.split(",")]
+            return cls(*values)
+        except (TypeError, ValueError) as exc:
+            raise InvalidArgument(f"malformed {TIMING_HEADER} {text!r:.80}") from exc
 
 
 def pack_vectors(x: np.ndarray) -> bytes:

@@ -10,12 +10,17 @@ runs what is queued; callers that arrive meanwhile queue, and when the leader's 
 done the first of them is promoted to lead the next one. A lone call therefore runs at
 once, exactly as it would unbatched. When a batch fails, its calls run one by one, so
 each caller gets its own result or its own error.
+
+Each call learns how long it queued (from its arrival to the start of the batch that ran
+it) and how long that batch's search took, for the server's per-call latency breakdown.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
@@ -33,6 +38,17 @@ class _Call:
     lead: bool = False
     result: SearchResult | None = None
     error: BaseException | None = None
+    arrived: float = field(default_factory=time.perf_counter)
+    queued_s: float = 0.0
+    search_s: float = 0.0
+
+
+class SearchTimes(NamedTuple):
+    """Where one batched call spent its time: seconds queued before its batch started,
+    and seconds of that batch's search."""
+
+    queued_s: float
+    search_s: float
 
 
 @dataclass(frozen=True)
@@ -61,6 +77,11 @@ class SearchBatcher:
         self._queued: dict[SearchKind, list[_Call]] = {}
 
     def search(self, kind: SearchKind, queries: np.ndarray, filter) -> SearchResult:
+        return self.timed_search(kind, queries, filter)[0]
+
+    def timed_search(self, kind: SearchKind, queries: np.ndarray,
+                     filter) -> tuple[SearchResult, SearchTimes]:
+        """``search``, and where the call spent its time."""
         call = _Call(queries)
         with self._lock:
             call.lead = kind not in self._queued
@@ -71,7 +92,7 @@ class SearchBatcher:
             self._lead(kind, filter)
         if call.error is not None:
             raise call.error
-        return call.result
+        return call.result, SearchTimes(call.queued_s, call.search_s)
 
     def _lead(self, kind: SearchKind, filter) -> None:
         """Run one batch of ``kind`` (the leader's call first), then hand the lead on."""
@@ -85,7 +106,11 @@ class SearchBatcher:
                 total += len(queued[taken].queries)
                 taken += 1
             batch, queued[:taken] = queued[:taken], []
+        started = time.perf_counter()
         self._run(kind, batch, filter)
+        searched = time.perf_counter() - started
+        for call in batch:
+            call.queued_s, call.search_s = started - call.arrived, searched
         with self._lock:
             queued = self._queued[kind]
             if queued:

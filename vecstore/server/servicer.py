@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import time
 
 import grpc
 import numpy as np
@@ -215,15 +216,23 @@ class VecstoreServicer(pb_grpc.VecstoreServicer):
 
     @_errors_to_status
     def Search(self, request, context):
+        started = time.perf_counter()
         collection = self._collection(request.collection)
         queries = wire.unpack_vectors(request.queries, request.dim, "queries")
         kind = SearchKind(collection, int(request.k),
                           request.rescore if request.HasField("rescore") else None,
                           request.filter_json, _enum(wire.DEVICE_NAMES, request.device, "device"))
-        result = self.batcher.search(kind, queries, wire.filter_from_json(request.filter_json))
+        search_filter = wire.filter_from_json(request.filter_json)
+        decoded = time.perf_counter()
+        result, times = self.batcher.timed_search(kind, queries, search_filter)
+        searched = time.perf_counter()
         counts, ids, distances = wire.flatten_results(result)
-        return pb.SearchResponse(counts=counts.tolist(), ids=ids.tolist(),
-                                 distances=distances.tolist())
+        response = pb.SearchResponse(counts=counts.tolist(), ids=ids.tolist(),
+                                     distances=distances.tolist())
+        timing = wire.ServerTiming(decoded - started, times.queued_s, times.search_s,
+                                   time.perf_counter() - searched)
+        context.set_trailing_metadata(((wire.TIMING_HEADER, timing.pack()),))
+        return response
 
     # --- maintenance and description ------------------------------------------------
 
