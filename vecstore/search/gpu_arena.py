@@ -6,10 +6,10 @@ with one launch (or one replayed graph) and one copy back, however many parts th
 
 - A part goes up once. The memtable grows in place while its range is the last one; when
   another part lands after it, it moves to the end on the device.
-- Deleted rows carry a +inf row bias in the arena itself (a part's live mask is replaced,
-  never modified, so a new mask object is what marks a change). Only the changed part's
-  mask goes up. The scanner's unmasked paths, the single-query and batch plans, so skip
-  deleted rows with nothing extra per search.
+- Deleted rows carry a +inf row bias in the arena itself. A part whose live mask is a new
+  object is compared with a copy of the mask last applied, and only the rows whose state
+  changed are written (a delete changes a few). The scanner's unmasked paths, the
+  single-query and batch plans, so skip deleted rows with nothing extra per search.
 - A part that leaves the snapshot (merged, or flushed from the memtable) leaves dead rows,
   which a rebuild drops once they outnumber the live ones.
 - Row ids stay on the host beside the arena, so the k rows a search returns are turned
