@@ -31,6 +31,16 @@ class NumpyScanner:
     def prune(self) -> None:
         self.prunes += 1
 
+    @staticmethod
+    def upload_many(arrays: list) -> list:
+        return [array.copy() for array in arrays]
+
+    @staticmethod
+    def set_row_biases(changes, base_sq_norms, device) -> None:
+        rows = np.where(changes >= 0, changes, ~changes)
+        device.zeros[rows] = np.where(changes >= 0, 0, np.inf)
+        device.sq_norms[rows] = np.where(changes >= 0, base_sq_norms[rows], np.inf)
+
     def check_budget(self, needed: int, rows: int) -> None:
         if sum(holder.nbytes for holder in self.holders) + needed > self.budget_bytes:
             raise OutOfDeviceMemory(f"{rows} rows need {needed} bytes")

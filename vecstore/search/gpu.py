@@ -519,28 +519,56 @@ class GpuScanner:
             return codec.prepare_query(queries).rotated
         return self.upload(queries) @ self.rotation_rows(codec).T
 
-    def upload(self, array: np.ndarray, out=None):
-        """``array`` as float32 on the device (into ``out``, a float32 device array of its
-        shape, when given), copied through a pinned buffer of this thread's (grown as
+    def upload(self, array: np.ndarray, out=None, dtype=np.float32):
+        """``array`` as ``dtype`` on the device (into ``out``, a device array of its shape
+        and dtype, when given), copied through a pinned buffer of this thread's (grown as
         needed) so that the copy does not block the host. The next upload of the thread
         waits for this copy before it refills the buffer (a search over several parts
         uploads each part's queries before any copy has run)."""
+        array = np.asarray(array, dtype=dtype)
+        staged = self._staged(array.nbytes).view(array.dtype).reshape(array.shape)
+        np.copyto(staged, array)
+        device = self.cupy.empty(array.shape, dtype=array.dtype) if out is None else out
+        device.set(staged)
+        self._staging.copied.record()
+        return device
+
+    def upload_many(self, arrays: list[np.ndarray]) -> list:
+        """Device copies of ``arrays`` (contiguous, any shapes and dtypes) made by one
+        host-to-device copy through the pinned buffer (``upload``): views of one device
+        buffer, each at a 16-byte boundary."""
+        starts = np.cumsum([0] + [-(-a.nbytes // 16) * 16 for a in arrays])
+        staged = self._staged(int(starts[-1]))[: int(starts[-1])]
+        for array, start in zip(arrays, starts, strict=False):
+            staged[start : start + array.nbytes] = array.reshape(-1).view(np.uint8)
+        device = self.cupy.empty(staged.size, dtype=self.cupy.uint8)
+        device.set(staged)
+        self._staging.copied.record()
+        return [device[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
+                for a, start in zip(arrays, starts, strict=False)]
+
+    def set_row_biases(self, changes: np.ndarray, base_sq_norms, device: DeviceCodes) -> None:
+        """Write the row biases of ``device`` for the rows named by ``changes`` (c,) int64:
+        a live row as itself (bias 0, or its ``base_sq_norms`` value for l2), a deleted one
+        as ~row (+inf). One copy up and one launch (_cuda/arena.cu)."""
+        on_device = self.upload(changes, dtype=np.int64)
+        _kernel("arena.cu", "set_row_biases")(
+            (-(-changes.size // BLOCK_THREADS),), (BLOCK_THREADS,),
+            (on_device, np.int32(changes.size), base_sq_norms, device.zeros, device.sq_norms))
+
+    def _staged(self, nbytes: int) -> np.ndarray:
+        """This thread's pinned staging buffer (at least ``nbytes``) uint8, once the
+        copy last made from it has run."""
         import cupyx
 
-        array = np.asarray(array, dtype=np.float32)
         staging = self._staging
         if getattr(staging, "copied", None) is not None:
             staging.copied.synchronize()
         else:
             staging.copied = self.cupy.cuda.Event()
-        if getattr(staging, "buffer", None) is None or staging.buffer.size < array.size:
-            staging.buffer = cupyx.empty_pinned(_pow2_at_least(array.size), dtype=np.float32)
-        staged = staging.buffer[: array.size].reshape(array.shape)
-        np.copyto(staged, array)
-        device = self.cupy.empty(array.shape, dtype=self.cupy.float32) if out is None else out
-        device.set(staged)
-        staging.copied.record()
-        return device
+        if getattr(staging, "buffer", None) is None or staging.buffer.size < nbytes:
+            staging.buffer = cupyx.empty_pinned(_pow2_at_least(max(nbytes, 1)), dtype=np.uint8)
+        return staging.buffer[:nbytes]
 
     def scan(self, codec, device: DeviceCodes, queries: np.ndarray, metric: str, k: int,
              query_sq_norms: np.ndarray | None, mask: np.ndarray | None = None,

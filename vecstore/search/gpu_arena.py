@@ -230,11 +230,9 @@ class DeviceArena:
             if not changed.size:
                 held.live = live
                 return
-            rows = cp.asarray(changed + held.start)
-            now = cp.asarray(alive[changed])
-            self._device.zeros[rows] = cp.where(now, cp.float32(0), cp.float32(np.inf))
-            self._device.sq_norms[rows] = cp.where(now, self._base_sq_norms[rows],
-                                                   cp.float32(np.inf))
+            rows = changed + held.start
+            self.scanner.set_row_biases(np.where(alive[changed], rows, ~rows),
+                                        self._base_sq_norms, self._device)
         elif alive is None:
             self._device.zeros[span] = 0
             self._device.sq_norms[span] = self._base_sq_norms[span]
@@ -247,17 +245,20 @@ class DeviceArena:
 
     def _upload(self, codes: np.ndarray, ids: np.ndarray, start: int) -> None:
         """Write rows ``codes`` (m, code_size) uint8 with ``ids`` (m,) int64 at arena row
-        ``start``, all live."""
+        ``start``, all live, by one copy up."""
         m = codes.shape[0]
         if m == 0:
             return
         arrays = gpu.host_layout(self.codec, codes)
         self._reserve(start + m, arrays)
-        cp, device = self.cupy, self._device
+        device = self._device
         span = slice(start, start + m)
-        for target, values in zip(device.buffers(), arrays, strict=True):
-            if values is not None:
-                target[..., span] = cp.asarray(np.ascontiguousarray(values[..., :m]))
+        targets = [(target, np.ascontiguousarray(values[..., :m]))
+                   for target, values in zip(device.buffers(), arrays, strict=True)
+                   if values is not None]
+        staged = self.scanner.upload_many([values for _, values in targets])
+        for (target, _), values in zip(targets, staged, strict=True):
+            target[..., span] = values
         self._base_sq_norms[span] = device.sq_norms[span]
         device.zeros[span] = 0
         self._ids[span] = ids
