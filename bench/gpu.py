@@ -20,6 +20,10 @@ import numpy as np
 
 import vecstore
 from vecstore.search import gpu
+from vecstore.search.gpu import batch_scan, kernels
+from vecstore.search.gpu.context import BLOCK_THREADS
+from vecstore.search.gpu.layouts import DeviceCodes
+from vecstore.search.gpu.scanner import BATCH_MIN_QUERIES, GpuScanner
 
 
 def median_seconds(fn, repeat: int, warmup: int = 2, min_seconds: float = 0.2) -> float:
@@ -56,14 +60,14 @@ def copy_bandwidth(cp, gib: float = 4.0) -> float:
     return 2 * src.nbytes / seconds
 
 
-def random_device_codes(cp, codec, n: int, seed: int) -> gpu.DeviceCodes:
+def random_device_codes(cp, codec, n: int, seed: int) -> DeviceCodes:
     """Resident codes of n random rows, built on the device."""
     cp.random.seed(seed)
     n_words = -(-codec.index_bytes // 4)
     n_pad = -(-n // 32) * 32
     words = (cp.random.random((n_words, n_pad)) * 4294967296.0).astype(cp.uint32)
     norms = cp.random.uniform(0.5, 2.0, n).astype(cp.float32)
-    return gpu.DeviceCodes(words, norms, norms * norms, n)
+    return DeviceCodes(words, norms, norms * norms, n)
 
 
 def flat_search(torch, base, queries, k: int, chunk: int = 256):
@@ -84,7 +88,7 @@ def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray,
     import cupy as cp
 
     q16 = torch.from_numpy(rotated[:, : codec.dim]).to("cuda", torch.float16)
-    batched = rotated.shape[0] >= gpu.BATCH_MIN_QUERIES
+    batched = rotated.shape[0] >= BATCH_MIN_QUERIES
     ours = {}
     for kernel in batch_kernels if batched else [scanner.batch_kernel]:
         scanner.batch_kernel = kernel
@@ -111,7 +115,7 @@ def run(n: int, dims: list[int], batches: list[int], big: int | None, k: int,
     bandwidth = copy_bandwidth(cp)
     device_name = cp.cuda.runtime.getDeviceProperties(0)["name"].decode()
     print(f"{device_name}: device copy {bandwidth / 1e12:.2f} TB/s (read + write)", flush=True)
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
     rows = [time_encoding(cp, n, dims[0], repeat)]
     for dim in dims:
         codec = vecstore.make_codec("tq4", dim=dim, seed=0)
@@ -176,29 +180,30 @@ def stage_times(n: int, dim: int, nq: int) -> dict:
     codes = random_device_codes(cp, codec, n, seed=1)
     n_words, n_pad = codes.words.shape
     dim_pad = -(-dim // 8) * 8
-    rows = max(1, gpu.TILE_BYTES // (2 * dim_pad * gpu.SLICE_ROWS)) * gpu.SLICE_ROWS
+    slice_rows = batch_scan.SLICE_ROWS
+    rows = max(1, batch_scan.TILE_BYTES // (2 * dim_pad * slice_rows)) * slice_rows
     kc, size = 42, 1024
     tile = cp.empty((rows, dim_pad), dtype=cp.float16)
     queries = cp.random.standard_normal((nq, dim_pad)).astype(cp.float16)
     scores = cp.empty((nq, rows), dtype=cp.float16)
     halves = cp.asarray(codec._centroids32.astype(np.float16).view(np.uint16))
-    n_slots = -(-n // gpu.SLICE_ROWS)
+    n_slots = -(-n // batch_scan.SLICE_ROWS)
     candidates = cp.empty((nq, n_slots, kc), dtype=cp.uint64)
-    bounds = cp.full(nq, gpu.EMPTY_SLOT, dtype=cp.uint64)
+    bounds = cp.full(nq, kernels.EMPTY_SLOT, dtype=cp.uint64)
     zeros, ones = cp.zeros(n, dtype=cp.float32), cp.ones(nq, dtype=cp.float32)
-    dequantize = gpu._kernel("tq_batch.cu", "tq_dequantize<4>")
-    tile_topk = gpu._kernel("tq_batch.cu", "tile_topk")
+    dequantize = kernels.kernel("tq_batch.cu", "tq_dequantize<4>")
+    tile_topk = kernels.kernel("tq_batch.cu", "tile_topk")
     stages = {
         "dequantize": lambda: dequantize(
-            (-(-rows // gpu.DEQUANT_ROWS),), (gpu.BLOCK_THREADS,),
+            (-(-rows // batch_scan.DEQUANT_ROWS),), (BLOCK_THREADS,),
             (codes.words, np.int32(n_words), np.int32(n_pad), np.int32(0), np.int32(rows),
              np.int32(dim), np.int32(dim_pad), halves, tile),
-            shared_mem=n_words * (gpu.DEQUANT_ROWS + 1) * 4 + 32),
-        "gemm": lambda: gpu._gemm(cp, tile, rows, queries, nq, dim_pad, scores, rows),
+            shared_mem=n_words * (batch_scan.DEQUANT_ROWS + 1) * 4 + 32),
+        "gemm": lambda: kernels.gemm(cp, tile, rows, queries, nq, dim_pad, scores, rows),
         "tile_topk": lambda: tile_topk(
-            (-(-rows // gpu.SLICE_ROWS), nq), (gpu.BLOCK_THREADS,),
+            (-(-rows // batch_scan.SLICE_ROWS), nq), (BLOCK_THREADS,),
             (scores, np.int32(rows), np.int32(rows), np.int32(0), np.int32(0), np.int32(nq),
-             np.int32(gpu.SLICE_ROWS), np.int32(n_slots), codes.scale, zeros, ones,
+             np.int32(batch_scan.SLICE_ROWS), np.int32(n_slots), codes.scale, zeros, ones,
              zeros, np.float32(-1), np.int32(kc), np.int32(size), bounds, candidates),
             shared_mem=size * 8 + 8),
     }
@@ -218,7 +223,7 @@ def check() -> int:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((3000, 64)).astype(np.float32)
     failures = 0
-    gpu.SLICE_ROWS, gpu.TILE_BYTES = 1024, 1024 * 64 * 2
+    batch_scan.SLICE_ROWS, batch_scan.TILE_BYTES = 1024, 1024 * 64 * 2
     with vecstore.open(segment_bytes=100_000) as db:
         for spec, metric in (("tq4", "ip"), ("tq3", "l2"), ("tq8", "cosine"), ("tq1", "ip"),
                              ("mib-hamming", "l2"), ("pq16x4", "ip"), ("tq3-prod", "ip")):
@@ -228,7 +233,7 @@ def check() -> int:
             c.add(x[2000:])
             # Before any delete: single queries run as captured plans (no row mask).
             cases = [(1, 10, "plan"), (1, 10, "masked"), (5, 100, "masked"), (9, 7, "masked"),
-                     (gpu.BATCH_MIN_QUERIES + 3, 10, "masked")]
+                     (BATCH_MIN_QUERIES + 3, 10, "masked")]
             for nq, k, case in cases:
                 if case == "masked" and len(c) == 3000:
                     c.delete(np.arange(0, 3000, 5))

@@ -7,6 +7,8 @@ import pytest
 
 import vecstore
 from vecstore.search import gpu
+from vecstore.search.gpu import batch_scan, kernels, launches, layouts
+from vecstore.search.gpu.scanner import BATCH_MIN_QUERIES, GpuScanner
 
 needs_gpu = pytest.mark.skipif(gpu.unavailable_reason() is not None,
                                reason=f"no GPU: {gpu.unavailable_reason()}")
@@ -49,7 +51,7 @@ def test_gpu_scan_matches_the_cpu(tmp_path, spec, metric):
                 c.flush()
         c.delete(np.arange(0, 6000, 7))
         assert c.stats()["segments"] >= 2 and c.stats()["memtable_rows"] > 0
-        batch = unit_rows(gpu.BATCH_MIN_QUERIES + 9, 96, 11)
+        batch = unit_rows(BATCH_MIN_QUERIES + 9, 96, 11)
         for queries, k in ((q[:1], 10), (q[:3], 1), (q, 100), (q[:5], 1000), (batch, 10),
                            (batch, 300)):
             cpu = c.search(queries, k + 1, device="cpu")
@@ -159,7 +161,6 @@ def test_memtable_rows_are_uploaded_once(spec):
 @pytest.mark.gpu
 @needs_gpu
 def test_the_budget_is_enforced():
-    from vecstore.search.gpu import GpuScanner
 
     with vecstore.open() as db:
         c = db.create_collection("c", dim=32, metric="ip", codec="tq4")
@@ -186,14 +187,14 @@ def test_tensor_core_batches_agree_with_the_fused_kernel(spec, metric, batch_ker
     x = unit_rows(40_000, 200, 12) * np.random.default_rng(13).uniform(0.5, 2, (40_000, 1))
     q = unit_rows(70, 200, 14)
     codec = vecstore.make_codec(spec, dim=200, seed=1)
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
     scanner.batch_kernel = batch_kernel
     device = scanner.resident("part", codec, codec.encode(x))
     sq_norms = np.einsum("ij,ij->i", q, q)
     mask = np.random.default_rng(15).random(40_000) < 0.7
     settings = {"TILE_BYTES": 3 << 20, "TILE_SCORE_BYTES": 2 << 20,
                 "CANDIDATE_BYTES": 1 << 20, "MMA_CAP_FACTOR": cap_factor}
-    with mock.patch.multiple(gpu, SLICE_ROWS=4096, **settings):
+    with mock.patch.multiple(batch_scan, SLICE_ROWS=4096, **settings):
         for k, rows in ((10, None), (100, mask), (1, None)):
             fused = scanner.scan(codec, device, q, metric, k, sq_norms, rows, batch=False)
             tensor = scanner.scan(codec, device, q, metric, k, sq_norms, rows, batch=True)
@@ -216,7 +217,7 @@ def test_scans_launched_together_keep_their_own_queries():
     thread's pinned buffer."""
     x = unit_rows(200_000, 384, 23)
     codec = vecstore.make_codec("tq4", dim=384, seed=4)
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
     device = scanner.resident("part", codec, codec.encode(x))
     batches = [unit_rows(5, 384, seed) for seed in range(24, 32)]
     pending = [scanner.submit(codec, device, q, "ip", 10, None) for q in batches]
@@ -235,7 +236,7 @@ def test_warp_lists_keep_what_block_lists_keep(spec, order):
     keys of a search for one more, in the scan (single queries, through the plan too)
     and in the merge, with and without a mask. Rows ordered by rising score make every
     step bring a warp a full set of new best rows; falling, almost none."""
-    k = gpu.WARP_TOP_MAX_K
+    k = launches.WARP_TOP_MAX_K
     rng = np.random.default_rng(70)
     x = unit_rows(300_000, 64, 71) * rng.uniform(0.5, 2, (300_000, 1))
     q = unit_rows(3, 64, 72)
@@ -244,7 +245,7 @@ def test_warp_lists_keep_what_block_lists_keep(spec, order):
     codec = vecstore.make_codec(spec, dim=64, seed=2)
     if not codec.is_trained:
         codec.train(x[::30])
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
     device = scanner.resident("part", codec, codec.encode(x))
     mask = rng.random(300_000) < 0.5
     for rows in (None, mask):
@@ -275,9 +276,9 @@ def test_batches_take_queries_already_on_the_device(rotation):
     x = unit_rows(20_000, 96, 21)
     q = unit_rows(40, 96, 22)
     codec = vecstore.make_codec("tq4", dim=96, seed=3, rotation=rotation)
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
     device = scanner.resident("part", codec, codec.encode(x))
-    with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
+    with mock.patch.multiple(batch_scan, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
         for queries, batch in ((q, True), (q[:3], False)):
             host = scanner.scan(codec, device, queries, "ip", 10, None, batch=batch)
             on_device = scanner.scan(codec, device, cupy.asarray(queries), "ip", 10, None,
@@ -311,16 +312,16 @@ def test_batch_plans_replay_the_direct_search(rotation, metric):
                             sq, rows, batch=True)
 
     for cap_factor in (4, 0):
-        with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20,
+        with mock.patch.multiple(batch_scan, SLICE_ROWS=4096, TILE_BYTES=1 << 20,
                                  MMA_CAP_FACTOR=cap_factor):
-            scanner = gpu.GpuScanner()
+            scanner = GpuScanner()
             device = scanner.resident("part", codec, codec.encode(x))
             for mask in (None, live):
                 planned = [search(scanner, device, q, mask) for q in batches[:-1]]
                 planned.append(search(scanner, device, batches[-1], mask,
                                       cupy.asarray(batches[-1])))
                 plans = list(scanner._batch_plans.values())
-                assert any(plan.steps is not None for plan in plans) == scanner.hopper
+                assert any(plan.steps is not None for plan in plans) == scanner.context.hopper
                 for q, found in zip(batches, planned, strict=True):
                     direct = search(scanner, device, q, np.ones(40_000, dtype=bool)
                                     if mask is None else mask.copy())
@@ -338,8 +339,8 @@ def test_batch_plans_follow_the_batch_kernel():
     x = unit_rows(40_000, 96, 83)
     codec = vecstore.make_codec("tq4", dim=96, seed=5)
     q = unit_rows(40, 96, 84)
-    with mock.patch.multiple(gpu, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
-        scanner = gpu.GpuScanner()
+    with mock.patch.multiple(batch_scan, SLICE_ROWS=4096, TILE_BYTES=1 << 20):
+        scanner = GpuScanner()
         device = scanner.resident("part", codec, codec.encode(x))
         found = {}
         for kernel in ("mma", "gemm"):
@@ -347,7 +348,7 @@ def test_batch_plans_follow_the_batch_kernel():
             found[kernel] = [scanner.scan(codec, device, q, "ip", 10, None, batch=True)
                              for _ in range(2)]
         fused = {key[-1]: plan.scan.fused for key, plan in scanner._batch_plans.items()}
-    assert fused == {"mma": scanner.hopper, "gemm": False}
+    assert fused == {"mma": scanner.context.hopper, "gemm": False}
     for mma, gemm in zip(found["mma"], found["gemm"], strict=True):
         np.testing.assert_array_equal(mma[0], gemm[0])
 
@@ -363,7 +364,7 @@ def test_tensor_core_batches_keep_recall_on_real_data(wordnet, tile_bytes):
 
     x, q = wordnet["base"], wordnet["queries"][:400]
     with vecstore.open() as db, mock.patch.multiple(
-            gpu, TILE_BYTES=tile_bytes or gpu.TILE_BYTES):
+            batch_scan, TILE_BYTES=tile_bytes or batch_scan.TILE_BYTES):
         c = db.create_collection("c", dim=x.shape[1], metric="ip", codec="tq4")
         c.add(x)
         cpu = c.search(q, 10, device="cpu")
@@ -403,7 +404,7 @@ def test_device_layout_transposes_packed_words():
     codec = vecstore.make_codec("tq4", dim=16, seed=0)
     x = unit_rows(40, 16, 10)
     codes = codec.encode(x)
-    words, scale, sq_norms = gpu.device_layout(codec, codes)
+    words, scale, sq_norms = layouts.device_layout(codec, codes)
     assert words.shape == (2, 64) and words.dtype == np.uint32
     np.testing.assert_array_equal(words[:, :40].T.copy().view(np.uint8), codes[:, :8])
     np.testing.assert_allclose(scale, np.linalg.norm(x, axis=1), rtol=1e-6)
@@ -413,7 +414,7 @@ def test_device_layout_transposes_packed_words():
 def test_prod_layout_holds_the_signs_and_residual_factors():
     codec = vecstore.make_codec("tq3-prod", dim=40, seed=0)
     codes = codec.encode(unit_rows(9, 40, 16))
-    signs, residual = gpu.prod_layout(codec, codes)
+    signs, residual = layouts.prod_layout(codec, codes)
     assert signs.shape == (2, 32) and signs.dtype == np.uint32
     np.testing.assert_array_equal(signs[:, :9].T.copy().view(np.uint8)[:, :5],
                                   codes[:, codec.index_bytes : codec.norm_offset])
@@ -425,7 +426,7 @@ def test_unpack_keys_inverts_the_kernel_packing():
     bits = keys.view(np.uint32)
     ordered = np.where(bits & 0x80000000, ~bits, bits | 0x80000000).astype(np.uint64)
     packed = (ordered << np.uint64(32)) | np.array([[7, 8, 9, 10]], dtype=np.uint64)
-    out_keys, rows = gpu.unpack_keys(packed)
+    out_keys, rows = kernels.unpack_keys(packed)
     np.testing.assert_array_equal(out_keys, keys)
     np.testing.assert_array_equal(rows, [[7, 8, 9, -1]])
 
@@ -434,7 +435,7 @@ def test_the_kernel_sources_ship_with_the_package():
     for name, kernel in (("tq_scan.cu", "tq_scan"), ("tq_batch.cu", "tile_topk"),
                          ("hamming_scan.cu", "hamming_scan"), ("merge_topk.cu", "merge_topk"),
                          ("merge_topk.cu", "merge_topk_warps"), ("tq_mma.cu", "tq_mma_scan")):
-        source = gpu.kernel_source(name)
+        source = kernels.kernel_source(name)
         assert "__global__" in source and f" {kernel}(" in source.replace("\n", " ")
         assert "struct BlockTopK" in source and "struct WarpTopK" in source
         assert "#include" not in source
@@ -451,12 +452,12 @@ def test_single_queries_replay_a_plan_with_the_general_kernels_results(rotation,
     a pending search sends the next search down the general path. A mask gets a plan
     from its second search as the same object (a segment's live rows); a new mask object
     each time (a filter) keeps the general path."""
-    from vecstore.search.gpu_query import PendingQuery
+    from vecstore.search.gpu.single_query import PendingQuery
 
     x = unit_rows(6000, 100, 30) * np.random.default_rng(31).uniform(0.5, 2, (6000, 1))
     codec = vecstore.make_codec("tq4", dim=100, seed=1, rotation=rotation)
     codes = codec.encode(x)
-    scanner = gpu.GpuScanner()
+    scanner = GpuScanner()
 
     def search(device, q, mask=None):
         sq_norms = np.einsum("ij,ij->i", q, q) if metric == "l2" else None

@@ -10,8 +10,8 @@ import pytest
 import vecstore
 from vecstore import rows
 from vecstore.errors import OutOfDeviceMemory
-from vecstore.search import gpu
-from vecstore.search.gpu_arena import DeviceArena
+from vecstore.search.gpu.arena import DeviceArena
+from vecstore.search.gpu.layouts import host_layout
 
 
 class NumpyScanner:
@@ -66,7 +66,7 @@ def assert_arena_holds(arena: DeviceArena, view, parts, offsets) -> None:
         if not size:
             continue
         span = slice(start, start + size)
-        words, scale, sq_norms, signs, residual = gpu.host_layout(arena.codec,
+        words, scale, sq_norms, signs, residual = host_layout(arena.codec,
                                                                    part.columns[rows.CODE])
         np.testing.assert_array_equal(device.words[:, span], words[:, :size])
         np.testing.assert_array_equal(device.scale[span], scale)

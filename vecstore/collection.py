@@ -962,7 +962,7 @@ class Collection:
     def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks,
                         part_sets: dict | None = None) -> TopK:
         """One scan of the whole snapshot on the GPU: every part sits in the collection's
-        arena (``search/gpu_arena.py``) with its deleted rows biased out there; a filter
+        arena (``search/gpu/arena.py``) with its deleted rows biased out there; a filter
         goes up as one mask over the arena, kept with the snapshot's part sets."""
         arena = self._device_arena()
         query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
@@ -984,7 +984,7 @@ class Collection:
         """This collection's arena on the database's GPU scanner, for its codec."""
         with self._lock:
             if self._arena is None or self._arena.codec is not self.codec:
-                from vecstore.search.gpu_arena import DeviceArena
+                from vecstore.search.gpu.arena import DeviceArena
 
                 self._arena = DeviceArena(self._gpu.get(), self.codec)
             return self._arena

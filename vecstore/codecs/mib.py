@@ -61,6 +61,7 @@ from vecstore.codecs.base import (
     require_trained,
     training_matrix,
 )
+from vecstore.codecs.device_format import DeviceFormat
 from vecstore.codecs.kmeans import sample_rows
 from vecstore.codecs.rotation import HADAMARD_MIN_POW2, make_rotation
 from vecstore.codecs.tables import (
@@ -318,6 +319,20 @@ class MIBCodec:
         if q.shape[0] <= TABLE_MAX_QUERIES:
             return MIBQueries(rotated, tables=self.score_tables(MIBQueries(rotated)))
         return MIBQueries(rotated)
+
+    @property
+    def device_format(self) -> DeviceFormat | None:
+        """How the GPU kernels read these codes once trained (codecs/device_format.py):
+        per-query tables for asymmetric scoring (``query_tables``), popcount for Hamming."""
+        if not self.is_trained:
+            return None
+        family = "table" if self.scoring == "asymmetric" else "hamming"
+        return DeviceFormat(family, self.code_size, self.bits, self.rot_dim)
+
+    def query_tables(self, q: np.ndarray) -> np.ndarray:
+        """The device kernel's score tables (nq, D, 2**bits) float32 for queries (nq, d)
+        float32: each rotated coordinate times its dimension's levels."""
+        return np.ascontiguousarray(self.rotate(q)[:, :, None] * self.levels.T[None, :, :])
 
     @functools.cached_property
     def scan_format(self) -> ScanFormat:

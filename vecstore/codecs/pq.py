@@ -33,6 +33,7 @@ from vecstore.codecs.base import (
     require_trained,
     training_matrix,
 )
+from vecstore.codecs.device_format import DeviceFormat
 from vecstore.codecs.kmeans import DEFAULT_NITER, Backend, kmeans, sample_rows
 from vecstore.codecs.tables import (
     ScanFormat,
@@ -202,6 +203,19 @@ class ProductQuantizer:
         """<q_m, c_mj> of queries (nq, d) float32: (nq, M, 2**nbits) float32."""
         subvectors = q.reshape(-1, self.m, self.dsub).transpose(1, 0, 2)
         return np.ascontiguousarray((subvectors @ self._centroids_t).transpose(1, 0, 2))
+
+    @property
+    def device_format(self) -> DeviceFormat | None:
+        """How the GPU kernels read these codes once trained (codecs/device_format.py):
+        scored by per-query tables (``query_tables``)."""
+        if not self.is_trained:
+            return None
+        return DeviceFormat("table", self.code_size, self.nbits, self.m)
+
+    def query_tables(self, q: np.ndarray) -> np.ndarray:
+        """The device kernel's score tables (nq, M, 2**nbits) float32 for queries (nq, d)
+        float32: <q_m, c_mj>."""
+        return self._distance_tables(q)
 
     @functools.cached_property
     def scan_format(self) -> ScanFormat | None:

@@ -23,6 +23,7 @@ import numpy as np
 
 from vecstore import _native
 from vecstore.codecs import bitpack
+from vecstore.codecs.device_format import DeviceFormat
 from vecstore.codecs.lloyd_max import codebook
 from vecstore.codecs.rotation import make_rotation, stable_normal
 from vecstore.codecs.tables import (
@@ -274,6 +275,12 @@ class TurboQuantMSE(_TurboQuantBase):
         return self.norms(codes)
 
     @functools.cached_property
+    def device_format(self) -> DeviceFormat:
+        """How the GPU kernels read these codes (codecs/device_format.py)."""
+        return DeviceFormat("tq", self.index_bytes, self.mse_bits, self.rot_dim,
+                            centroids=self._centroids32)
+
+    @functools.cached_property
     def scan_format(self) -> ScanFormat:
         """The code bytes a table scan reads: the packed indices, 3-bit ones a nibble each
         and 5- to 7-bit ones a byte each."""
@@ -370,6 +377,13 @@ class TurboQuantProd(_TurboQuantBase):
         qjl = self._sign_scores(state.sketched, codes)
         qjl *= self.score_tail_scales(codes)[None, :]
         return (mse + qjl) * self.norms(codes)[None, :]
+
+    @functools.cached_property
+    def device_format(self) -> DeviceFormat:
+        """How the GPU kernels read these codes (codecs/device_format.py)."""
+        return DeviceFormat("prod", self.index_bytes, self.mse_bits, self.rot_dim,
+                            centroids=self._centroids32,
+                            sign_bytes=(self.index_bytes, self.norm_offset))
 
     @functools.cached_property
     def scan_format(self) -> ScanFormat:

@@ -19,7 +19,7 @@ class SharedScanner:
         """The scanner (CuPy is imported on the first call)."""
         with self._lock:
             if self._scanner is None:
-                from vecstore.search.gpu import GpuScanner
+                from vecstore.search.gpu.scanner import GpuScanner
 
                 self._scanner = GpuScanner(self.budget_bytes)
             return self._scanner

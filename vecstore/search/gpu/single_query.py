@@ -15,7 +15,8 @@ import threading
 
 import numpy as np
 
-from vecstore.search import gpu
+from vecstore.search.gpu import kernels, launches
+from vecstore.search.gpu.layouts import code_format, metric_terms
 
 # cudaMemcpyKind value (driver_types.h).
 HOST_TO_DEVICE = 1
@@ -31,17 +32,17 @@ class SingleQueryPlan:
     it, and the caller takes the general path.
     """
 
-    def __init__(self, scanner, codec, device, metric: str, k: int, mask, row_bias):
+    def __init__(self, context, codec, device, metric: str, k: int, mask, row_bias):
         import cupyx
 
         from vecstore.codecs.rotation import DenseRotation
 
-        cp = self.cupy = scanner.cupy
+        cp = self.cupy = context.cupy
         self.device, self.codec, self.n, self.mask = device, codec, device.n, mask
-        self.dim, self.rot_dim = codec.dim, gpu.code_format(codec).values
+        self.dim, self.rot_dim = codec.dim, code_format(codec).values
         self.matrix = None
         if isinstance(codec.rotation, DenseRotation):
-            self.matrix = scanner.rotation_rows(codec)
+            self.matrix = context.rotation_rows(codec)
         width = self.dim if self.matrix is not None else self.rot_dim
         # The query (or the host-rotated query) and its key bias, in one copy.
         self.host_query = cupyx.empty_pinned(width + 1, dtype=np.float32)
@@ -51,14 +52,14 @@ class SingleQueryPlan:
         # Written by the merge kernel straight into (mapped) pinned memory.
         self.host_keys = cupyx.empty_pinned((1, k), dtype=np.float32)
         self.host_rows = cupyx.empty_pinned((1, k), dtype=np.int64)
-        key_scale, _ = scanner.metric_terms(metric, device)
-        unused = gpu._device_constant(np.zeros(1, dtype=np.float32).tobytes())
-        self.scan, candidates = scanner._fused_launch(codec, device, self.rotated, k, key_scale,
-                                                      row_bias, self.query[width:], unused,
-                                                      unused)
-        self.merge, _ = scanner._merge_launch(
-            candidates, k, (self.host_keys.ctypes.data, self.host_rows.ctypes.data))
-        self.rotate_kernel = gpu._kernel("rotate_query.cu", "rotate_query")
+        key_scale, _ = metric_terms(metric, device)
+        unused = kernels.device_constant(np.zeros(1, dtype=np.float32).tobytes())
+        self.scan, candidates = launches.fused_launch(context, codec, device, self.rotated, k,
+                                                      key_scale, row_bias, self.query[width:],
+                                                      unused, unused)
+        self.merge, _ = launches.merge_launch(
+            context, candidates, k, (self.host_keys.ctypes.data, self.host_rows.ctypes.data))
+        self.rotate_kernel = kernels.kernel("rotate_query.cu", "rotate_query")
         self.graph = self.stream = None
         self.lock = threading.Lock()
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from vecstore import rows as row_columns
-from vecstore.search import gpu
+from vecstore.search.gpu.layouts import DeviceCodes, host_layout
 
 # Least capacity of a new arena, in rows; it then grows by doubling.
 MIN_CAPACITY = 1024
@@ -60,7 +60,7 @@ class ArenaView:
     """What a search of one snapshot reads: the arena's codes (``n`` rows), the id of
     every arena row, and where each part of the snapshot lies in the arena."""
 
-    device: gpu.DeviceCodes
+    device: DeviceCodes
     ids: np.ndarray         # (n,) int64, the id of every arena row (-1 for dead rows)
     starts: np.ndarray      # (parts,) int64, arena row of each part's first row (-1: empty)
     sizes: np.ndarray       # (parts,) int64, each part's rows
@@ -102,7 +102,7 @@ class DeviceArena:
         self._ranges: dict[object, _Range] = {}
         self._end = 0                 # rows in use, live or dead
         self._dead = 0
-        self._device: gpu.DeviceCodes | None = None
+        self._device: DeviceCodes | None = None
         self._base_sq_norms = None    # (capacity,) device float32, before masking
         self._ids = np.empty(0, dtype=np.int64)
         self._lock = threading.Lock()
@@ -114,7 +114,7 @@ class DeviceArena:
         scanner.hold(self)
 
     @property
-    def device(self) -> gpu.DeviceCodes | None:
+    def device(self) -> DeviceCodes | None:
         """The arena's codes as the last search saw them."""
         return self._device
 
@@ -249,7 +249,7 @@ class DeviceArena:
         m = codes.shape[0]
         if m == 0:
             return
-        arrays = gpu.host_layout(self.codec, codes)
+        arrays = host_layout(self.codec, codes)
         self._reserve(start + m, arrays)
         device = self._device
         span = slice(start, start + m)
@@ -274,7 +274,7 @@ class DeviceArena:
         capacity = max(-(-rows // 32) * 32, 2 * capacity, MIN_CAPACITY)
         cp, old = self.cupy, self._device
         if old is None and like is None:
-            like = gpu.host_layout(
+            like = host_layout(
                 self.codec, np.zeros((1, self.codec.code_size), dtype=np.uint8))
         like = old.buffers() if old is not None else like
         buffers = [None if values is None else cp.zeros(
@@ -293,7 +293,7 @@ class DeviceArena:
             base[used] = self._base_sq_norms[used]
         words, scale, sq_norms, signs, residual = buffers
         sq_norms[self._end:] = np.inf
-        self._device = gpu.DeviceCodes(words, scale, sq_norms, self._end, zeros, signs, residual)
+        self._device = DeviceCodes(words, scale, sq_norms, self._end, zeros, signs, residual)
         self._base_sq_norms = base
         ids = np.full(capacity, -1, dtype=np.int64)
         ids[used] = self._ids[used]

@@ -17,24 +17,27 @@ from functools import partial
 
 import numpy as np
 
-from vecstore.search import gpu
+from vecstore.search.gpu.batch_scan import BatchScan, StridedSamples
+from vecstore.search.gpu.layouts import metric_terms
 
 
 class BatchPlan:
     """Batch searches of ``nq`` queries of ``device`` (one part's codes), of the rows in
     ``mask`` (n,) bool or of all (None): ``row_bias`` (n,) float32 on the device is the
-    metric's row bias, +inf outside the mask.
+    metric's row bias, +inf outside the mask. ``fused_kernel``: BatchScan's.
 
     One search at a time uses a plan: ``submit`` returns None while another search holds
     it, and the caller takes the general path.
     """
 
-    def __init__(self, scanner, codec, device, metric: str, k: int, nq: int, mask, row_bias):
-        cp = self.cupy = scanner.cupy
-        self.scanner, self.codec, self.device, self.n = scanner, codec, device, device.n
+    def __init__(self, context, samples: StridedSamples, codec, device, metric: str, k: int,
+                 nq: int, mask, row_bias, fused_kernel: bool):
+        cp = self.cupy = context.cupy
+        self.context, self.samples, self.fused_kernel = context, samples, fused_kernel
+        self.codec, self.device, self.n = codec, device, device.n
         self.metric, self.k, self.nq, self.mask, self.row_bias = metric, k, nq, mask, row_bias
         self.query_bias = (cp.empty(nq, dtype=cp.float32) if metric == "l2"
-                           else scanner._zeros(nq))
+                           else context.zeros(nq))
         self.scan = self.steps = None
         self.stream = cp.cuda.Stream(non_blocking=False)
         self.lock = threading.Lock()
@@ -62,9 +65,10 @@ class BatchPlan:
         if self.metric == "l2":
             self.query_bias[...] = cp.asarray(query_sq_norms, dtype=cp.float32)
         if self.scan is None:
-            key_scale, _ = self.scanner.metric_terms(self.metric, self.device)
-            self.scan = gpu.BatchScan(self.scanner, self.codec, self.device, queries, self.k,
-                                      key_scale, self.row_bias, self.query_bias)
+            key_scale, _ = metric_terms(self.metric, self.device)
+            self.scan = BatchScan(self.context, self.samples, self.codec, self.device, queries,
+                                  self.k, key_scale, self.row_bias, self.query_bias,
+                                  self.fused_kernel)
             return cp.asnumpy(self.scan.run())
         self.scan.load(queries)
         if not self.scan.fused:
