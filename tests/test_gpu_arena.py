@@ -184,3 +184,25 @@ def test_an_arena_past_its_budget_raises_and_keeps_what_it_held():
         with pytest.raises(OutOfDeviceMemory):
             arena.search(snapshot(c)[0], lambda view: view)
         assert arena.nbytes == held
+
+
+def test_a_growing_memtable_keeps_its_deleted_rows_dead():
+    with vecstore.open(device="cpu", merge_policy=None) as db:
+        c = db.create_collection("c", dim=16, metric="l2", codec="tq4")
+        arena = DeviceArena(NumpyScanner(), c.codec)
+        search = lambda: arena.search(snapshot(c)[0], lambda view: view)  # noqa: E731
+        c.add(unit_rows(300, 16, 11))
+        search()
+        c.delete(np.arange(0, 300, 3))
+        assert_arena_holds(arena, search(), *snapshot(c))
+        # New rows go up live beside the dead ones, which stay dead.
+        c.add(unit_rows(100, 16, 12), ids=np.arange(1000, 1100))
+        assert_arena_holds(arena, search(), *snapshot(c))
+        assert arena.uploaded_rows == 400
+        # An upsert deletes its old row and appends the new one; a delete of a new row.
+        c.upsert(unit_rows(1, 16, 13), ids=np.array([1]))
+        c.delete(np.array([1050]))
+        view = search()
+        assert_arena_holds(arena, view, *snapshot(c))
+        assert arena.uploaded_rows == 401
+        assert np.count_nonzero(np.isfinite(view.device.zeros)) == len(c)

@@ -11,6 +11,6 @@ extern "C" __global__ void set_row_biases(const long long* __restrict__ changes,
     const long long change = changes[i];
     const bool live = change >= 0;
     const long long row = live ? change : ~change;
-    zeros[row] = live ? 0.0f : INFINITY;
-    sq_norms[row] = live ? base_sq_norms[row] : INFINITY;
+    zeros[row] = live ? 0.0f : __int_as_float(0x7f800000);
+    sq_norms[row] = live ? base_sq_norms[row] : __int_as_float(0x7f800000);
 }

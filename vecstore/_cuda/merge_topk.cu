@@ -9,8 +9,9 @@
 // offer: after the heads, typically a few steps.
 //
 // `keys` and `rows` (both null, or both set): the k best also as float32 keys and int64
-// rows, +inf and -1 for an empty slot or a masked row (as vecstore.search.gpu.unpack_keys),
-// so a caller can read them straight from mapped host memory.
+// rows, +inf and -1 for an empty slot or a masked row (as unpack_keys in
+// vecstore/search/gpu/kernels.py), so a caller can read them straight from mapped host
+// memory.
 //
 // merge_topk_warps does the same for k <= 32 with a WarpTopK per warp: warp w walks lists
 // w * 32 + lane, (w + warps) * 32 + lane, ..., and the warps combine at the end; no

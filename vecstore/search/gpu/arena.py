@@ -36,16 +36,24 @@ MIN_SCAN_GRANULE = 1024
 SCAN_GRANULES = 64
 
 
+# A range's ``live`` before any mask was applied to its rows since they went up.
+_UNSET = object()
+
+
 @dataclass
 class _Range:
-    """Rows [start, start + rows) of the arena hold part ``key``'s first ``rows`` rows;
-    ``live`` is the live mask the arena's biases were last set from (None: all live) and
-    ``alive`` a copy of its first ``rows`` values (a memtable's mask may change in place)."""
+    """Rows [start, start + rows) of the arena hold part ``key``'s first ``rows`` rows.
+    ``live`` is the part's live mask their biases were last set from and ``live_base`` the
+    array it views; ``alive`` the mask giving their biases' state, for its length (None:
+    all live; rows past it went up later, live). Live masks are replaced, never modified
+    (a memtable's is a view of its live column, which only grows past the rows viewed),
+    so a mask kept here keeps its values."""
 
     key: object
     start: int
     rows: int
-    live: np.ndarray | None
+    live: object = _UNSET
+    live_base: np.ndarray | None = None
     alive: np.ndarray | None = None
 
 
@@ -185,14 +193,13 @@ class DeviceArena:
         codes, ids = part.columns[row_columns.CODE], part.columns[row_columns.ID]
         held = self._ranges.get(key)
         if held is None:
-            held = self._ranges[key] = _Range(key, self._end, 0, live=None)
+            held = self._ranges[key] = _Range(key, self._end, 0)
         if part.rows == held.rows:
             return
         if held.start + held.rows != self._end:
             self._move_to_end(held)
         self._upload(codes[held.rows:], ids[held.rows:], held.start + held.rows)
         held.rows = part.rows
-        held.live = held.alive = None
         self._end = held.start + held.rows
 
     def _move_to_end(self, held: _Range) -> None:
@@ -218,30 +225,23 @@ class DeviceArena:
         self._dead += held.rows
 
     def _set_live(self, held: _Range, live: np.ndarray | None) -> None:
-        """Set ``held``'s biases from the part's live mask (its first held.rows rows)
-        unless they were last set from that same mask object. Against the rows last set,
-        only the rows whose state changed go up (a delete changes a few)."""
+        """Set ``held``'s biases from the part's live mask (None: all live), its first
+        held.rows rows. Nothing happens for the mask last applied or another view of its
+        array; otherwise only the rows whose state changed go up, to one kernel launch
+        (a delete changes a few)."""
         if live is held.live:
             return
-        cp, span = self.cupy, slice(held.start, held.start + held.rows)
-        alive = None if live is None else np.array(live[: held.rows], dtype=bool)
-        if alive is not None and held.alive is not None:
-            changed = np.flatnonzero(alive != held.alive)
-            if not changed.size:
-                held.live = live
-                return
+        base = None if live is None else (live if live.base is None else live.base)
+        if base is not None and base is held.live_base:
+            held.live = live
+            return
+        changed, now_live = _changed_rows(held.alive, live, held.rows)
+        if changed.size:
             rows = changed + held.start
-            self.scanner.set_row_biases(np.where(alive[changed], rows, ~rows),
+            self.scanner.set_row_biases(np.where(now_live, rows, ~rows),
                                         self._base_sq_norms, self._device)
-        elif alive is None:
-            self._device.zeros[span] = 0
-            self._device.sq_norms[span] = self._base_sq_norms[span]
-        else:
-            on_device = cp.asarray(alive)
-            self._device.zeros[span] = cp.where(on_device, cp.float32(0), cp.float32(np.inf))
-            self._device.sq_norms[span] = cp.where(on_device, self._base_sq_norms[span],
-                                                   cp.float32(np.inf))
-        held.live, held.alive = live, alive
+        held.live, held.live_base = live, base
+        held.alive = None if live is None else live[: held.rows]
 
     def _upload(self, codes: np.ndarray, ids: np.ndarray, start: int) -> None:
         """Write rows ``codes`` (m, code_size) uint8 with ``ids`` (m,) int64 at arena row
@@ -298,3 +298,21 @@ class DeviceArena:
         ids = np.full(capacity, -1, dtype=np.int64)
         ids[used] = self._ids[used]
         self._ids = ids
+
+
+def _changed_rows(before: np.ndarray | None, after: np.ndarray | None,
+                  rows: int) -> tuple[np.ndarray, np.ndarray | bool]:
+    """The rows (c,) int64 among the first ``rows`` whose state differs between the masks
+    ``before`` (rows past its length are live) and ``after`` (None: all live), and their
+    state in ``after``, (c,) bool (or True for all)."""
+    if after is None:
+        return (np.empty(0, dtype=np.int64) if before is None
+                else np.flatnonzero(~before)), True
+    after = after[:rows]
+    if before is None:
+        changed = np.flatnonzero(~after)
+    else:
+        seen = before.size
+        changed = np.flatnonzero(after[:seen] != before)
+        changed = np.concatenate([changed, seen + np.flatnonzero(~after[seen:])])
+    return changed, after[changed]

@@ -4,6 +4,7 @@ zeros, dense rotation matrices, launch geometry)."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from functools import lru_cache
 
@@ -97,6 +98,19 @@ class DeviceContext:
         self._staging.copied.record()
         return [device[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
                 for a, start in zip(arrays, starts, strict=False)]
+
+    @contextlib.contextmanager
+    def pinned(self, array: np.ndarray, dtype):
+        """``array`` as ``dtype`` in this thread's pinned buffer, yielding its address
+        (np.uint64) for kernels launched in the block to read in place: pinned memory is
+        mapped into the device's address space, so nothing is copied or allocated."""
+        array = np.asarray(array, dtype=dtype)
+        staged = self._staged(array.nbytes).view(array.dtype).reshape(array.shape)
+        np.copyto(staged, array)
+        try:
+            yield np.uint64(staged.ctypes.data)
+        finally:
+            self._staging.copied.record()
 
     def _staged(self, nbytes: int) -> np.ndarray:
         """This thread's pinned staging buffer (at least ``nbytes``) uint8, once the

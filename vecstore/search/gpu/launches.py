@@ -176,9 +176,9 @@ def set_row_biases(context: DeviceContext, changes: np.ndarray, base_sq_norms,
                    device: DeviceCodes) -> None:
     """Write the row biases of ``device`` for the rows named by ``changes`` (c,) int64:
     a live row as itself (bias 0, or its ``base_sq_norms`` value for l2), a deleted one
-    as ~row (+inf). One copy up and one launch (_cuda/arena.cu)."""
-    on_device = context.upload(changes, dtype=np.int64)
-    kernels.kernel("arena.cu", "set_row_biases")(
-        (-(-changes.size // BLOCK_THREADS),), (BLOCK_THREADS,),
-        (on_device, np.int32(changes.size), base_sq_norms, device.zeros, device.sq_norms))
-
+    as ~row (+inf). One launch (_cuda/arena.cu), which reads ``changes`` from pinned
+    host memory."""
+    with context.pinned(changes, np.int64) as address:
+        kernels.kernel("arena.cu", "set_row_biases")(
+            (-(-changes.size // BLOCK_THREADS),), (BLOCK_THREADS,),
+            (address, np.int32(changes.size), base_sq_norms, device.zeros, device.sq_norms))

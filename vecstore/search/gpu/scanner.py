@@ -62,7 +62,6 @@ class GpuScanner:
         self._lock = threading.Lock()
 
     @property
-    @property
     def resident_bytes(self) -> int:
         """Device bytes held by resident codes and by every holder on this scanner."""
         held = sum(codes.nbytes for codes in self._resident.values())
