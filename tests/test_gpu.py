@@ -510,15 +510,19 @@ def test_single_queries_replay_a_plan_with_the_general_kernels_results(rotation,
 @needs_gpu
 @pytest.mark.parametrize("spec", ["tq4", "tq2-prod", "pq16x8", "mib-hamming"])
 def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
-    """Segments, a memtable, deletes and a filter: one arena serves every search with the
-    CPU's results; a delete uploads no rows, an add only its own; a second collection
-    draws on the same scanner and budget."""
+    """Segments, a memtable, deletes, upserts and a filter: one arena serves every search
+    with the CPU's results; a delete uploads no rows, an add or an upsert only its own; a
+    second collection draws on the same scanner and budget. New rows go up in pieces of
+    16 KiB, so that a part takes several."""
+    from unittest import mock
+
     import pyarrow.compute as pc
 
     x, q = unit_rows(6000, 64, 60), unit_rows(8, 64, 61)
     # Segments of 1,000 rows by explicit flushes; the memtable (at most 2,000 rows) stays
     # below the automatic flush's size.
-    with vecstore.open(tmp_path, segment_bytes=1 << 20, merge_policy=None) as db:
+    with vecstore.open(tmp_path, segment_bytes=1 << 20, merge_policy=None) as db, \
+            mock.patch.object(launches, "PLACE_ROWS_BYTES", 16 << 10):
         c = db.create_collection("c", dim=64, metric="ip", codec=spec)
         for start in range(0, 5000, 1000):
             c.add(x[start : start + 1000],
@@ -544,6 +548,10 @@ def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
         c.add(unit_rows(1000, 64, 62), metadata={"even": np.ones(1000, dtype=bool)})
         check()
         assert c._arena.uploaded_rows == uploaded + 1000
+        c.upsert(unit_rows(3, 64, 63), ids=np.array([2, 5002, 6004]),
+                 metadata={"even": np.ones(3, dtype=bool)})
+        check()
+        assert c._arena.uploaded_rows == uploaded + 1003
         found = check(filter=pc.field("even"))
         kept = found.ids[found.ids >= 0]
         assert ((kept % 2 == 0) | (kept >= 6000)).all()

@@ -32,8 +32,13 @@ class NumpyScanner:
         self.prunes += 1
 
     @staticmethod
-    def upload_many(arrays: list) -> list:
-        return [array.copy() for array in arrays]
+    def place_rows(layout, start, device, base_sq_norms) -> None:
+        span = slice(start, start + layout[1].shape[0])
+        for target, values in zip(device.buffers(), layout, strict=True):
+            if values is not None:
+                target[..., span] = values
+        base_sq_norms[span] = layout[2]
+        device.zeros[span] = 0
 
     @staticmethod
     def set_row_biases(changes, base_sq_norms, device) -> None:

@@ -245,23 +245,16 @@ class DeviceArena:
 
     def _upload(self, codes: np.ndarray, ids: np.ndarray, start: int) -> None:
         """Write rows ``codes`` (m, code_size) uint8 with ``ids`` (m,) int64 at arena row
-        ``start``, all live, by one copy up."""
+        ``start``, all live."""
         m = codes.shape[0]
         if m == 0:
             return
-        arrays = host_layout(self.codec, codes)
-        self._reserve(start + m, arrays)
-        device = self._device
-        span = slice(start, start + m)
-        targets = [(target, np.ascontiguousarray(values[..., :m]))
-                   for target, values in zip(device.buffers(), arrays, strict=True)
-                   if values is not None]
-        staged = self.scanner.upload_many([values for _, values in targets])
-        for (target, _), values in zip(targets, staged, strict=True):
-            target[..., span] = values
-        self._base_sq_norms[span] = device.sq_norms[span]
-        device.zeros[span] = 0
-        self._ids[span] = ids
+        layout = host_layout(self.codec, codes)
+        self._reserve(start + m, layout)
+        self.scanner.place_rows([None if values is None else values[..., :m]
+                                 for values in layout], start, self._device,
+                                self._base_sq_norms)
+        self._ids[start : start + m] = ids
         self.uploaded_rows += m
         self.scanner.uploaded_rows += m
 

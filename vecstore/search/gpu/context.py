@@ -85,30 +85,18 @@ class DeviceContext:
         self._staging.copied.record()
         return device
 
-    def upload_many(self, arrays: list[np.ndarray]) -> list:
-        """Device copies of ``arrays`` (contiguous, any shapes and dtypes) made by one
-        host-to-device copy through the pinned buffer (``upload``): views of one device
-        buffer, each at a 16-byte boundary."""
+    @contextlib.contextmanager
+    def pinned(self, arrays: list[np.ndarray]):
+        """``arrays`` (contiguous) copied into this thread's pinned buffer, each at a
+        16-byte boundary, yielding their addresses (np.uint64) for kernels launched in the
+        block to read in place: pinned memory is mapped into the device's address space,
+        so nothing is copied to the device or allocated there."""
         starts = np.cumsum([0] + [-(-a.nbytes // 16) * 16 for a in arrays])
-        staged = self._staged(int(starts[-1]))[: int(starts[-1])]
+        staged = self._staged(int(starts[-1]))
         for array, start in zip(arrays, starts, strict=False):
             staged[start : start + array.nbytes] = array.reshape(-1).view(np.uint8)
-        device = self.cupy.empty(staged.size, dtype=self.cupy.uint8)
-        device.set(staged)
-        self._staging.copied.record()
-        return [device[start : start + a.nbytes].view(a.dtype).reshape(a.shape)
-                for a, start in zip(arrays, starts, strict=False)]
-
-    @contextlib.contextmanager
-    def pinned(self, array: np.ndarray, dtype):
-        """``array`` as ``dtype`` in this thread's pinned buffer, yielding its address
-        (np.uint64) for kernels launched in the block to read in place: pinned memory is
-        mapped into the device's address space, so nothing is copied or allocated."""
-        array = np.asarray(array, dtype=dtype)
-        staged = self._staged(array.nbytes).view(array.dtype).reshape(array.shape)
-        np.copyto(staged, array)
         try:
-            yield np.uint64(staged.ctypes.data)
+            yield [np.uint64(staged.ctypes.data + int(start)) for start in starts[:-1]]
         finally:
             self._staging.copied.record()
 

@@ -1,7 +1,7 @@
 """Launches of the CUDA-core kernels: the fused scan of TurboQuant, table and tq{b}-prod
 codes (``tq_scan.cu``), the popcount scan of Hamming codes (``hamming_scan.cu``), the merge
-of per-block candidates (``merge_topk.cu``) and the arena's row-bias updates
-(``arena.cu``). Each takes the ``DeviceContext`` it runs on."""
+of per-block candidates (``merge_topk.cu``) and the arena's new rows and row-bias
+updates (``arena.cu``). Each takes the ``DeviceContext`` it runs on."""
 
 from __future__ import annotations
 
@@ -27,6 +27,8 @@ MERGE_THREADS = 256
 # merge then runs up to MERGE_WARP_THREADS threads, a lane per block's list.
 WARP_TOP_MAX_K = 32
 MERGE_WARP_THREADS = 1024
+# New arena rows go through pinned host memory in pieces of at most this many bytes.
+PLACE_ROWS_BYTES = 8 << 20
 
 
 def top_list_size(k: int, warp_top: bool) -> int:
@@ -178,7 +180,38 @@ def set_row_biases(context: DeviceContext, changes: np.ndarray, base_sq_norms,
     a live row as itself (bias 0, or its ``base_sq_norms`` value for l2), a deleted one
     as ~row (+inf). One launch (_cuda/arena.cu), which reads ``changes`` from pinned
     host memory."""
-    with context.pinned(changes, np.int64) as address:
+    with context.pinned([np.asarray(changes, dtype=np.int64)]) as (address,):
         kernels.kernel("arena.cu", "set_row_biases")(
             (-(-changes.size // BLOCK_THREADS),), (BLOCK_THREADS,),
             (address, np.int32(changes.size), base_sq_norms, device.zeros, device.sq_norms))
+
+
+def place_rows(context: DeviceContext, layout: list[np.ndarray | None], start: int,
+               device: DeviceCodes, base_sq_norms) -> None:
+    """Write m new rows at row ``start`` of ``device``, live: ``layout`` is their host
+    layout (words (W, m) uint32, scale, sq_norms (m,) float32, signs (S, m) uint32 and
+    residual (m,) float32 or None; ``layouts.host_layout`` cut to m rows). Launches of
+    _cuda/arena.cu read the rows from pinned host memory, PLACE_ROWS_BYTES at a time."""
+    words, scale, sq_norms, signs, residual = layout
+    m = scale.shape[0]
+    row_bytes = sum(a.itemsize * (a.shape[0] if a.ndim == 2 else 1)
+                    for a in layout if a is not None)
+    step = max(1, PLACE_ROWS_BYTES // row_bytes)
+    null = np.uint64(0)
+    for first in range(0, m, step):
+        rows = slice(first, min(m, first + step))
+        count = rows.stop - rows.start
+        chunk = [np.ascontiguousarray(a[..., rows]) for a in layout if a is not None]
+        with context.pinned(chunk) as addresses:
+            held = iter(addresses)
+            words_in, scale_in, sq_norms_in = next(held), next(held), next(held)
+            signs_in = null if signs is None else next(held)
+            residual_in = null if residual is None else next(held)
+            kernels.kernel("arena.cu", "place_rows")(
+                (-(-count // BLOCK_THREADS),), (BLOCK_THREADS,),
+                (words_in, np.int32(words.shape[0]), signs_in,
+                 np.int32(0 if signs is None else signs.shape[0]), scale_in, sq_norms_in,
+                 residual_in, np.int32(count), np.int64(start + rows.start),
+                 np.int64(device.words.shape[1]), device.words,
+                 null if signs is None else device.signs, device.scale, device.sq_norms,
+                 null if residual is None else device.residual, base_sq_norms, device.zeros))

@@ -128,9 +128,10 @@ class GpuScanner:
             self._masked = {key: held for key, held in self._masked.items()
                             if id(held[0]) in live}
 
-    def upload_many(self, arrays: list[np.ndarray]) -> list:
-        """``DeviceContext.upload_many`` on this scanner's device."""
-        return self.context.upload_many(arrays)
+    def place_rows(self, layout: list, start: int, device: DeviceCodes, base_sq_norms) -> None:
+        """Write new live rows of ``layout`` (a host layout cut to its m rows) at row
+        ``start`` of ``device`` (``launches.place_rows``)."""
+        launches.place_rows(self.context, layout, start, device, base_sq_norms)
 
     def set_row_biases(self, changes: np.ndarray, base_sq_norms, device: DeviceCodes) -> None:
         """Write the row biases of ``device`` for the rows named by ``changes`` (c,) int64:
