@@ -14,30 +14,16 @@ from __future__ import annotations
 import json
 import statistics
 import sys
-import time
 
 import numpy as np
 
 import vecstore
+from bench.gpu_timing import flat_search, median_seconds
 from vecstore.search import gpu
 from vecstore.search.gpu import batch_scan, kernels
 from vecstore.search.gpu.context import BLOCK_THREADS
 from vecstore.search.gpu.layouts import DeviceCodes
 from vecstore.search.gpu.scanner import BATCH_MIN_QUERIES, GpuScanner
-
-
-def median_seconds(fn, repeat: int, warmup: int = 2, min_seconds: float = 0.2) -> float:
-    """Median wall time of ``fn()``, which must synchronize with the device itself: over
-    ``repeat`` calls, or more until they add up to ``min_seconds`` (fast calls, such as
-    single queries, vary by a few percent from call to call)."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    while len(times) < repeat or sum(times) < min_seconds:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def copy_bandwidth(cp, gib: float = 4.0) -> float:
@@ -68,16 +54,6 @@ def random_device_codes(cp, codec, n: int, seed: int) -> DeviceCodes:
     words = (cp.random.random((n_words, n_pad)) * 4294967296.0).astype(cp.uint32)
     norms = cp.random.uniform(0.5, 2.0, n).astype(cp.float32)
     return DeviceCodes(words, norms, norms * norms, n)
-
-
-def flat_search(torch, base, queries, k: int, chunk: int = 256):
-    """Exact top-k by inner product: GEMM plus torch.topk, queries in chunks."""
-    out = []
-    for start in range(0, queries.shape[0], chunk):
-        scores = queries[start : start + chunk] @ base.T
-        out.append(torch.topk(scores, k, dim=1).indices)
-    torch.cuda.synchronize()
-    return out
 
 
 def time_case(torch, scanner, codec, codes, base16, base32, rotated: np.ndarray, k: int,

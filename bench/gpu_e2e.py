@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import vecstore
-from bench.gpu import flat_search, median_seconds
+from bench.gpu_timing import flat_search, median_seconds
 from vecstore import rows as columns
 from vecstore.search import gpu
 

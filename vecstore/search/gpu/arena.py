@@ -138,9 +138,18 @@ class DeviceArena:
         snapshot's nonempty parts are placed; each has ``columns``, ``rows``, ``live``
         and its key), run while nothing else changes the arena."""
         with self._lock:
-            if self._last is None or self._last[0] is not parts:
-                self._last = (parts, self._sync(parts))
-            return scan(self._last[1])
+            return scan(self._view(parts))
+
+    def prepare(self, parts) -> None:
+        """Bring the arena to ``parts`` now (after a write), so that the first search of
+        that snapshot finds it ready."""
+        with self._lock:
+            self._view(parts)
+
+    def _view(self, parts) -> ArenaView:
+        if self._last is None or self._last[0] is not parts:
+            self._last = (parts, self._sync(parts))
+        return self._last[1]
 
     def _sync(self, parts) -> ArenaView:
         before = self._device
