@@ -82,8 +82,8 @@ def time_layout(torch, base: np.ndarray, queries: np.ndarray, flats: tuple,
         start = time.perf_counter()
         db, collection = build(directory, base, codec, segment_bytes)
         built = time.perf_counter() - start
-        parts, _, _, _ = collection._cached_snapshot()
-        scanner = collection._gpu.get()
+        parts = collection._snapshot().parts
+        scanner = collection._executor.gpu_scanner.get()
         one = scanner.resident(("one part", dim, layout), collection.codec,
                                np.concatenate([p.columns[columns.CODE] for p in parts]))
         print(f"d={dim} {layout}: {len(parts)} parts, built in {built:.1f} s", flush=True)

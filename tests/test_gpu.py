@@ -125,12 +125,12 @@ def test_resident_codes_are_freed_when_segments_go():
         c.add(unit_rows(3000, 32, 6))
         c.flush()
         c.search(unit_rows(1, 32, 7), 5)
-        scanner = c._gpu.get()
+        scanner = c._executor.gpu_scanner.get()
         before = scanner.resident_bytes
         c.delete(np.arange(0, 3000, 2))
         c.compact()
         c.search(unit_rows(1, 32, 7), 5)
-        assert c._arena.rebuilds == 1
+        assert c._executor.arena.rebuilds == 1
         assert 0 < scanner.resident_bytes < before
         db.drop_collection("c")
         assert scanner.resident_bytes == 0 and not scanner._plans
@@ -152,10 +152,10 @@ def test_memtable_rows_are_uploaded_once(spec):
             cpu = c.search(q, 11, device="cpu")
             assert_same_results(cpu, c.search(q, 10, device="gpu"),
                                 1e-4 * float(np.abs(cpu.distances).max()))
-        assert c._arena.uploaded_rows == 3000
+        assert c._executor.arena.uploaded_rows == 3000
         c.flush()
         c.search(q, 10, device="gpu")
-        assert c._arena.uploaded_rows == 3000 + len(c)
+        assert c._executor.arena.uploaded_rows == 3000 + len(c)
 
 
 @pytest.mark.gpu
@@ -165,7 +165,7 @@ def test_the_budget_is_enforced():
     with vecstore.open() as db:
         c = db.create_collection("c", dim=32, metric="ip", codec="tq4")
         c.add(unit_rows(1000, 32, 8))
-        c._gpu._scanner = GpuScanner(budget_bytes=1000)
+        c._executor.gpu_scanner._scanner = GpuScanner(budget_bytes=1000)
         with pytest.raises(vecstore.OutOfDeviceMemory, match="budget"):
             c.search(unit_rows(1, 32, 9), 5, device="gpu")
 
@@ -530,7 +530,7 @@ def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
             c.flush()
         c.add(x[5000:], metadata={"even": np.arange(5000, 6000) % 2 == 0})
         c.delete(np.arange(0, 6000, 11))
-        parts, _, _, _ = c._cached_snapshot()
+        parts = c._snapshot().parts
         assert len(parts) >= 6
 
         def check(**options):
@@ -540,18 +540,18 @@ def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
             return found
 
         check()
-        uploaded = c._arena.uploaded_rows
+        uploaded = c._executor.arena.uploaded_rows
         assert uploaded == 6000
         c.delete(np.arange(1, 6000, 13))
         assert not np.isin(check().ids, np.arange(1, 6000, 13)).any()
-        assert c._arena.uploaded_rows == uploaded
+        assert c._executor.arena.uploaded_rows == uploaded
         c.add(unit_rows(1000, 64, 62), metadata={"even": np.ones(1000, dtype=bool)})
         check()
-        assert c._arena.uploaded_rows == uploaded + 1000
+        assert c._executor.arena.uploaded_rows == uploaded + 1000
         c.upsert(unit_rows(3, 64, 63), ids=np.array([2, 5002, 6004]),
                  metadata={"even": np.ones(3, dtype=bool)})
         check()
-        assert c._arena.uploaded_rows == uploaded + 1003
+        assert c._executor.arena.uploaded_rows == uploaded + 1003
         found = check(filter=pc.field("even"))
         kept = found.ids[found.ids >= 0]
         assert ((kept % 2 == 0) | (kept >= 6000)).all()
@@ -559,6 +559,6 @@ def test_a_collection_of_many_parts_is_one_device_scan(tmp_path, spec):
         d = db.create_collection("d", dim=64, metric="ip", codec=spec)
         d.add(x[:500])
         d.search(q, 10, device="gpu")
-        scanner = c._gpu.get()
-        assert d._gpu.get() is scanner
-        assert scanner.resident_bytes == c._arena.nbytes + d._arena.nbytes
+        scanner = c._executor.gpu_scanner.get()
+        assert d._executor.gpu_scanner.get() is scanner
+        assert scanner.resident_bytes == c._executor.arena.nbytes + d._executor.arena.nbytes

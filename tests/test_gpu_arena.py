@@ -57,8 +57,8 @@ def unit_rows(n: int, d: int, seed: int) -> np.ndarray:
 
 
 def snapshot(collection):
-    parts, offsets, _, _ = collection._cached_snapshot()
-    return parts, offsets
+    current = collection._snapshot()
+    return current.parts, current.offsets
 
 
 def assert_arena_holds(arena: DeviceArena, view, parts, offsets) -> None:

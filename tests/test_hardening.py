@@ -15,6 +15,7 @@ import vecstore
 from vecstore.codecs.registry import MAX_DIM, MAX_MATRIX_DIM, make_codec
 from vecstore.collection import Collection
 from vecstore.errors import InvalidArgument, NotFound
+from vecstore.search.executor import SearchExecutor
 
 
 @pytest.fixture
@@ -110,17 +111,17 @@ def test_query_blocks_shrink_with_k(monkeypatch, wordnet):
     c = db.create_collection("blocks", dim=384, metric="ip", codec="tq4")
     c.add(wordnet["base"][:3000])
     seen = []
-    original = Collection._scan_parts
+    original = SearchExecutor._scan_parts
 
     def scan(self, q, k, *args):
         seen.append((q.shape[0], k))
         return original(self, q, k, *args)
 
-    monkeypatch.setattr(Collection, "_scan_parts", scan)
-    monkeypatch.setattr("vecstore.collection.SCAN_CANDIDATES", 2000 * 40)
+    monkeypatch.setattr(SearchExecutor, "_scan_parts", scan)
+    monkeypatch.setattr("vecstore.search.executor.SCAN_CANDIDATES", 2000 * 40)
     blocked = c.search(wordnet["queries"][:100], k=2000, device="cpu")
     assert [n for n, _ in seen] == [40, 40, 20]
-    monkeypatch.setattr("vecstore.collection.SCAN_CANDIDATES", 1 << 22)
+    monkeypatch.setattr("vecstore.search.executor.SCAN_CANDIDATES", 1 << 22)
     whole = c.search(wordnet["queries"][:100], k=2000, device="cpu")
     assert seen[-1] == (100, 2000)
     # Only the summation order of the blocks' matrix products differs.

@@ -294,7 +294,7 @@ def test_the_memtable_layout_grows_with_its_rows(wordnet, monkeypatch, path):
         want = c.search(q, k=20)
         np.testing.assert_array_equal(got.ids, want.ids)
         np.testing.assert_array_equal(got.distances, want.distances)
-    assert c._memtable_layout[1]._rows == start
+    assert c._executor._memtable_layout[1]._rows == start
 
 
 @pytest.mark.parametrize("spec", ["tq2", "tq3", "tq4-prod"])

@@ -36,9 +36,10 @@ import pyarrow as pa
 from vecstore import _validate, wire
 from vecstore import metadata as metadata_module
 from vecstore.codecs.registry import codec_from_config
-from vecstore.collection import SearchResult, check_device
+from vecstore.collection import SearchResult
 from vecstore.database import check_collection_options
 from vecstore.errors import Closed, InvalidArgument, NotFound
+from vecstore.search.executor import check_device
 from vecstore.status_codes import error_from_rpc
 from vecstore.v1 import vecstore_pb2 as pb
 from vecstore.v1 import vecstore_pb2_grpc as pb_grpc

@@ -4,11 +4,11 @@ Rows live in sealed segments (memory-mapped Arrow files on disk, arrays in memor
 a growable in-memory buffer, the memtable. Writes go to the write-ahead log first when
 the collection is on disk, then to the memtable; ``flush`` seals the memtable into a
 segment and persists tombstones, ``compact`` rewrites segments without deleted rows.
+Searches run over a snapshot of the parts in ``search/executor.py``.
 """
 
 from __future__ import annotations
 
-import collections
 import threading
 import time
 import warnings
@@ -17,24 +17,15 @@ from typing import Literal, NamedTuple
 import numpy as np
 import pyarrow as pa
 
-from vecstore import _native, _validate, metadata, rows
+from vecstore import _validate, metadata, rows
 from vecstore.codecs.base import Codec
 from vecstore.codecs.registry import codec_from_config
-from vecstore.errors import (
-    AlreadyExists,
-    Closed,
-    DataLoss,
-    GpuUnavailable,
-    InvalidArgument,
-    NotFound,
-)
+from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 from vecstore.id_index import IdIndex
 from vecstore.merge_policy import TieredMergePolicy
-from vecstore.parts import Memtable, Part, Segment, gather, grow, search_masks
-from vecstore.search import cpu
+from vecstore.parts import Memtable, Part, Segment, gather, grow
 from vecstore.search.device import SharedScanner
-from vecstore.search.rescore import rerank
-from vecstore.search.topk import EMPTY_TIE, TopK
+from vecstore.search.executor import SearchExecutor, Snapshot
 from vecstore.storage.wal import OP_ADD, OP_DELETE, OP_UPSERT
 
 Metric = Literal["cosine", "ip", "l2"]
@@ -45,26 +36,12 @@ INITIAL_CAPACITY = 1024
 DEFAULT_SEGMENT_BYTES = 64 << 20
 # A segment is rewritten without its deleted rows once they outnumber the live ones.
 COMPACT_DEAD_FRACTION = 0.5
-# Filters selecting fewer rows than this fraction of a segment scan a gathered copy (on
-# the numpy path, and on the compiled FastScan paths).
-GATHER_FRACTION = 0.25
-COMPILED_GATHER_FRACTION = 1 / 64
-# A snapshot keeps the masks and compiled part sets of this many filters, the last used;
-# they sit in its cache under FILTERS.
-FILTER_CACHE = 16
-FILTERS = "filters"
-# The part sets' entry holding a filter's mask over the GPU arena.
-ARENA_MASK = "gpu arena mask"
-# The most candidates (query block rows * k * rescore) one scan step keeps: 80 MiB of
-# keys, rows and ties.
-SCAN_CANDIDATES = 1 << 22
 # The largest id; automatic ids stop there.
 MAX_ID = int(np.iinfo(np.int64).max)
 # Explicit flushes wait for background merges while more segments than this are below
 # full size (the policy keeps far fewer once merges settle).
 MERGE_BACKLOG = 48
 STORED_VECTOR_DTYPES = {"float16": np.float16, "float32": np.float32}
-DEVICES = ("auto", "cpu", "gpu")
 
 
 class SearchResult(NamedTuple):
@@ -110,11 +87,12 @@ class Collection:
         self.rescore_codec = rescore_codec
         self.segment_bytes = segment_bytes
         self.merge_policy = merge_policy
-        self.device = check_device(device)
-        self._gpu = SharedScanner() if gpu_scanner is None else gpu_scanner
-        self._arena = None
-        self._store = store
         self._lock = threading.RLock()
+        self._executor = SearchExecutor(
+            name, metric, rescore_column=_rescore_column(store_vectors, rescore_codec),
+            device=device, gpu_scanner=SharedScanner() if gpu_scanner is None else gpu_scanner,
+            lock=self._lock, memtable_serial=lambda: self._memtable.serial)
+        self._store = store
         self._segments: list[Segment] = []
         self._memtable = self._new_memtable()
         self._schema = metadata.EMPTY_SCHEMA
@@ -123,11 +101,8 @@ class Collection:
         self._closed = False
         self._dropped = False
         self._merger: threading.Thread | None = None
-        self._memtable_layout: tuple = (None, None)
-        # The last snapshot (its key, parts, offsets and schema) and the compiled scan's
-        # part sets of it by path, reused while nothing changes.
-        self._snapshot_cache: tuple = (None, None, None)
-        self._filter_lock = threading.Lock()
+        # The last snapshot and its key, reused while nothing changes.
+        self._snapshot_cache: tuple = (None, None)
         self._merging = merge_policy is not None
         self._written = {"flushed": 0, "rewritten": 0, "merged": 0, "merges": 0}
 
@@ -178,6 +153,11 @@ class Collection:
     def metadata_schema(self) -> pa.Schema:
         """The Arrow schema of the metadata fields seen so far."""
         return self._schema
+
+    @property
+    def device(self) -> str:
+        """Where searches run and vectors are encoded: "auto", "cpu" or "gpu"."""
+        return self._executor.device
 
     @property
     def path(self):
@@ -233,7 +213,7 @@ class Collection:
                     self._checkpoint(merge=False)
             finally:
                 self._closed = True
-                self._release_arena()
+                self._executor.release()
                 if self._store is not None:
                     self._store.close()
 
@@ -244,7 +224,7 @@ class Collection:
         with self._lock:
             self._dropped = True
             self._closed = True
-            self._release_arena()
+            self._executor.release()
             if self._store is not None:
                 self._store.close()
 
@@ -751,34 +731,31 @@ class Collection:
                                (mem.serial, mem.count), stream=mem.serial))
         return parts
 
-    def _snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema]:
-        return self._cached_snapshot()[:3]
-
-    def _cached_snapshot(self) -> tuple[list[Part], np.ndarray, pa.Schema, dict]:
-        """The parts, offsets and schema as of now, and the dict of compiled part sets of
-        them by scan path; the same objects until a write, delete, flush, merge or train
-        changes what a search sees."""
+    def _snapshot(self) -> Snapshot:
+        """What a search sees as of now; the same objects until a write, delete, flush,
+        merge or train changes it."""
         with self._lock:
             mem = self._memtable
             key = (tuple((s.serial, id(s.live)) for s in self._segments), mem.serial,
-                   mem.count, mem.dead, id(self.codec), id(self._schema))
-            cached_key, snapshot, part_sets = self._snapshot_cache
+                   mem.count, mem.dead, id(self.codec), id(self.rescore_codec),
+                   id(self._schema))
+            cached_key, snapshot = self._snapshot_cache
             if cached_key != key:
                 parts = self._parts()
-                snapshot = (parts, np.cumsum([0] + [p.rows for p in parts]), self._schema)
-                part_sets = {}
-                self._snapshot_cache = (key, snapshot, part_sets)
-        return (*snapshot, part_sets)
+                snapshot = Snapshot(parts, np.cumsum([0] + [p.rows for p in parts]),
+                                    self._schema, self.codec, self.rescore_codec, {})
+                self._snapshot_cache = (key, snapshot)
+        return snapshot
 
     def _locate(self, ids: np.ndarray):
         """The snapshot and the positions (n,) of ``ids``; NotFound naming absent ones."""
         with self._lock:
             positions = self._index.lookup(ids)
-            parts, offsets, schema = self._snapshot()
+            snapshot = self._snapshot()
         missing = ids[positions < 0]
         if missing.size:
             raise NotFound(f"ids not in {self.name!r}: {_preview(missing)}")
-        return parts, offsets, schema, positions
+        return snapshot.parts, snapshot.offsets, snapshot.schema, positions
 
     def get(self, ids) -> np.ndarray:
         """The vectors (n, d) float32 for ``ids`` (n,): the stored originals when the
@@ -825,214 +802,23 @@ class Collection:
         q, _ = self._prepare_vectors(queries, "queries", precise=False)
         k = _validate.as_k(k)
         _validate.check_search_size(q.shape[0], k, _validate.as_rescore(rescore))
-        fetch_column = self._rescore_column(rescore)
-        scan_parts = self._scan_parts
-        if self._use_gpu(self.device if device is None else check_device(device),
-                         k * (rescore or 1)):
-            scan_parts = self._scan_parts_gpu
-        parts, offsets, schema, part_sets = self._cached_snapshot()
-        expression = metadata.as_filter(filter, schema)
-        if expression is not None:
-            masks, part_sets = self._filter_masks(part_sets, parts, expression, schema)
-        else:
-            masks = search_masks(parts, None, schema)
-        # No more than the stored rows can be found: scan for those, pad the rest.
-        k_scan = max(1, min(k * (rescore or 1), int(offsets[-1])))
-        k_keep = min(k, k_scan)
-        distances = np.full((q.shape[0], k), np.inf, dtype=np.float32)
-        found = np.full((q.shape[0], k), -1, dtype=np.int64)
-        if not offsets[-1]:   # nothing stored (an untrained codec has no query state yet)
-            return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
-        # Queries are scanned in blocks whose candidate lists stay within SCAN_CANDIDATES.
-        block_rows = max(1, min(SCAN_CANDIDATES // k_scan, cpu.QUERY_BLOCK))
-        for start in range(0, q.shape[0], block_rows):
-            block = slice(start, start + block_rows)
-            top = scan_parts(q[block], k_scan, parts, offsets, masks, part_sets)
-            if fetch_column is not None:
-                fetch = self._rescore_fetch(parts, offsets, fetch_column)
-                top = TopK.of(*rerank(q[block], top.rows, top.ties, fetch, self.metric, k_keep))
-            # Every scan breaks ties by id, so a candidate's tie is its id.
-            ids = np.where(top.rows >= 0, top.ties, -1)
-            distances[block, :k_keep], found[block, :k_keep] = top.sorted_ids(ids)
-        return SearchResult(cpu.keys_to_distances(distances, self.metric), found)
-
-    def _filter_masks(self, cache: dict, parts, expression, schema) -> tuple[list, dict]:
-        """The masks of ``parts`` under a filter and the dict of their compiled part sets
-        by path, kept in the snapshot's ``cache`` for its last FILTER_CACHE filters: a
-        filter searched again skips evaluating it and laying out its parts."""
-        key = str(expression)
-        with self._filter_lock:
-            filters = cache.setdefault(FILTERS, collections.OrderedDict())
-            entry = filters.get(key)
-            if entry is not None and entry[0].equals(expression):
-                filters.move_to_end(key)
-                return entry[1], entry[2]
-        masks = search_masks(parts, expression, schema)
-        part_sets: dict = {}
-        with self._filter_lock:
-            filters[key] = (expression, masks, part_sets)
-            while len(filters) > FILTER_CACHE:
-                filters.popitem(last=False)
-        return masks, part_sets
-
-    def _scan_parts(self, q: np.ndarray, k: int, parts, offsets, masks,
-                    part_sets: dict | None = None) -> TopK:
-        """One compiled scan of every part when the kernels serve it, else a scan and a
-        merge per part. ``part_sets`` (the snapshot's compiled part sets by path, for
-        searches that take the parts' own masks) keeps the set this scan builds."""
-        path = _native.scan_path()
-        native = None if part_sets is None else part_sets.get(path)
-        pieces = None
-        if native is None:
-            pieces = self._scan_pieces(parts, offsets, masks)
-            native = cpu.part_set(self.codec, pieces, path) if pieces else None
-            if part_sets is not None and native is not None:
-                part_sets[path] = native
-        state = self.codec.prepare_query(q) if q.shape[0] <= cpu.NATIVE_MAX_QUERIES else None
-        if native is not None:
-            found = cpu.scan_many(self.codec, q, k, self.metric, [], state, native)
-            if found is not None:
-                return found
-        top = TopK(q.shape[0], k)
-        state = self.codec.prepare_query(q) if state is None else state
-        for codes, live, ids, row_map, offset, kept in (
-                pieces if pieces is not None else self._scan_pieces(parts, offsets, masks)):
-            local = cpu.scan(self.codec, codes, q, k, self.metric, live, state=state,
-                             row_ids=ids, stable=kept)
-            top.merge(local, row_map, offset)
-        return top
-
-    def _scan_pieces(self, parts, offsets, masks) -> list[tuple]:
-        """``parts`` as ``cpu.scan_many`` takes them: a part whose filter keeps few rows
-        goes as a gathered copy of those rows, the others whole with their masks."""
-        # The compiled scan bounds every row of a part whatever its mask and scores only
-        # candidates, so a masked part costs what an unmasked one does: only very selective
-        # filters pay for a gathered copy there.
-        compiled = cpu.table_kind(self.codec) is not None and _native.scan_path() not in (
-            _native.NUMPY, "scalar")
-        fraction = COMPILED_GATHER_FRACTION if compiled else GATHER_FRACTION
-        native = []
-        for part, offset, mask in zip(parts, offsets, masks, strict=False):
-            codes, ids = part.columns[rows.CODE], part.columns[rows.ID]
-            if mask is not None and np.count_nonzero(mask) < fraction * part.rows:
-                chosen = np.nonzero(mask)[0]
-                if chosen.size:
-                    native.append((codes[chosen], None, ids[chosen], chosen + offset, 0, False))
-            elif part.rows:
-                kept = True if part.stream is None else self._stream_layout(part.stream)
-                native.append((codes, mask, ids, None, int(offset), kept))
-        return native
-
-    def _stream_layout(self, stream):
-        """The compiled scan's layout of the memtable named ``stream``, extended as rows
-        arrive; False for a memtable already sealed (an older snapshot's)."""
-        with self._lock:
-            if stream != self._memtable.serial:
-                return False
-            if self._memtable_layout[0] != stream:
-                self._memtable_layout = (stream, cpu.StreamLayout())
-            return self._memtable_layout[1]
+        distances, ids = self._executor.search(q, k, rescore=rescore, filter=filter,
+                                               device=device, snapshot=self._snapshot())
+        return SearchResult(distances, ids)
 
     def search_device(self, k: int = 10) -> str:
         """Where a search of k results runs under the collection's device setting: "gpu"
         when the setting allows the GPU, CuPy sees one and the codec has a kernel for
         that k, else "cpu"."""
-        return "cpu" if self.device == "cpu" or self._gpu_unusable(k) else "gpu"
-
-    def _use_gpu(self, device: str, k: int) -> bool:
-        """Whether this search runs on the GPU; GpuUnavailable when ``device="gpu"`` cannot."""
-        if device == "cpu":
-            return False
-        reason = self._gpu_unusable(k)
-        if reason is not None and device == "gpu":
-            raise GpuUnavailable(reason)
-        return reason is None
-
-    def _gpu_unusable(self, k: int) -> str | None:
-        """Why a search of k results cannot run on the GPU, or None when it can."""
-        from vecstore.search import gpu
-
-        reason = gpu.unavailable_reason()
-        if reason is None and not gpu.supports(self.codec):
-            reason = f"codec {self.codec.spec!r} has no GPU kernel yet"
-        if reason is None and k > gpu.MAX_K:
-            reason = f"the GPU kernels keep at most {gpu.MAX_K} candidates per query"
-        return reason
-
-    def _scan_parts_gpu(self, q: np.ndarray, k: int, parts, offsets, masks,
-                        part_sets: dict | None = None) -> TopK:
-        """One scan of the whole snapshot on the GPU: every part sits in the collection's
-        arena (``search/gpu/arena.py``) with its deleted rows biased out there; a filter
-        goes up as one mask over the arena, kept with the snapshot's part sets."""
-        arena = self._device_arena()
-        query_sq_norms = np.einsum("ij,ij->i", q, q) if self.metric == "l2" else None
-        filtered = any(mask is not part.live for mask, part in zip(masks, parts, strict=True))
-
-        def scan(view) -> TopK:
-            mask = self._arena_mask(view, masks, part_sets) if filtered else None
-            keys, found = arena.scanner.scan(self.codec, view.device, q, self.metric, k,
-                                             query_sq_norms, mask)
-            ties = np.where(found >= 0, view.ids[np.maximum(found, 0)], EMPTY_TIE)
-            # The kernels return each query's keys sorted, empty slots (+inf) last; only
-            # equal keys, ordered by arena row rather than by id, need sorting again.
-            tied = (keys[:, 1:] == keys[:, :-1]) & np.isfinite(keys[:, 1:])
-            return TopK.of(keys, view.positions(found, offsets), ties, ordered=not tied.any())
-
-        return arena.search(parts, scan)
-
-    def _device_arena(self):
-        """This collection's arena on the database's GPU scanner, for its codec."""
-        with self._lock:
-            if self._arena is None or self._arena.codec is not self.codec:
-                from vecstore.search.gpu.arena import DeviceArena
-
-                self._arena = DeviceArena(self._gpu.get(), self.codec)
-            return self._arena
-
-    def _release_arena(self) -> None:
-        """Free this collection's device memory (its arena and the plans built on it)."""
-        arena, self._arena = self._arena, None
-        if arena is not None:
-            arena.scanner.forget(arena)
-
-    @staticmethod
-    def _arena_mask(view, masks, part_sets: dict | None) -> np.ndarray:
-        """The filter's mask over ``view``'s arena rows, the same object while the arena
-        stays the same (so its bias goes up once)."""
-        held = None if part_sets is None else part_sets.get(ARENA_MASK)
-        if held is not None and held[0] is view.device:
-            return held[1]
-        mask = view.mask(masks)
-        if part_sets is not None:
-            part_sets[ARENA_MASK] = (view.device, mask)
-        return mask
-
-    def _rescore_column(self, rescore) -> str | None:
-        """The column holding finer vectors, or None when not rescoring."""
-        if _validate.as_rescore(rescore) is None:
-            return None
-        if self.store_vectors is not None:
-            return rows.VECTOR
-        if self.rescore_codec is not None:
-            return rows.RESCORE_CODE
-        raise InvalidArgument(
-            f"collection {self.name!r} keeps nothing to rescore with; create it with "
-            "store_vectors='float16' or a rescore_codec"
-        )
-
-    def _rescore_fetch(self, parts, offsets, column: str):
-        if column == rows.VECTOR:
-            return lambda positions: gather(parts, offsets, positions, column).astype(np.float32)
-        return lambda positions: self.rescore_codec.decode(
-            gather(parts, offsets, positions, column))
+        return self._executor.device_for(k, self.codec)
 
 
 def _same_codecs(first: list[Codec], second: list[Codec]) -> bool:
     return len(first) == len(second) and all(a is b for a, b in zip(first, second, strict=True))
 
 
-def check_device(device) -> str:
-    """``device`` if it is one of "auto", "cpu", "gpu", else InvalidArgument."""
-    if device not in DEVICES:
-        raise InvalidArgument(f"device must be one of {DEVICES}, got {device!r}")
-    return device
+def _rescore_column(store_vectors: str | None, rescore_codec: Codec | None) -> str | None:
+    """The column rescoring reads: the stored vectors, else the rescoring codes, else None."""
+    if store_vectors is not None:
+        return rows.VECTOR
+    return rows.RESCORE_CODE if rescore_codec is not None else None

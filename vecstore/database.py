@@ -8,16 +8,11 @@ import threading
 from pathlib import Path
 
 from vecstore.codecs.registry import codec_from_config, make_codec
-from vecstore.collection import (
-    DEFAULT_SEGMENT_BYTES,
-    METRICS,
-    STORED_VECTOR_DTYPES,
-    Collection,
-    check_device,
-)
+from vecstore.collection import DEFAULT_SEGMENT_BYTES, METRICS, STORED_VECTOR_DTYPES, Collection
 from vecstore.errors import AlreadyExists, Closed, DataLoss, InvalidArgument, NotFound
 from vecstore.merge_policy import TieredMergePolicy
 from vecstore.search.device import SharedScanner
+from vecstore.search.executor import check_device
 
 DURABILITIES = ("sync", "batch")
 DEFAULT_SYNC_INTERVAL = 0.05
