@@ -7,7 +7,7 @@ of writes in the memtable and 1% of rows deleted. Queries come from numpy, as a 
 do; the flat searches get theirs already on the device (their best case). Vectors are
 random unit rows: this times speed only (tests/test_gpu.py checks results on real data).
 It also times the first search after a delete, an upsert and a 1,000-row add, each
-against the steady state.
+against the steady state, and the write itself (which brings the arena up to date).
 
     python -m bench gpu --end-to-end [--n 1000000] [--dims 384,1536] [--batches 1,16,256,4096]
 """
@@ -31,7 +31,7 @@ MEMTABLE_FRACTION = 0.05
 DELETED_FRACTION = 0.01
 ADD_BATCH = 100_000
 # Times each change is made, each followed by one timed search.
-CHANGE_REPEATS = 4
+CHANGE_REPEATS = 8
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -57,12 +57,14 @@ def build(directory: Path, base: np.ndarray, codec: str, segment_bytes: int):
     return db, collection
 
 
-def first_after(collection, change, queries: np.ndarray, k: int) -> float:
-    """Seconds of the first search after ``change()``."""
-    change()
+def first_after(collection, change, queries: np.ndarray, k: int) -> tuple[float, float]:
+    """Seconds of ``change()`` (which brings the arena to the new snapshot) and of the
+    first search after it."""
     start = time.perf_counter()
+    change()
+    changed = time.perf_counter()
     collection.search(queries, k)
-    return time.perf_counter() - start
+    return changed - start, time.perf_counter() - changed
 
 
 def time_layout(torch, base: np.ndarray, queries: np.ndarray, flats: tuple,
@@ -117,16 +119,18 @@ def time_layout(torch, base: np.ndarray, queries: np.ndarray, flats: tuple,
         for name, change in changes.items():
             # The first change in a process also loads the kernels it needs; the later
             # ones are what a running service sees.
-            firsts = [first_after(collection, lambda i=i, change=change: change(i), q, k)
-                      for i in range(CHANGE_REPEATS)]
-            later = statistics.median(firsts[1:])
+            timed = [first_after(collection, lambda i=i, change=change: change(i), q, k)
+                     for i in range(CHANGE_REPEATS)]
+            writes, firsts = zip(*timed, strict=True)
+            later, write = statistics.median(firsts[1:]), statistics.median(writes[1:])
             out.append({"kind": "gpu-first-search-after", "device": device_name,
                         "codec": codec, "n": n, "dim": dim, "layout": layout, "change": name,
                         "first_ever_s": firsts[0], "first_s": later, "steady_s": steady,
-                        "ratio": later / steady})
+                        "ratio": later / steady, "change_s": write})
             print(f"  first search after {name}: {later * 1e3:.3f} ms, median of "
                   f"{CHANGE_REPEATS - 1} ({later / steady:.2f}x steady {steady * 1e3:.3f} ms; "
-                  f"the process's first: {firsts[0] * 1e3:.3f} ms)", flush=True)
+                  f"the process's first: {firsts[0] * 1e3:.3f} ms); the {name} itself "
+                  f"{write * 1e3:.3f} ms", flush=True)
         scanner.retain(())
         db.close()
     finally:

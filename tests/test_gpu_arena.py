@@ -31,6 +31,9 @@ class NumpyScanner:
     def prune(self) -> None:
         self.prunes += 1
 
+    def forget(self, holder) -> None:
+        self.holders.remove(holder)
+
     @staticmethod
     def place_rows(layout, start, device, base_sq_norms) -> None:
         span = slice(start, start + layout[1].shape[0])
@@ -211,3 +214,28 @@ def test_a_growing_memtable_keeps_its_deleted_rows_dead():
         assert_arena_holds(arena, view, *snapshot(c))
         assert arena.uploaded_rows == 401
         assert np.count_nonzero(np.isfinite(view.device.zeros)) == len(c)
+
+
+def test_writes_bring_a_collection_arena_to_their_snapshot():
+    """Once GPU searches gave a collection an arena, each add, upsert and delete brings
+    it to the new snapshot, so that the search after the write has nothing to sync."""
+    with vecstore.open(device="cpu", merge_policy=None) as db:
+        c = db.create_collection("c", dim=16, metric="l2", codec="tq4")
+        c.add(unit_rows(300, 16, 14))
+        c.flush()
+        c.add(unit_rows(50, 16, 15), ids=np.arange(1000, 1050))
+        arena = DeviceArena(NumpyScanner(), c.codec)
+        c._executor._arena = arena
+        writes = [lambda: c.delete(np.array([3, 1001])),
+                  lambda: c.add(unit_rows(20, 16, 16), ids=np.arange(2000, 2020)),
+                  lambda: c.upsert(unit_rows(2, 16, 17), ids=np.array([5, 2003]))]
+        for write in writes:
+            write()
+            prepared_parts, view = arena._last
+            assert prepared_parts is c._snapshot().parts
+            assert_arena_holds(arena, view, *snapshot(c))
+        assert arena.uploaded_rows == 350 + 20 + 2
+        # A delete of absent ids changes nothing, so it prepares nothing.
+        before = arena._last
+        assert c.delete(np.array([99_999])) == 0
+        assert arena._last is before

@@ -269,14 +269,18 @@ class Collection:
         Raises InvalidArgument for bad input and AlreadyExists for ids already present;
         either way nothing is added. On disk the write is in the log before this returns.
         """
-        return self._write(vectors, ids, metadata, upsert=False)
+        added = self._write(vectors, ids, metadata, upsert=False)
+        self._executor.prepare(self._snapshot)
+        return added
 
     def upsert(self, vectors, ids, metadata=None) -> np.ndarray:
         """Insert vectors (n, d), replacing any stored under the same ids (n,), atomically:
         a search sees all of the old rows or all of the new. Returns the ids."""
         if ids is None:
             raise InvalidArgument("upsert needs ids")
-        return self._write(vectors, ids, metadata, upsert=True)
+        written = self._write(vectors, ids, metadata, upsert=True)
+        self._executor.prepare(self._snapshot)
+        return written
 
     def _write(self, vectors, ids, meta, *, upsert: bool) -> np.ndarray:
         self._check_open()
@@ -362,6 +366,8 @@ class Collection:
                     self._store.log(OP_DELETE, rows.to_table({rows.ID: present}))
                 self._apply_delete(present)
                 self._flush_if_full()
+        if present.size:
+            self._executor.prepare(self._snapshot)
         return int(present.size)
 
     def train(self, vectors) -> None:

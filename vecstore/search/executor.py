@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from vecstore import _native, _validate, metadata, rows
 from vecstore.codecs.base import Codec
-from vecstore.errors import GpuUnavailable, InvalidArgument
+from vecstore.errors import GpuUnavailable, InvalidArgument, OutOfDeviceMemory
 from vecstore.parts import Part, gather, search_masks
 from vecstore.search import cpu
 from vecstore.search.device import SharedScanner
@@ -152,6 +152,21 @@ class SearchExecutor:
         "gpu" when the setting allows the GPU, CuPy sees one and the codec has a kernel
         for that k, else "cpu"."""
         return "cpu" if self.device == "cpu" or self._gpu_unusable(k, codec) else "gpu"
+
+    def prepare(self, snapshot_of: Callable[[], Snapshot]) -> None:
+        """After a write: bring the GPU arena, when GPU searches made one, to the snapshot
+        ``snapshot_of()`` gives, so that the first search after the write finds the
+        device ready (the write pays the few rows it changed, not the search). An arena
+        past its budget is left for that search to report."""
+        arena = self._arena
+        if arena is None:
+            return
+        snapshot = snapshot_of()
+        if arena.codec is snapshot.codec:
+            try:
+                arena.prepare(snapshot.parts)
+            except OutOfDeviceMemory:
+                pass
 
     def release(self) -> None:
         """Free the collection's device memory (its arena and the plans built on it); the
