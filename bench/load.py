@@ -196,4 +196,30 @@ def run_load(*, url: str | None, serve: Path | None, device: str, api_key: str |
     finally:
         if process is not None:
             stop_server(process)
+    if serve is not None:
+        row = embedded_level(serve, device, name, queries, duration=duration)
+        rows.append({**common, **row})
+        print(f"embedded, the same directory after the server stopped: p50 "
+              f"{row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms "
+              f"({row['searches']} single-query searches, one thread)", flush=True)
     return rows
+
+
+def embedded_level(directory: Path, device: str, name: str, queries: np.ndarray, *,
+                   duration: float) -> dict:
+    """Latency of the same single-query searches through the embedded API, one thread, on
+    the collection the server held (its directory, reopened once the server stopped)."""
+    latencies = []
+    with vecstore.open(directory, device=device) as db:
+        collection = db.get_collection(name)
+        collection.search(queries[0], k=K)
+        stop_at = time.perf_counter() + duration
+        i = 0
+        while time.perf_counter() < stop_at:
+            t0 = time.perf_counter()
+            collection.search(queries[i % len(queries)], k=K)
+            latencies.append(time.perf_counter() - t0)
+            i += 1
+    p50, p99 = np.percentile(latencies, [50, 99]) * 1e3
+    return {"kind": "embedded-search", "searches": len(latencies), "p50_ms": float(p50),
+            "p99_ms": float(p99)}
