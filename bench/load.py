@@ -197,7 +197,7 @@ def run_load(*, url: str | None, serve: Path | None, device: str, api_key: str |
         if process is not None:
             stop_server(process)
     if serve is not None:
-        row = embedded_level(serve, device, name, queries, duration=duration)
+        row = embedded_level(serve / "data", device, name, queries, duration=duration)
         rows.append({**common, **row})
         print(f"embedded, the same directory after the server stopped: p50 "
               f"{row['p50_ms']:.3f} ms, p99 {row['p99_ms']:.3f} ms "
