@@ -490,6 +490,7 @@ class Collection:
         with self._lock:
             self._check_open()
             self._checkpoint(merge=False)
+        self._executor.prepare(self._snapshot)
 
     def compact(self) -> None:
         """Rewrite every segment with deleted rows, and merge small segments, so that
@@ -498,6 +499,7 @@ class Collection:
         with self._lock:
             self._check_open()
             self._checkpoint(merge=True)
+        self._executor.prepare(self._snapshot)
 
     def _needs_checkpoint(self) -> bool:
         return bool(self._memtable.count or any(s.tombstones_changed for s in self._segments))
@@ -569,6 +571,7 @@ class Collection:
                                      for s, live in zip(sources, lives, strict=True)])
                 with self._lock:
                     self._install_merge(sources, lives, merged)
+                self._executor.prepare(self._snapshot)
             except Exception as exc:  # the segments stay as they are; a later flush retries
                 warnings.warn(f"collection {self.name!r}: background merge failed: {exc}",
                               RuntimeWarning, stacklevel=1)
