@@ -108,7 +108,7 @@ def time_layout(torch, base: np.ndarray, queries: np.ndarray, flats: tuple,
                   f"({fp16 / ours:5.2f}x ours) | fp32 flat {fp32 * 1e3:8.3f} ms", flush=True)
         q = queries[:1]
         steady = median_seconds(lambda: collection.search(q, k), repeat)
-        fresh = unit_rows(np.random.default_rng(1), 4000, dim)
+        fresh = unit_rows(np.random.default_rng(1), 1000 * CHANGE_REPEATS, dim)
         changes = {
             "delete": lambda i: collection.delete(np.array([n - 1 - i])),
             "upsert": lambda i: collection.upsert(fresh[i : i + 1], ids=np.array([i])),
