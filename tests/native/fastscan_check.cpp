@@ -116,47 +116,99 @@ int check_shape(const std::vector<Path>& paths, std::ptrdiff_t n, std::ptrdiff_t
   return failures;
 }
 
-// The level-dot kernels (nibbles and bytes) against their scalar references for 1 to kMaxGroup queries, random
-// levels and weights. Returns the number of failures.
+// The level-dot kernels (nibbles and bytes) against their scalar references for 1 to
+// kMaxGroup queries, random levels and weights, then the extremes (every level at its
+// largest, weights of -128 and 127). The avx2 kernel takes levels of at most 127. Returns
+// the number of failures.
 int check_levels(std::ptrdiff_t n, std::ptrdiff_t n_bytes, std::mt19937_64& rng) {
-  if (!fs::cpu_has_avx512()) return 0;
   std::vector<uint8_t> codes(static_cast<std::size_t>(n * n_bytes));
   for (auto& c : codes) c = static_cast<uint8_t>(rng());
   const std::ptrdiff_t n_quads = fs::quad_count(n_bytes);
   const std::ptrdiff_t n_blocks = fs::block_count(n);
   std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
   fs::block_codes(codes.data(), n, n_bytes, n_bytes, fs::Values{}, blocked.data());
-  uint8_t levels[256];
-  for (auto& l : levels) l = static_cast<uint8_t>(rng());
-  std::vector<std::vector<int8_t>> weights(fs::kMaxGroup, std::vector<int8_t>(n_quads * 8));
-  for (auto& w : weights)
-    for (auto& x : w) x = static_cast<int8_t>(rng());
   int failures = 0;
-  for (int nq = 1; nq <= fs::kMaxGroup; ++nq) {
-    std::vector<std::vector<int32_t>> want(nq, std::vector<int32_t>(n_blocks * fs::kBlockRows));
-    std::vector<std::vector<int32_t>> got = want;
-    const int8_t* w[fs::kMaxGroup];
-    int32_t* a[fs::kMaxGroup];
-    int32_t* b[fs::kMaxGroup];
-    for (int q = 0; q < nq; ++q) {
-      w[q] = weights[q].data();
-      a[q] = want[q].data();
-      b[q] = got[q].data();
+  for (const bool extremes : {false, true}) {
+    uint8_t levels[256], small_levels[256];
+    for (int v = 0; v < 256; ++v) {
+      levels[v] = extremes ? 255 : static_cast<uint8_t>(rng());
+      small_levels[v] = extremes ? 127 : levels[v] & 127;
     }
-    fs::scalar::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
-    fs::avx512::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
-    if (want != got) {
-      std::printf("FAIL level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
-      ++failures;
-    }
-    fs::scalar::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
-    fs::avx512::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
-    if (want != got) {
-      std::printf("FAIL byte level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
-      ++failures;
+    std::vector<std::vector<int8_t>> weights(fs::kMaxGroup, std::vector<int8_t>(n_quads * 8));
+    for (std::size_t q = 0; q < weights.size(); ++q)
+      for (auto& x : weights[q])
+        x = extremes ? static_cast<int8_t>(q % 2 ? 127 : -128) : static_cast<int8_t>(rng());
+    for (int nq = 1; nq <= fs::kMaxGroup; ++nq) {
+      std::vector<std::vector<int32_t>> want(nq, std::vector<int32_t>(n_blocks * fs::kBlockRows));
+      std::vector<std::vector<int32_t>> got = want;
+      const int8_t* w[fs::kMaxGroup];
+      int32_t* a[fs::kMaxGroup];
+      int32_t* b[fs::kMaxGroup];
+      for (int q = 0; q < nq; ++q) {
+        w[q] = weights[q].data();
+        a[q] = want[q].data();
+        b[q] = got[q].data();
+      }
+      if (fs::cpu_has_avx2()) {
+        fs::scalar::level_accumulate(blocked.data(), n_blocks, n_quads, small_levels, w, nq, a);
+        fs::avx2::level_accumulate(blocked.data(), n_blocks, n_quads, small_levels, w, nq, b);
+        if (want != got) {
+          std::printf("FAIL level-dot avx2: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
+          ++failures;
+        }
+      }
+      if (!fs::cpu_has_avx512()) continue;
+      fs::scalar::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
+      fs::avx512::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
+      if (want != got) {
+        std::printf("FAIL level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
+        ++failures;
+      }
+      fs::scalar::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, a);
+      fs::avx512::byte_level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, b);
+      if (want != got) {
+        std::printf("FAIL byte level-dot avx512: n=%td n_bytes=%td nq=%d\n", n, n_bytes, nq);
+        ++failures;
+      }
     }
   }
   return failures;
+}
+
+// Min over reps runs of the avx2 level-dot kernel on n = 100000 rows of 192 bytes, for one
+// query and for kMaxGroup (the time per query).
+void time_levels(int reps, std::mt19937_64& rng) {
+  if (!fs::cpu_has_avx2()) return;
+  const std::ptrdiff_t n = 100000, n_bytes = 192, n_quads = n_bytes / 4;
+  std::vector<uint8_t> codes(static_cast<std::size_t>(n * n_bytes));
+  for (auto& c : codes) c = static_cast<uint8_t>(rng());
+  const std::ptrdiff_t n_blocks = fs::block_count(n);
+  std::vector<uint8_t> blocked(static_cast<std::size_t>(fs::blocked_size(n, n_bytes)));
+  fs::block_codes(codes.data(), n, n_bytes, n_bytes, fs::Values{}, blocked.data());
+  uint8_t levels[16];
+  for (auto& l : levels) l = static_cast<uint8_t>(rng() & 127);
+  std::vector<std::vector<int8_t>> weights(fs::kMaxGroup, std::vector<int8_t>(n_quads * 8));
+  for (auto& w : weights)
+    for (auto& x : w) x = static_cast<int8_t>(rng());
+  std::vector<std::vector<int32_t>> sums(fs::kMaxGroup,
+                                         std::vector<int32_t>(n_blocks * fs::kBlockRows));
+  const int8_t* w[fs::kMaxGroup];
+  int32_t* s[fs::kMaxGroup];
+  for (int q = 0; q < fs::kMaxGroup; ++q) {
+    w[q] = weights[q].data();
+    s[q] = sums[q].data();
+  }
+  for (const int nq : {1, static_cast<int>(fs::kMaxGroup)}) {
+    double best = 1e30;
+    for (int rep = 0; rep < reps; ++rep) {
+      const auto t0 = std::chrono::steady_clock::now();
+      fs::avx2::level_accumulate(blocked.data(), n_blocks, n_quads, levels, w, nq, s);
+      const auto t1 = std::chrono::steady_clock::now();
+      best = std::min(best, std::chrono::duration<double>(t1 - t0).count());
+    }
+    std::printf("avx2 level-dot n=%td n_bytes=%td nq=%d: %.3f ms a query (min of %d)\n", n,
+                n_bytes, nq, best * 1e3 / nq, reps);
+  }
 }
 
 // Min over reps runs of each available path on n = 100000 rows of 192 bytes, for one query
@@ -221,5 +273,6 @@ int main(int argc, char** argv) {
     for (const std::ptrdiff_t n_bytes : {1, 5, 48, 192}) failures += check_levels(n, n_bytes, rng);
   std::printf("%d shapes checked, %d failures\n", shapes, failures);
   time_paths(paths, reps, rng);
+  time_levels(reps, rng);
   return failures == 0 ? 0 : 1;
 }

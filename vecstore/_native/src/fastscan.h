@@ -97,6 +97,10 @@ void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t 
 namespace avx2 {
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
                 const uint8_t* const* tables, int nq, int32_t* const* sums);
+// Levels of at most 127 (its 16-bit pair sums must not saturate).
+void level_accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,
+                      const uint8_t* levels, const int8_t* const* weights, int nq,
+                      int32_t* const* sums);
 }
 namespace avx512 {
 void accumulate(const uint8_t* blocked, std::ptrdiff_t n_blocks, std::ptrdiff_t n_quads,

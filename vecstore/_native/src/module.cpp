@@ -226,9 +226,10 @@ class PartSet {
 
 // Per query, the k best rows of a PartSet: keys (nq, k) float32 ascending, rows (numbered
 // by each part's row map or offset) and ties (nq, k) int64. With nibble tables on a SIMD
-// path the parts take the FastScan pass (they must all be laid out): on avx512 with the
-// codes' shared levels (16,) float32 the level-dot kernel, else the table kernel. Byte
-// tables with shared levels (256,) take the byte level-dot kernel on avx512. Otherwise
+// path the parts take the FastScan pass (they must all be laid out): on avx512 and avx2
+// with the codes' shared levels (16,) float32 the level-dot kernel (7-bit levels on
+// avx2), else the table kernel. Byte tables with shared levels (256,) take the byte
+// level-dot kernel on avx512. Otherwise
 // every row is scored exactly. Scores add the query offsets (nq,) float32 where given.
 // Every key is the exact one.
 nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables,
@@ -256,6 +257,12 @@ nb::tuple scan_topk(const PartSet& set, Tables nibble_tables, Tables byte_tables
     kernel.level_accumulate = nibble_tables ? fastscan::avx512::level_accumulate
                                             : fastscan::avx512::byte_level_accumulate;
     kernel.levels = levels->data();
+  }
+  // On avx2 only nibble codes have a level-dot kernel, with levels below 128.
+  if (levels && path == "avx2" && nibble_tables) {
+    kernel.level_accumulate = fastscan::avx2::level_accumulate;
+    kernel.levels = levels->data();
+    kernel.level_range = 63;
   }
 #endif
   if ((kernel.accumulate != nullptr || kernel.level_accumulate != nullptr) && !set.laid_out())

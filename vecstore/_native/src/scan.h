@@ -133,6 +133,9 @@ struct Kernel {
   fastscan::Accumulate accumulate = nullptr;
   fastscan::LevelAccumulate level_accumulate = nullptr;
   const float* levels = nullptr;
+  // The largest magnitude a quantized level takes: 127 (8-bit levels), or 63 for the
+  // avx2 level-dot kernel, whose biased levels must stay below 128.
+  int level_range = 127;
 };
 
 // Per query, the exact k best rows of every part, best first, rows split across `workers`

@@ -85,26 +85,28 @@ KernelTables quantize(const float* nibbles, std::ptrdiff_t n_bytes) {
   return out;
 }
 
-// The level-dot kernel's shared levels: round(level / scale) + 128, so that they are
-// unsigned bytes, with scale = max |level| / 127; `count` levels (16 for nibbles, 256
-// for bytes).
+// The level-dot kernel's shared levels: round(level / scale) + bias, so that they are
+// unsigned bytes, with scale = max |level| / range and bias = range + 1 (range 127: 1 to
+// 255; 63: 1 to 127); `count` levels (16 for nibbles, 256 for bytes).
 struct Levels {
   uint8_t biased[256];
   int count;
   int best;          // the level of largest magnitude
   double scale;
+  int bias;
 };
 
-Levels quantize_levels(const float* levels, int count) {
+Levels quantize_levels(const float* levels, int count, int range) {
   Levels out{};
   out.count = count;
   out.best = 0;
+  out.bias = range + 1;
   for (int v = 1; v < count; ++v)
     if (std::fabs(levels[v]) > std::fabs(levels[out.best])) out.best = v;
-  out.scale = std::fabs(static_cast<double>(levels[out.best])) / 127.0;
+  out.scale = std::fabs(static_cast<double>(levels[out.best])) / range;
   if (!(out.scale > 0.0)) out.scale = 1.0;
   for (int v = 0; v < count; ++v)
-    out.biased[v] = static_cast<uint8_t>(std::lround(levels[v] / out.scale) + 128);
+    out.biased[v] = static_cast<uint8_t>(std::lround(levels[v] / out.scale) + out.bias);
   return out;
 }
 
@@ -141,7 +143,7 @@ KernelTables weigh(const float* tables, std::ptrdiff_t n_bytes, const float* lev
   const double step = largest > 0.0 ? largest / 127.0 : 1.0;
   const double delta = step * shared.scale;
   double steps[256];
-  for (int v = 0; v < entries; ++v) steps[v] = delta * (shared.biased[v] - 128);
+  for (int v = 0; v < entries; ++v) steps[v] = delta * (shared.biased[v] - shared.bias);
   double rounding = 0.0, weight_sum = 0.0;
   for (std::ptrdiff_t p = 0; p < positions; ++p) {
     const double coordinate = tables[p * entries + shared.best] / best_level;
@@ -152,7 +154,7 @@ KernelTables weigh(const float* tables, std::ptrdiff_t n_bytes, const float* lev
     weight_sum += static_cast<double>(weight);
     rounding += worst_error(tables + p * entries, static_cast<double>(weight), steps, entries);
   }
-  const double low_sum = -128.0 * delta * weight_sum;
+  const double low_sum = -static_cast<double>(shared.bias) * delta * weight_sum;
   out.low_sum = static_cast<float>(low_sum);
   out.delta = static_cast<float>(delta);
   // The entry of largest level is the largest of a position's entries (every entry is
@@ -435,7 +437,9 @@ std::vector<std::vector<Candidate>> search_topk(const Search& search,
   }
   const bool level_dot = kernel.level_accumulate != nullptr && kernel.levels != nullptr;
   const bool bytes = nq > 0 && queries[0].nibbles == nullptr;
-  const Levels levels = level_dot ? quantize_levels(kernel.levels, bytes ? 256 : 16) : Levels{};
+  const Levels levels = level_dot ? quantize_levels(kernel.levels, bytes ? 256 : 16,
+                                                    kernel.level_range)
+                                   : Levels{};
   const std::ptrdiff_t head = search.split, tail = search.n_bytes - search.split;
   std::vector<SplitTables> tables(nq);
   for (std::size_t q = 0; q < nq; ++q) {
