@@ -7,9 +7,10 @@ with one launch (or one replayed graph) and one copy back, however many parts th
 - A part goes up once. The memtable grows in place while its range is the last one; when
   another part lands after it, it moves to the end on the device.
 - Deleted rows carry a +inf row bias in the arena itself. A part whose live mask is a new
-  object is compared with a copy of the mask last applied, and only the rows whose state
-  changed are written (a delete changes a few). The scanner's unmasked paths, the
-  single-query and batch plans, so skip deleted rows with nothing extra per search.
+  array is compared with the mask last applied (kept: masks are replaced, never
+  modified), and only the rows whose state changed are written (a delete changes a few).
+  The scanner's unmasked paths, the single-query and batch plans, so skip deleted rows
+  with nothing extra per search.
 - A part that leaves the snapshot (merged, or flushed from the memtable) leaves dead rows,
   which a rebuild drops once they outnumber the live ones.
 - Row ids stay on the host beside the arena, so the k rows a search returns are turned
@@ -36,25 +37,18 @@ MIN_SCAN_GRANULE = 1024
 SCAN_GRANULES = 64
 
 
-# A range's ``live`` before any mask was applied to its rows since they went up.
-_UNSET = object()
-
-
 @dataclass
 class _Range:
-    """Rows [start, start + rows) of the arena hold part ``key``'s first ``rows`` rows.
-    ``live`` is the part's live mask their biases were last set from and ``live_base`` the
-    array it views; ``alive`` the mask giving their biases' state, for its length (None:
-    all live; rows past it went up later, live). Live masks are replaced, never modified
-    (a memtable's is a view of its live column, which only grows past the rows viewed),
-    so a mask kept here keeps its values."""
+    """Rows [start, start + rows) of the arena hold part ``key``'s first ``rows`` rows;
+    ``live`` is the part's live mask their biases were last set from (None: all live, as
+    rows go up), for its length (rows past it went up later, live). Live masks are
+    replaced, never modified (a memtable's is a view of its live column, which only grows
+    past the rows viewed), so the mask kept here keeps its values."""
 
     key: object
     start: int
     rows: int
-    live: object = _UNSET
-    live_base: np.ndarray | None = None
-    alive: np.ndarray | None = None
+    live: np.ndarray | None = None
 
 
 def part_key(part) -> object:
@@ -240,17 +234,15 @@ class DeviceArena:
         (a delete changes a few)."""
         if live is held.live:
             return
-        base = None if live is None else (live if live.base is None else live.base)
-        if base is not None and base is held.live_base:
+        if live is not None and held.live is not None and _base(live) is _base(held.live):
             held.live = live
             return
-        changed, now_live = _changed_rows(held.alive, live, held.rows)
+        changed, now_live = _changed_rows(held.live, live, held.rows)
         if changed.size:
             rows = changed + held.start
             self.scanner.set_row_biases(np.where(now_live, rows, ~rows),
                                         self._base_sq_norms, self._device)
-        held.live, held.live_base = live, base
-        held.alive = None if live is None else live[: held.rows]
+        held.live = live
 
     def _upload(self, codes: np.ndarray, ids: np.ndarray, start: int) -> None:
         """Write rows ``codes`` (m, code_size) uint8 with ``ids`` (m,) int64 at arena row
@@ -300,6 +292,11 @@ class DeviceArena:
         ids = np.full(capacity, -1, dtype=np.int64)
         ids[used] = self._ids[used]
         self._ids = ids
+
+
+def _base(mask: np.ndarray) -> np.ndarray:
+    """The array ``mask`` views (itself when it owns its data)."""
+    return mask if mask.base is None else mask.base
 
 
 def _changed_rows(before: np.ndarray | None, after: np.ndarray | None,
