@@ -19,11 +19,11 @@ namespace {
 // Queries scored together, their accumulators in registers.
 constexpr int kGroup = 4;
 
-// How far ahead of each load the scan prefetches: one query moves through the codes fast
-// and wants 512 bytes (measured best of 0.5-4 KB, and better than two or four interleaved
-// block streams, over 19 MB of codes); a batch spends longer on each line, and a short
-// distance leaves it waiting on memory.
-constexpr std::ptrdiff_t kPrefetchBytes = 512;
+// How far ahead of each load the scan prefetches. One query moves through the codes fast:
+// over 19 MB of codes, 512 bytes measured best on one Xeon, and on another 2 KB ran twice
+// as fast as 512 bytes, with 1 KB and 4-8 KB slower (tests/native/fastscan_check.cpp). A
+// batch spends longer on each line, and a short distance leaves it waiting on memory.
+constexpr std::ptrdiff_t kPrefetchBytes = 2048;
 constexpr std::ptrdiff_t kBatchPrefetchBytes = 4096;
 
 struct Constants {
@@ -134,6 +134,45 @@ void level_block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
     _mm512_storeu_si512(sums[q] + i * kBlockRows, acc[q][0]);
     _mm512_storeu_si512(sums[q] + i * kBlockRows + 16, acc[q][1]);
   }
+}
+
+// level_block for one query. Its sums would otherwise wait on one vpdpbusd after another
+// (two chains of two a quad): here eight accumulators, low and high nibbles apart and
+// quads taken in pairs, keep every vpdpbusd independent of the last few.
+template <>
+void level_block<1>(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
+                    __m512i levels, const int8_t* const* weights, int32_t* const* sums) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  __m512i acc[2][4];
+  for (auto& pair : acc)
+    for (auto& a : pair) a = _mm512_setzero_si512();
+  const int8_t* w = weights[0];
+  auto quad = [&](std::ptrdiff_t g, __m512i* a) {
+    prefetch<1>(codes + 128 * g);
+    const __m512i c0 = load(codes + 128 * g), c1 = load(codes + 128 * g + 64);
+    int32_t low_weights, high_weights;
+    std::memcpy(&low_weights, w + 8 * g, 4);
+    std::memcpy(&high_weights, w + 8 * g + 4, 4);
+    const __m512i wl = _mm512_set1_epi32(low_weights), wh = _mm512_set1_epi32(high_weights);
+    a[0] = _mm512_dpbusd_epi32(a[0], _mm512_shuffle_epi8(levels, _mm512_and_si512(c0, nibble)), wl);
+    a[1] = _mm512_dpbusd_epi32(
+        a[1], _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble)), wh);
+    a[2] = _mm512_dpbusd_epi32(a[2], _mm512_shuffle_epi8(levels, _mm512_and_si512(c1, nibble)), wl);
+    a[3] = _mm512_dpbusd_epi32(
+        a[3], _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble)), wh);
+  };
+  std::ptrdiff_t g = 0;
+  for (; g + 1 < n_quads; g += 2) {
+    quad(g, acc[0]);
+    quad(g + 1, acc[1]);
+  }
+  if (g < n_quads) quad(g, acc[0]);
+  const __m512i first = _mm512_add_epi32(_mm512_add_epi32(acc[0][0], acc[0][1]),
+                                         _mm512_add_epi32(acc[1][0], acc[1][1]));
+  const __m512i second = _mm512_add_epi32(_mm512_add_epi32(acc[0][2], acc[0][3]),
+                                          _mm512_add_epi32(acc[1][2], acc[1][3]));
+  _mm512_storeu_si512(sums[0] + i * kBlockRows, first);
+  _mm512_storeu_si512(sums[0] + i * kBlockRows + 16, second);
 }
 
 template <int... NQ>
