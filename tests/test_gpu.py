@@ -8,7 +8,12 @@ import pytest
 import vecstore
 from vecstore.search import gpu
 from vecstore.search.gpu import batch_scan, kernels, launches, layouts
-from vecstore.search.gpu.scanner import BATCH_MIN_QUERIES, GpuScanner
+from vecstore.search.gpu.scanner import (
+    BATCH_MIN_QUERIES,
+    MAX_BATCH_PLANS,
+    GpuScanner,
+    plan_batch_size,
+)
 
 needs_gpu = pytest.mark.skipif(gpu.unavailable_reason() is not None,
                                reason=f"no GPU: {gpu.unavailable_reason()}")
@@ -327,6 +332,44 @@ def test_batch_plans_replay_the_direct_search(rotation, metric):
                                     if mask is None else mask.copy())
                     np.testing.assert_array_equal(found[1], direct[1])
                     np.testing.assert_array_equal(found[0], direct[0])
+
+
+def test_plan_batch_sizes_pad_by_at_most_a_third():
+    """Every batch size up to 4,096 maps to a plan size of the 8 * 2^i, 12 * 2^i ladder
+    that holds it with less than a third of padding; larger batches keep their size."""
+    ladder = sorted({8 << i for i in range(10)} | {12 << i for i in range(9)})
+    for nq in range(1, 4097):
+        size = plan_batch_size(nq)
+        assert size in ladder and size >= nq
+        assert nq <= 8 or size - nq < size / 3
+        assert size == min(s for s in ladder if s >= nq)
+    assert plan_batch_size(5000) == 5000
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_batches_of_every_size_share_padded_plans(metric):
+    """A server's concurrent calls make batches of 8 to 32 queries: they run on the five
+    plans of the padded sizes, not a plan per size, and each returns the rows and keys of
+    the same search without a plan (a new mask object each time keeps it off)."""
+    x = unit_rows(30_000, 64, 85)
+    codec = vecstore.make_codec("tq4", dim=64, seed=5)
+    scanner = GpuScanner()
+    device = scanner.resident("part", codec, codec.encode(x))
+    everything = np.ones(30_000, dtype=bool)
+    for nq in (9, 13, 31, 8, 17, 32, 11, 24, 20):
+        q = unit_rows(nq, 64, 100 + nq)
+        sq = np.einsum("ij,ij->i", q, q) if metric == "l2" else None
+        for _ in range(2):
+            planned = scanner.scan(codec, device, q, metric, 10, sq, None, batch=True)
+            direct = scanner.scan(codec, device, q, metric, 10, sq, everything.copy(),
+                                  batch=True)
+            assert planned[0].shape == (nq, 10)
+            np.testing.assert_array_equal(planned[1], direct[1])
+            np.testing.assert_array_equal(planned[0], direct[0])
+    sizes = sorted(key[4] for key in scanner._batch_plans)
+    assert sizes == [8, 12, 16, 24, 32][-MAX_BATCH_PLANS:]
 
 
 @pytest.mark.gpu

@@ -27,8 +27,24 @@ BATCH_MIN_QUERIES = 8
 # Single-query plans kept (one per part, codec, metric and k; single_query.py).
 MAX_PLANS = 64
 # Batch plans kept (one per part, codec, metric, k and batch size; batch_plan.py). Each
-# holds its search's buffers (tens to hundreds of MB), so few are kept.
-MAX_BATCH_PLANS = 2
+# holds its search's buffers (tens to hundreds of MB), so few are kept: enough for the
+# batch sizes a server's concurrent single queries make (8 to 32 queries: 5 sizes).
+MAX_BATCH_PLANS = 6
+# Batches up to this many queries are padded to a plan size (``plan_batch_size``).
+MAX_PADDED_BATCH = 4096
+
+
+def plan_batch_size(nq: int) -> int:
+    """The batch size whose plan serves ``nq`` queries: the least 8 * 2^i or 12 * 2^i at
+    least ``nq`` (so at most a third of a plan's queries are padding), or ``nq`` past
+    MAX_PADDED_BATCH. Batches of every size then share a few plans, where a plan per size
+    would be rebuilt, and its graph recorded again, whenever the size changes."""
+    if nq > MAX_PADDED_BATCH:
+        return nq
+    size = 8
+    while size < nq:
+        size = size * 3 // 2 if size & (size - 1) == 0 else size * 4 // 3
+    return size
 
 
 class GpuScanner:
@@ -174,10 +190,11 @@ class GpuScanner:
             if pending is not None:
                 return pending
         if batched and repeated:
-            best = self._batch_plan(codec, device, metric, k, nq, mask, row_bias).submit(
-                queries, query_sq_norms)
+            size = plan_batch_size(nq)
+            best = self._batch_plan(codec, device, metric, k, size, mask, row_bias).submit(
+                *_padded(cp, queries, query_sq_norms, size))
             if best is not None:
-                return PendingScan(self.cupy, best)
+                return PendingScan(self.cupy, best[:nq])
         if metric == "l2":
             query_bias = cp.asarray(query_sq_norms, dtype=cp.float32)
         else:
@@ -267,3 +284,15 @@ class PendingScan:
         return unpack_keys(self.cupy.asnumpy(self.best))
 
 
+def _padded(cp, queries, query_sq_norms, size: int):
+    """Queries (nq, d) (numpy or CuPy) and their squared norms (nq,) or None, padded to
+    ``size`` rows with copies of the last query: a copy is searched like any query (a zero
+    query would tie every row and overflow the candidate lists) and its results dropped."""
+    extra = size - queries.shape[0]
+    if extra == 0:
+        return queries, query_sq_norms
+    xp = cp.get_array_module(queries)
+    queries = xp.concatenate([queries, xp.repeat(queries[-1:], extra, axis=0)])
+    if query_sq_norms is not None:
+        query_sq_norms = np.concatenate([query_sq_norms, np.repeat(query_sq_norms[-1:], extra)])
+    return queries, query_sq_norms
