@@ -244,7 +244,7 @@ class GpuScanner:
 
     def _batch_plan(self, codec, device: DeviceCodes, metric: str, k: int, nq: int,
                     mask: np.ndarray | None, row_bias):
-        """The ``BatchPlan`` of (device, codec, metric, k, nq, ``batch_kernel``) and
+        """The ``BatchPlan`` of (device, codec, metric, k, plan size nq, ``batch_kernel``) and
         ``mask`` (whose row bias is ``row_bias``), built on first use; the oldest goes
         past MAX_BATCH_PLANS."""
         key = (id(device), id(codec), metric, k, nq, self.batch_kernel)
