@@ -104,28 +104,37 @@ namespace {
 // Queries the level-dot kernel scores together.
 constexpr int kLevelGroup = 8;
 
+// The shared levels of the low and high nibbles of 64 code bytes.
+inline void nibble_levels(__m512i levels, __m512i codes, __m512i& low, __m512i& high) {
+  const __m512i nibble = _mm512_set1_epi8(0x0F);
+  low = _mm512_shuffle_epi8(levels, _mm512_and_si512(codes, nibble));
+  high = _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(codes, 4), nibble));
+}
+
+// A query's weights of quad g for its low and high nibbles, each broadcast to every lane.
+inline void quad_weights(const int8_t* weights, std::ptrdiff_t g, __m512i& low, __m512i& high) {
+  int32_t low_weights, high_weights;
+  std::memcpy(&low_weights, weights + 8 * g, 4);
+  std::memcpy(&high_weights, weights + 8 * g + 4, 4);
+  low = _mm512_set1_epi32(low_weights);
+  high = _mm512_set1_epi32(high_weights);
+}
+
 // Block i for NQ queries: the nibbles' levels are looked up once (vpshufb) and each
 // query's weights of a quad, broadcast, are multiplied in by vpdpbusd.
 template <int NQ>
 void level_block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
                  __m512i levels, const int8_t* const* weights, int32_t* const* sums) {
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512i acc[NQ][2];
   for (int q = 0; q < NQ; ++q) acc[q][0] = acc[q][1] = _mm512_setzero_si512();
   for (std::ptrdiff_t g = 0; g < n_quads; ++g) {
     prefetch<NQ>(codes + 128 * g);
-    const __m512i c0 = load(codes + 128 * g), c1 = load(codes + 128 * g + 64);
-    const __m512i low0 = _mm512_shuffle_epi8(levels, _mm512_and_si512(c0, nibble));
-    const __m512i high0 =
-        _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble));
-    const __m512i low1 = _mm512_shuffle_epi8(levels, _mm512_and_si512(c1, nibble));
-    const __m512i high1 =
-        _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble));
+    __m512i low0, high0, low1, high1;
+    nibble_levels(levels, load(codes + 128 * g), low0, high0);
+    nibble_levels(levels, load(codes + 128 * g + 64), low1, high1);
     for (int q = 0; q < NQ; ++q) {
-      int32_t low_weights, high_weights;
-      std::memcpy(&low_weights, weights[q] + 8 * g, 4);
-      std::memcpy(&high_weights, weights[q] + 8 * g + 4, 4);
-      const __m512i wl = _mm512_set1_epi32(low_weights), wh = _mm512_set1_epi32(high_weights);
+      __m512i wl, wh;
+      quad_weights(weights[q], g, wl, wh);
       acc[q][0] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[q][0], low0, wl), high0, wh);
       acc[q][1] = _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(acc[q][1], low1, wl), high1, wh);
     }
@@ -142,24 +151,19 @@ void level_block(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
 template <>
 void level_block<1>(const uint8_t* codes, std::ptrdiff_t i, std::ptrdiff_t n_quads,
                     __m512i levels, const int8_t* const* weights, int32_t* const* sums) {
-  const __m512i nibble = _mm512_set1_epi8(0x0F);
   __m512i acc[2][4];
   for (auto& pair : acc)
     for (auto& a : pair) a = _mm512_setzero_si512();
-  const int8_t* w = weights[0];
   auto quad = [&](std::ptrdiff_t g, __m512i* a) {
     prefetch<1>(codes + 128 * g);
-    const __m512i c0 = load(codes + 128 * g), c1 = load(codes + 128 * g + 64);
-    int32_t low_weights, high_weights;
-    std::memcpy(&low_weights, w + 8 * g, 4);
-    std::memcpy(&high_weights, w + 8 * g + 4, 4);
-    const __m512i wl = _mm512_set1_epi32(low_weights), wh = _mm512_set1_epi32(high_weights);
-    a[0] = _mm512_dpbusd_epi32(a[0], _mm512_shuffle_epi8(levels, _mm512_and_si512(c0, nibble)), wl);
-    a[1] = _mm512_dpbusd_epi32(
-        a[1], _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c0, 4), nibble)), wh);
-    a[2] = _mm512_dpbusd_epi32(a[2], _mm512_shuffle_epi8(levels, _mm512_and_si512(c1, nibble)), wl);
-    a[3] = _mm512_dpbusd_epi32(
-        a[3], _mm512_shuffle_epi8(levels, _mm512_and_si512(_mm512_srli_epi16(c1, 4), nibble)), wh);
+    __m512i low0, high0, low1, high1, wl, wh;
+    nibble_levels(levels, load(codes + 128 * g), low0, high0);
+    nibble_levels(levels, load(codes + 128 * g + 64), low1, high1);
+    quad_weights(weights[0], g, wl, wh);
+    a[0] = _mm512_dpbusd_epi32(a[0], low0, wl);
+    a[1] = _mm512_dpbusd_epi32(a[1], high0, wh);
+    a[2] = _mm512_dpbusd_epi32(a[2], low1, wl);
+    a[3] = _mm512_dpbusd_epi32(a[3], high1, wh);
   };
   std::ptrdiff_t g = 0;
   for (; g + 1 < n_quads; g += 2) {
